@@ -1,0 +1,28 @@
+# wxpush — `make` lists the targets.
+GO       ?= go
+PKGS     ?= ./...
+BIN      ?= bin
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: run
+run: ## Run standalone mode: embedded Redis, API, worker and WeChat simulator in one process
+	env -u REDIS_URL WXPUSH_LOG_FORMAT=$${WXPUSH_LOG_FORMAT:-text} $(GO) run ./cmd/worker
+
+.PHONY: test
+test: ## go vet and the race-enabled test suite (real redis-server; see README)
+	$(GO) vet $(PKGS)
+	$(GO) test -race -timeout 15m $(PKGS)
+
+.PHONY: build
+build: ## Build enqueuer, worker and wechat-sim into ./bin
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
+
+.PHONY: lint
+lint: ## gofmt check and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)

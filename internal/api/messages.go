@@ -1,0 +1,242 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/oklog/ulid/v2"
+
+	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/logging"
+	"github.com/wxpush/wxpush/internal/tasks"
+	"github.com/wxpush/wxpush/internal/wechat"
+)
+
+// maxMessageBytes bounds one message request; a template message is well under 4 KiB.
+const maxMessageBytes = 64 << 10
+
+// messageRequest is the API's message body: WeChat's send body plus wxpush fields.
+type messageRequest struct {
+	ToUser      string                     `json:"touser"`
+	TemplateID  string                     `json:"template_id"`
+	URL         string                     `json:"url"`
+	MiniProgram *miniProgramRequest        `json:"miniprogram"`
+	Data        map[string]json.RawMessage `json:"data"`
+	Color       string                     `json:"color"`
+	TopColor    string                     `json:"topcolor"`
+	App         string                     `json:"app"`
+	SendAt      string                     `json:"send_at"`
+	ExpireAt    string                     `json:"expire_at"`
+	Priority    string                     `json:"priority"`
+}
+
+type miniProgramRequest struct {
+	AppID    string `json:"appid"`
+	PagePath string `json:"pagepath"`
+}
+
+type dataItemRequest struct {
+	Value *string `json:"value"`
+	Color string  `json:"color"`
+}
+
+// decodeStrict decodes one JSON value, refusing unknown fields and trailing data,
+// and turns decoder errors into errors that name the field.
+func decodeStrict(b []byte, v any, prefix string) *apiError {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err, prefix)
+	}
+	if dec.More() {
+		return badField(prefix, "invalid_json", "unexpected data after the JSON value")
+	}
+	return nil
+}
+
+func jsonError(err error, prefix string) *apiError {
+	join := func(f string) string {
+		if prefix == "" {
+			return f
+		}
+		if f == "" {
+			return prefix
+		}
+		return prefix + "." + f
+	}
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &typeErr):
+		return badField(join(typeErr.Field), "invalid_type", fmt.Sprintf("%s must be %s, not %s", join(typeErr.Field), jsonKind(typeErr.Type.Kind().String()), typeErr.Value))
+	case errors.As(err, &syntaxErr):
+		return badField(prefix, "invalid_json", fmt.Sprintf("invalid JSON at byte %d: %v", syntaxErr.Offset, err))
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		return badField(join(f), "unknown_field", fmt.Sprintf("unknown field %q", join(f)))
+	case errors.Is(err, io.EOF):
+		return badField(prefix, "invalid_json", "empty body: expected a JSON object")
+	}
+	return badField(prefix, "invalid_json", "invalid JSON: "+err.Error())
+}
+
+func jsonKind(k string) string {
+	switch k {
+	case "map", "struct", "ptr":
+		return "an object"
+	case "slice":
+		return "an array"
+	}
+	return "a " + k
+}
+
+// parseMessage validates a request and returns the record to create and the body
+// to send.
+func (s *Server) parseMessage(b []byte, now time.Time) (delivery.NewMessage, *apiError) {
+	var req messageRequest
+	if e := decodeStrict(b, &req, ""); e != nil {
+		return delivery.NewMessage{}, e
+	}
+	if req.App == "" {
+		req.App = s.defaultApp
+	}
+	if !s.hasApp(req.App) {
+		return delivery.NewMessage{}, badField("app", "unknown_app", fmt.Sprintf("app %q is not configured", req.App))
+	}
+	if strings.TrimSpace(req.ToUser) == "" {
+		return delivery.NewMessage{}, badField("touser", "required", "touser (the recipient's openid) is required")
+	}
+	if len(req.ToUser) > 128 {
+		return delivery.NewMessage{}, badField("touser", "too_long", "touser is longer than 128 bytes; it must be an openid")
+	}
+	if strings.TrimSpace(req.TemplateID) == "" {
+		return delivery.NewMessage{}, badField("template_id", "required", "template_id is required")
+	}
+	if req.URL != "" {
+		if u, err := url.Parse(req.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return delivery.NewMessage{}, badField("url", "invalid_url", "url must be an absolute http(s) URL")
+		}
+	}
+	msg := wechat.TemplateMessage{ToUser: req.ToUser, TemplateID: req.TemplateID, URL: req.URL,
+		Color: req.Color, TopColor: req.TopColor, Data: map[string]wechat.DataItem{}}
+	if req.MiniProgram != nil {
+		if req.MiniProgram.AppID == "" {
+			return delivery.NewMessage{}, badField("miniprogram.appid", "required", "miniprogram.appid is required when miniprogram is set")
+		}
+		msg.MiniProgram = &wechat.MiniProgram{AppID: req.MiniProgram.AppID, PagePath: req.MiniProgram.PagePath}
+	}
+	if len(req.Data) == 0 {
+		return delivery.NewMessage{}, badField("data", "required", `data is required: {"<key>":{"value":"…"}} for each template placeholder`)
+	}
+	for key, raw := range req.Data {
+		field := "data." + key
+		var item dataItemRequest
+		if e := decodeStrict(raw, &item, field); e != nil {
+			return delivery.NewMessage{}, e
+		}
+		if item.Value == nil {
+			return delivery.NewMessage{}, badField(field+".value", "required", field+` must be {"value": "…"}`)
+		}
+		if !utf8.ValidString(*item.Value) {
+			return delivery.NewMessage{}, badField(field+".value", "invalid_utf8", field+".value is not valid UTF-8")
+		}
+		msg.Data[key] = wechat.DataItem{Value: *item.Value, Color: item.Color}
+	}
+	queue, ok := tasks.QueueFor(req.Priority)
+	if !ok {
+		return delivery.NewMessage{}, badField("priority", "invalid_priority", "priority must be high, normal or low")
+	}
+	m := delivery.NewMessage{ID: ulid.Make().String(), App: req.App, Queue: queue}
+	var e *apiError
+	if m.SendAt, e = parseTime("send_at", req.SendAt); e != nil {
+		return m, e
+	}
+	if m.ExpireAt, e = parseTime("expire_at", req.ExpireAt); e != nil {
+		return m, e
+	}
+	if !m.ExpireAt.IsZero() && !m.ExpireAt.After(now) {
+		return m, badField("expire_at", "in_past", "expire_at is already past")
+	}
+	if !m.ExpireAt.IsZero() && !m.SendAt.IsZero() && !m.ExpireAt.After(m.SendAt) {
+		return m, badField("expire_at", "before_send_at", "expire_at must be after send_at")
+	}
+	m.Body, _ = json.Marshal(&msg) // strings and maps of strings cannot fail
+	return m, nil
+}
+
+func parseTime(field, v string) (time.Time, *apiError) {
+	if v == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		return time.Time{}, badField(field, "invalid_time", field+" must be an RFC 3339 time, e.g. 2026-01-02T15:04:05+08:00")
+	}
+	return t, nil
+}
+
+type acceptedResponse struct {
+	ID    string         `json:"id"`
+	State delivery.State `json:"state"`
+}
+
+func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
+	body, e := readBody(w, r, maxMessageBytes)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	m, e := s.parseMessage(body, s.now())
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	state, err := s.submit.Submit(r.Context(), m)
+	if err != nil {
+		s.log.Error("could not accept message", "app", m.App, "err", err)
+		writeError(w, errStorage)
+		return
+	}
+	s.metrics.Enqueued.WithLabelValues(m.App).Inc()
+	var msg wechat.TemplateMessage
+	_ = json.Unmarshal(m.Body, &msg)
+	s.log.Info("message accepted", "msg_id", m.ID, "app", m.App, "touser", logging.MaskOpenID(msg.ToUser), "queue", m.Queue)
+	writeJSON(w, http.StatusAccepted, acceptedResponse{ID: m.ID, State: state})
+}
+
+func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	m, err := s.messages.Get(r.Context(), id)
+	switch {
+	case errors.Is(err, delivery.ErrNotFound):
+		writeError(w, &apiError{Status: http.StatusNotFound, Code: "not_found", Field: "id",
+			Message: fmt.Sprintf("no message %q (never accepted, or past its retention)", id)})
+	case err != nil:
+		s.log.Error("could not read message", "msg_id", id, "err", err)
+		writeError(w, errStorage)
+	default:
+		writeJSON(w, http.StatusOK, m)
+	}
+}
+
+// readBody reads at most limit bytes; a larger body is a 413.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, *apiError) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return nil, &apiError{Status: http.StatusRequestEntityTooLarge, Code: "too_large",
+			Message: fmt.Sprintf("body is larger than %d bytes", limit)}
+	case err != nil:
+		return nil, badField("", "bad_body", "could not read the request body")
+	}
+	return b, nil
+}

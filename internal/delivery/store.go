@@ -1,0 +1,398 @@
+package delivery
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Key layout. The record's hash tag is its id; the msgid index and held callbacks
+// are per app because msgids are unique only within one account.
+const (
+	recordPrefix = "wxpush:msg:{"
+	sentKey      = "wxpush:sent" // ZSET id → confirmation deadline (ms)
+)
+
+func recordKey(id string) string        { return recordPrefix + id + "}" }
+func indexKey(app, msgID string) string { return "wxpush:wxid:{" + app + "}:" + msgID }
+func heldKey(app, msgID string) string  { return "wxpush:held:{" + app + "}:" + msgID }
+
+// ErrNotFound is returned for an id with no record (never created, or expired).
+var ErrNotFound = errors.New("delivery: message not found")
+
+// Config tunes a Store. Zero values take the defaults shown.
+type Config struct {
+	// Retention: how long a record is kept after it reaches a final state (default 7 days).
+	Retention time.Duration
+	// ConfirmTimeout: how long a sent message waits for WeChat's result callback
+	// before it is settled unconfirmed (default 30 min).
+	ConfirmTimeout time.Duration
+	// CallbackHold: how long a callback for an unknown msgid is kept, in case the
+	// sender has not stored the msgid yet (default 1 h).
+	CallbackHold time.Duration
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Store keeps message records in Redis.
+type Store struct {
+	rdb redis.UniversalClient
+	cfg Config
+}
+
+// NewStore returns a Store on rdb.
+func NewStore(rdb redis.UniversalClient, cfg Config) *Store {
+	if cfg.Retention <= 0 {
+		cfg.Retention = 7 * 24 * time.Hour
+	}
+	if cfg.ConfirmTimeout <= 0 {
+		cfg.ConfirmTimeout = 30 * time.Minute
+	}
+	if cfg.CallbackHold <= 0 {
+		cfg.CallbackHold = time.Hour
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Store{rdb: rdb, cfg: cfg}
+}
+
+// NewMessage is what Create stores.
+type NewMessage struct {
+	ID       string
+	App      string
+	Queue    string
+	Body     []byte // the WeChat send body, JSON, without client_msg_id
+	SendAt   time.Time
+	ExpireAt time.Time
+}
+
+// ErrorInfo is the last error WeChat (or the transport) reported.
+type ErrorInfo struct {
+	Code int    `json:"errcode"`
+	Msg  string `json:"errmsg"`
+}
+
+// Event is one line of a message's history.
+type Event struct {
+	At      time.Time `json:"at"`
+	Event   string    `json:"event"`
+	State   State     `json:"state,omitempty"`
+	ErrCode int       `json:"errcode,omitempty"`
+	ErrMsg  string    `json:"errmsg,omitempty"`
+	Status  string    `json:"status,omitempty"` // WeChat's raw callback Status
+	Note    string    `json:"note,omitempty"`
+}
+
+// historyLine is Event as stored: times in Unix ms, so Lua can write them too.
+type historyLine struct {
+	At      int64  `json:"at"`
+	Event   string `json:"event"`
+	State   State  `json:"state,omitempty"`
+	ErrCode int    `json:"errcode,omitempty"`
+	ErrMsg  string `json:"errmsg,omitempty"`
+	Status  string `json:"status,omitempty"`
+	Note    string `json:"note,omitempty"`
+}
+
+func (s *Store) line(now time.Time, ev historyLine) string {
+	ev.At = now.UnixMilli()
+	b, _ := json.Marshal(ev) // a struct of strings and ints cannot fail
+	return string(b)
+}
+
+// Create stores a new record in state queued (or scheduled when SendAt is in the future).
+func (s *Store) Create(ctx context.Context, m NewMessage) (State, error) {
+	now := s.cfg.Now()
+	state := StateQueued
+	if m.SendAt.After(now) {
+		state = StateScheduled
+	}
+	args := []any{
+		"app", m.App, "state", string(state), "queue", m.Queue, "body", m.Body,
+		"attempts", 0, "created_ms", now.UnixMilli(),
+		"hist", s.line(now, historyLine{Event: "enqueued", State: state}),
+	}
+	if !m.SendAt.IsZero() {
+		args = append(args, "send_ms", m.SendAt.UnixMilli())
+	}
+	if !m.ExpireAt.IsZero() {
+		args = append(args, "expire_ms", m.ExpireAt.UnixMilli())
+	}
+	created, err := createScript.Run(ctx, s.rdb, []string{recordKey(m.ID)}, args...).Int()
+	if err != nil {
+		return "", fmt.Errorf("delivery: create: %w", err)
+	}
+	if created == 0 {
+		return "", fmt.Errorf("delivery: create %s: id exists", m.ID)
+	}
+	return state, nil
+}
+
+// Delete removes a record; it undoes a Create whose task could not be enqueued.
+func (s *Store) Delete(ctx context.Context, id string) error {
+	if err := s.rdb.Del(ctx, recordKey(id)).Err(); err != nil {
+		return fmt.Errorf("delivery: delete: %w", err)
+	}
+	return nil
+}
+
+// Attempt is what Begin found.
+type Attempt struct {
+	State    State
+	App      string
+	Body     []byte
+	Attempts int  // attempts including this one
+	Proceed  bool // false: the message is sent or final, do not send
+	Changed  bool // Begin itself settled the message (expired)
+}
+
+// Begin starts a send attempt. It never lets a message that WeChat accepted, or
+// that is final, be sent again, and it settles an expired message instead of
+// sending it late.
+func (s *Store) Begin(ctx context.Context, id string) (Attempt, error) {
+	now := s.cfg.Now()
+	res, err := beginScript.Run(ctx, s.rdb, []string{recordKey(id)},
+		now.UnixMilli(), s.line(now, historyLine{Event: "expired", State: StateExpired}),
+		s.cfg.Retention.Milliseconds()).Slice()
+	if err != nil {
+		return Attempt{}, fmt.Errorf("delivery: begin: %w", err)
+	}
+	if len(res) == 0 {
+		return Attempt{}, ErrNotFound
+	}
+	a := Attempt{State: State(str(res, 0)), App: str(res, 1)}
+	switch len(res) {
+	case 4:
+		a.Body = []byte(str(res, 2))
+		a.Attempts = int(num(res, 3))
+		a.Proceed = true
+	case 3:
+		a.Changed = true
+	}
+	return a, nil
+}
+
+// Transition is the result of a state change request.
+type Transition struct {
+	State   State  // the state after the call
+	App     string // the message's app
+	Changed bool   // this call moved the message (count it exactly once)
+}
+
+// MarkSent records that WeChat accepted the message with msgID. If WeChat's result
+// callback arrived first, it is applied now and the returned state is final.
+func (s *Store) MarkSent(ctx context.Context, id, app string, msgID int64) (Transition, error) {
+	now := s.cfg.Now()
+	mid := strconv.FormatInt(msgID, 10)
+	res, err := sentScript.Run(ctx, s.rdb,
+		[]string{recordKey(id), indexKey(app, mid), heldKey(app, mid), sentKey},
+		id, mid, now.UnixMilli(),
+		s.line(now, historyLine{Event: "sent", State: StateSent, Note: "msgid " + mid}),
+		(s.cfg.ConfirmTimeout + s.cfg.Retention).Milliseconds(),
+		now.Add(s.cfg.ConfirmTimeout).UnixMilli(),
+		s.cfg.Retention.Milliseconds()).Slice()
+	if err != nil {
+		return Transition{}, fmt.Errorf("delivery: mark sent: %w", err)
+	}
+	return transition(res)
+}
+
+// MarkRetrying records a failed attempt that will be retried.
+func (s *Store) MarkRetrying(ctx context.Context, id string, e ErrorInfo) (State, error) {
+	now := s.cfg.Now()
+	st, err := retryScript.Run(ctx, s.rdb, []string{recordKey(id)},
+		s.line(now, historyLine{Event: "attempt failed", State: StateRetrying, ErrCode: e.Code, ErrMsg: e.Msg}),
+		e.Code, e.Msg).Text()
+	if err != nil {
+		return "", fmt.Errorf("delivery: mark retrying: %w", err)
+	}
+	if st == "" {
+		return "", ErrNotFound
+	}
+	return State(st), nil
+}
+
+// Finish settles a message that was never accepted by WeChat in a final state
+// (rejected, dead, expired or canceled). A message already sent or final is left alone.
+func (s *Store) Finish(ctx context.Context, id string, to State, e *ErrorInfo) (Transition, error) {
+	return s.finish(ctx, id, to, e, "unsent", "")
+}
+
+func (s *Store) finish(ctx context.Context, id string, to State, e *ErrorInfo, mode, note string) (Transition, error) {
+	now := s.cfg.Now()
+	line := historyLine{Event: string(to), State: to, Note: note}
+	code, msg := "", ""
+	if e != nil {
+		line.ErrCode, line.ErrMsg = e.Code, e.Msg
+		code, msg = strconv.Itoa(e.Code), e.Msg
+	}
+	res, err := finishScript.Run(ctx, s.rdb, []string{recordKey(id), sentKey},
+		string(to), now.UnixMilli(), s.line(now, line), code, msg,
+		s.cfg.Retention.Milliseconds(), id, mode).Slice()
+	if err != nil {
+		return Transition{}, fmt.Errorf("delivery: finish: %w", err)
+	}
+	return transition(res)
+}
+
+// CallbackOutcome says what a result callback did.
+type CallbackOutcome string
+
+const (
+	CallbackApplied   CallbackOutcome = "applied"   // settled a sent message
+	CallbackHeld      CallbackOutcome = "held"      // msgid not (yet) known: kept for CallbackHold
+	CallbackDuplicate CallbackOutcome = "duplicate" // already applied or already held
+	CallbackLate      CallbackOutcome = "late"      // arrived after the message was settled unconfirmed
+	CallbackUnknown   CallbackOutcome = "unknown"   // the msgid's record has expired
+)
+
+// CallbackResult is what ApplyCallback did.
+type CallbackResult struct {
+	Outcome CallbackOutcome
+	ID      string
+	App     string
+	State   State
+}
+
+// ApplyCallback applies WeChat's result for msgID of app: to is the final state
+// the result means and raw its Status text. It is idempotent.
+func (s *Store) ApplyCallback(ctx context.Context, app, msgID string, to State, raw string) (CallbackResult, error) {
+	now := s.cfg.Now()
+	res, err := callbackScript.Run(ctx, s.rdb,
+		[]string{indexKey(app, msgID), heldKey(app, msgID), sentKey},
+		string(to), raw, now.UnixMilli(), s.cfg.CallbackHold.Milliseconds(), s.cfg.Retention.Milliseconds(),
+		s.line(now, historyLine{Event: "callback", State: to, Status: raw}), recordPrefix).Slice()
+	if err != nil {
+		return CallbackResult{}, fmt.Errorf("delivery: apply callback: %w", err)
+	}
+	return CallbackResult{Outcome: CallbackOutcome(str(res, 0)), ID: str(res, 1), App: str(res, 2), State: State(str(res, 3))}, nil
+}
+
+// Settled is a message a sweep moved to a final state.
+type Settled struct {
+	ID  string
+	App string
+}
+
+// SweepUnconfirmed settles, as unconfirmed, up to limit sent messages whose
+// confirmation deadline has passed. Concurrent sweepers are safe: each message is
+// settled by exactly one of them.
+func (s *Store) SweepUnconfirmed(ctx context.Context, limit int) ([]Settled, error) {
+	now := s.cfg.Now()
+	ids, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
+		Key: sentKey, ByScore: true, Start: "-inf", Stop: strconv.FormatInt(now.UnixMilli(), 10), Count: int64(limit),
+	}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("delivery: sweep: %w", err)
+	}
+	var settled []Settled
+	for _, id := range ids {
+		t, err := s.finish(ctx, id, StateUnconfirmed, nil, "sent", "no result callback in time")
+		if err != nil {
+			return settled, err
+		}
+		if t.Changed {
+			settled = append(settled, Settled{ID: id, App: t.App})
+		}
+	}
+	return settled, nil
+}
+
+// Message is a record as the API shows it.
+type Message struct {
+	ID          string     `json:"id"`
+	App         string     `json:"app"`
+	State       State      `json:"state"`
+	Queue       string     `json:"-"`
+	Attempts    int        `json:"attempts"`
+	WeChatMsgID string     `json:"wechat_msgid,omitempty"`
+	LastError   *ErrorInfo `json:"last_error,omitempty"`
+	Status      string     `json:"wechat_status,omitempty"`
+	CreatedAt   time.Time  `json:"created_at"`
+	SendAt      *time.Time `json:"send_at,omitempty"`
+	ExpireAt    *time.Time `json:"expire_at,omitempty"`
+	SentAt      *time.Time `json:"sent_at,omitempty"`
+	FinishedAt  *time.Time `json:"finished_at,omitempty"`
+	History     []Event    `json:"history"`
+}
+
+// Get returns the record of id.
+func (s *Store) Get(ctx context.Context, id string) (*Message, error) {
+	h, err := s.rdb.HGetAll(ctx, recordKey(id)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("delivery: get: %w", err)
+	}
+	if len(h) == 0 || h["state"] == "" {
+		return nil, ErrNotFound
+	}
+	m := &Message{
+		ID: id, App: h["app"], State: State(h["state"]), Queue: h["queue"],
+		WeChatMsgID: h["msgid"], Status: h["wx_status"],
+		CreatedAt: msTime(h["created_ms"]), SendAt: optTime(h["send_ms"]), ExpireAt: optTime(h["expire_ms"]),
+		SentAt: optTime(h["sent_ms"]), FinishedAt: optTime(h["finished_ms"]),
+		History: []Event{},
+	}
+	m.Attempts, _ = strconv.Atoi(h["attempts"])
+	if c := h["err_code"]; c != "" {
+		code, _ := strconv.Atoi(c)
+		m.LastError = &ErrorInfo{Code: code, Msg: h["err_msg"]}
+	}
+	for _, l := range strings.Split(h["hist"], "\n") {
+		var hl historyLine
+		if l == "" || json.Unmarshal([]byte(l), &hl) != nil {
+			continue
+		}
+		m.History = append(m.History, Event{At: time.UnixMilli(hl.At).UTC(), Event: hl.Event, State: hl.State,
+			ErrCode: hl.ErrCode, ErrMsg: hl.ErrMsg, Status: hl.Status, Note: hl.Note})
+	}
+	return m, nil
+}
+
+func transition(res []any) (Transition, error) {
+	if len(res) == 0 {
+		return Transition{}, ErrNotFound
+	}
+	return Transition{State: State(str(res, 0)), Changed: str(res, 1) == "changed", App: str(res, 2)}, nil
+}
+
+func str(res []any, i int) string {
+	if i >= len(res) {
+		return ""
+	}
+	s, _ := res[i].(string)
+	return s
+}
+
+func num(res []any, i int) int64 {
+	if i >= len(res) {
+		return 0
+	}
+	n, _ := res[i].(int64)
+	return n
+}
+
+func msTime(v string) time.Time {
+	ms, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
+}
+
+func optTime(v string) *time.Time {
+	if v == "" {
+		return nil
+	}
+	t := msTime(v)
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}

@@ -1,0 +1,109 @@
+// Package metrics defines every Prometheus metric a wxpush process exports, on a
+// registry passed in from main (never the global one). Labels are bounded: app,
+// state, result class, API name, callback event and outcome — never an openid, a
+// message id or a raw errmsg. Known label values are initialised to zero so that
+// rate() and absent() work from the first scrape. Safe for concurrent use.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Attempt results besides the wechat error classes.
+const (
+	ResultOK = "ok"
+)
+
+// Metrics are wxpush's per-process instruments.
+type Metrics struct {
+	Enqueued      *prometheus.CounterVec   // app
+	Finished      *prometheus.CounterVec   // app, state
+	Attempts      *prometheus.CounterVec   // app, result
+	Callbacks     *prometheus.CounterVec   // app, event, outcome
+	APIDuration   *prometheus.HistogramVec // api, result
+	TokenFetches  *prometheus.CounterVec   // app, result
+	RetriesWaited *prometheus.CounterVec   // app, class: retries scheduled
+}
+
+// Labels lists the known label values to initialise.
+type Labels struct {
+	Apps    []string
+	States  []string // final states
+	Results []string // attempt results
+	Events  []string // callback events
+	Outcome []string // callback outcomes
+	APIs    []string
+}
+
+// New registers wxpush's metrics (and the Go, process and build-info collectors)
+// on reg.
+func New(reg prometheus.Registerer, l Labels) *Metrics {
+	m := &Metrics{
+		Enqueued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxpush_messages_enqueued_total",
+			Help: "Messages accepted by the API and queued for delivery.",
+		}, []string{"app"}),
+		Finished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxpush_messages_finished_total",
+			Help: "Messages that reached a final state, by state; each message is counted once, by the process that settled it.",
+		}, []string{"app", "state"}),
+		Attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxpush_send_attempts_total",
+			Help: "Template send attempts, by result: ok or the WeChat error class.",
+		}, []string{"app", "result"}),
+		Callbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxpush_callbacks_total",
+			Help: "WeChat callback events received, by event and what they did.",
+		}, []string{"app", "event", "outcome"}),
+		APIDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "wxpush_wechat_api_duration_seconds",
+			Help:    "Duration of WeChat API calls, by API and result.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"api", "result"}),
+		TokenFetches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxpush_token_fetches_total",
+			Help: "Access token fetches from WeChat, by result (ok or error class).",
+		}, []string{"app", "result"}),
+		RetriesWaited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxpush_retries_scheduled_total",
+			Help: "Attempts that ended in a scheduled retry, by error class.",
+		}, []string{"app", "class"}),
+	}
+	reg.MustRegister(m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
+		m.TokenFetches, m.RetriesWaited,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewBuildInfoCollector())
+
+	for _, app := range l.Apps {
+		m.Enqueued.WithLabelValues(app)
+		for _, s := range l.States {
+			m.Finished.WithLabelValues(app, s)
+		}
+		for _, r := range l.Results {
+			m.Attempts.WithLabelValues(app, r)
+			m.TokenFetches.WithLabelValues(app, r)
+			if r != ResultOK {
+				m.RetriesWaited.WithLabelValues(app, r)
+			}
+		}
+		for _, e := range l.Events {
+			for _, o := range l.Outcome {
+				m.Callbacks.WithLabelValues(app, e, o)
+			}
+		}
+	}
+	for _, api := range l.APIs {
+		for _, r := range l.Results {
+			m.APIDuration.WithLabelValues(api, r)
+		}
+	}
+	return m
+}
+
+// ObserveAPI records one WeChat API call; result is "ok" or an error class.
+func (m *Metrics) ObserveAPI(api, result string, d time.Duration) {
+	m.APIDuration.WithLabelValues(api, result).Observe(d.Seconds())
+}

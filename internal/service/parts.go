@@ -1,0 +1,156 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wxpush/wxpush/internal/api"
+	"github.com/wxpush/wxpush/internal/config"
+	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/logging"
+	"github.com/wxpush/wxpush/internal/metrics"
+	"github.com/wxpush/wxpush/internal/redisconn"
+	"github.com/wxpush/wxpush/internal/tasks"
+	"github.com/wxpush/wxpush/internal/wechat"
+)
+
+// parts are what every wxpush process shares: one Redis client, one registry.
+type parts struct {
+	cfg     config.Config
+	log     *slog.Logger
+	rdb     redis.UniversalClient
+	reg     *prometheus.Registry
+	metrics *metrics.Metrics
+	store   *delivery.Store
+}
+
+func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *parts {
+	reg := prometheus.NewRegistry()
+	results := []string{metrics.ResultOK}
+	for _, c := range wechat.Classes() {
+		results = append(results, c.String())
+	}
+	states := make([]string, 0, 8)
+	for _, s := range delivery.FinalStates() {
+		states = append(states, string(s))
+	}
+	m := metrics.New(reg, metrics.Labels{
+		Apps: cfg.AppNames(), States: states, Results: results,
+		Events: api.CallbackEvents, Outcome: api.CallbackOutcomes,
+		APIs: []string{"token", "stable_token", "template/send"},
+	})
+	store := delivery.NewStore(rdb, delivery.Config{
+		Retention: cfg.Retention, ConfirmTimeout: cfg.ConfirmTimeout, CallbackHold: cfg.CallbackHold,
+	})
+	return &parts{cfg: cfg, log: log, rdb: rdb, reg: reg, metrics: m, store: store}
+}
+
+func loadConfig(getenv func(string) string, stderr io.Writer) (config.Config, *slog.Logger, error) {
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		return cfg, nil, fmt.Errorf("configuration: %w", err)
+	}
+	return cfg, logging.New(stderr, cfg.LogLevel, cfg.LogFormat), nil
+}
+
+// apiHandler builds the enqueuer's HTTP API.
+func (p *parts) apiHandler() http.Handler {
+	apps := make([]api.CallbackApp, len(p.cfg.Apps))
+	for i, a := range p.cfg.Apps {
+		apps[i] = api.CallbackApp{Name: a.Name, Token: a.Token}
+	}
+	queue := asynq.NewClientFromRedisClient(p.rdb)
+	return api.New(api.Deps{
+		Submit:     tasks.NewSubmitter(p.store, queue, p.cfg.MaxAttempts),
+		Messages:   p.store,
+		Apps:       apps,
+		DefaultApp: config.DefaultApp,
+		APIKeys:    p.cfg.APIKeys,
+		Metrics:    p.metrics,
+		Gatherer:   p.reg,
+		Logger:     p.log,
+		Ready:      func(ctx context.Context) error { return redisconn.Ping(ctx, p.rdb) },
+	}).Handler()
+}
+
+// adminHandler serves a worker's /metrics, /healthz and /readyz.
+func (p *parts) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := redisconn.Ping(ctx, p.rdb); err != nil {
+			http.Error(w, "redis unreachable", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ready\n")
+	})
+	return mux
+}
+
+// wechatClient is the WeChat client with the API duration histogram attached.
+func (p *parts) wechatClient() *wechat.Client {
+	return wechat.NewClient(p.cfg.WeChatAPIBase,
+		wechat.WithHTTPClient(&http.Client{
+			Timeout: p.cfg.SendTimeout,
+			Transport: &http.Transport{
+				Proxy:               http.ProxyFromEnvironment,
+				MaxIdleConns:        p.cfg.Concurrency * 2,
+				MaxIdleConnsPerHost: p.cfg.Concurrency * 2,
+				IdleConnTimeout:     90 * time.Second,
+				TLSHandshakeTimeout: 5 * time.Second,
+			},
+		}),
+		wechat.WithObserver(func(apiName string, d time.Duration, err error) {
+			p.metrics.ObserveAPI(apiName, resultOf(err), d)
+		}))
+}
+
+func resultOf(err error) string {
+	if err == nil {
+		return metrics.ResultOK
+	}
+	return wechat.ClassOfError(err).String()
+}
+
+// serveHTTP serves h on ln until ctx is done, then shuts down gracefully.
+func serveHTTP(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger) error {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return err
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,112 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/wxpush/wxpush/internal/config"
+	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/tasks"
+	"github.com/wxpush/wxpush/internal/wechat"
+)
+
+// forwardInterval is how often asynq moves due retries and scheduled tasks to
+// their queues; the default (5 s) would make a "1 s" first retry take up to 6 s.
+const forwardInterval = 200 * time.Millisecond
+
+// runWorker runs the asynq server and the unconfirmed sweeper until ctx is done,
+// then drains in-flight sends for up to cfg.ShutdownTimeout.
+func (p *parts) runWorker(ctx context.Context) error {
+	client := p.wechatClient()
+	tokens := wechat.NewTokenStore(p.rdb, client, wechat.TokenStoreConfig{
+		OnFetch: func(app string, err error) { p.metrics.TokenFetches.WithLabelValues(app, resultOf(err)).Inc() },
+	})
+	handler := tasks.NewHandler(tasks.HandlerDeps{
+		Store: p.store, Sender: client, Tokens: tokens, Apps: credentials(p.cfg),
+		Metrics: p.metrics, Logger: p.log,
+	})
+	policy := tasks.RetryPolicy{Base: p.cfg.RetryBase, Cap: p.cfg.RetryCap}
+	srv := asynq.NewServerFromRedisClient(p.rdb, asynq.Config{
+		Concurrency:              p.cfg.Concurrency,
+		Queues:                   tasks.QueueWeights,
+		RetryDelayFunc:           policy.RetryDelayFunc,
+		IsFailure:                tasks.IsFailure,
+		TaskCheckInterval:        p.cfg.TaskCheckInterval,
+		DelayedTaskCheckInterval: forwardInterval,
+		ShutdownTimeout:          p.cfg.ShutdownTimeout,
+		Logger:                   asynqLogger{p.log.With("component", "asynq")},
+		LogLevel:                 asynq.WarnLevel,
+	})
+	mux := asynq.NewServeMux()
+	mux.Handle(tasks.TypeDeliver, handler)
+	if err := srv.Start(mux); err != nil {
+		return fmt.Errorf("worker: start asynq: %w", err)
+	}
+	sweepDone := make(chan struct{})
+	go func() {
+		defer close(sweepDone)
+		p.sweep(ctx)
+	}()
+	<-ctx.Done()
+	// Shutdown stops fetching, waits for in-flight handlers up to ShutdownTimeout,
+	// and hands unfinished tasks back to the queue.
+	srv.Shutdown()
+	<-sweepDone
+	return nil
+}
+
+// sweep settles sent messages whose callback never came. Every worker sweeps; the
+// store's transition makes each message settle once.
+func (p *parts) sweep(ctx context.Context) {
+	every := min(p.cfg.ConfirmTimeout/4, 10*time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for {
+			settled, err := p.store.SweepUnconfirmed(ctx, 500)
+			if err != nil {
+				p.log.Warn("unconfirmed sweep failed", "err", err)
+				break
+			}
+			for _, s := range settled {
+				p.metrics.Finished.WithLabelValues(s.App, string(delivery.StateUnconfirmed)).Inc()
+				p.log.Info("no result callback in time", "msg_id", s.ID, "app", s.App, "state", delivery.StateUnconfirmed)
+			}
+			if len(settled) < 500 {
+				break
+			}
+		}
+	}
+}
+
+// credentials resolves app names to token credentials.
+func credentials(cfg config.Config) tasks.Apps {
+	creds := map[string]wechat.Credentials{}
+	for _, a := range cfg.Apps {
+		creds[a.Name] = wechat.Credentials{App: a.Name, AppID: a.AppID, Secret: a.Secret.Reveal(), Stable: a.StableToken}
+	}
+	return func(app string) (wechat.Credentials, bool) {
+		c, ok := creds[app]
+		return c, ok
+	}
+}
+
+// asynqLogger routes asynq's logs into slog.
+type asynqLogger struct{ log *slog.Logger }
+
+func (l asynqLogger) Debug(args ...any) { l.log.Debug(fmt.Sprint(args...)) }
+func (l asynqLogger) Info(args ...any)  { l.log.Info(fmt.Sprint(args...)) }
+func (l asynqLogger) Warn(args ...any)  { l.log.Warn(fmt.Sprint(args...)) }
+func (l asynqLogger) Error(args ...any) { l.log.Error(fmt.Sprint(args...)) }
+func (l asynqLogger) Fatal(args ...any) { l.log.Error(fmt.Sprint(args...)) }
+
+var _ asynq.Logger = asynqLogger{}

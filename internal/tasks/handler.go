@@ -1,0 +1,209 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/logging"
+	"github.com/wxpush/wxpush/internal/metrics"
+	"github.com/wxpush/wxpush/internal/wechat"
+)
+
+// Store is the part of the delivery store the handler needs.
+type Store interface {
+	Begin(ctx context.Context, id string) (delivery.Attempt, error)
+	MarkSent(ctx context.Context, id, app string, msgID int64) (delivery.Transition, error)
+	MarkRetrying(ctx context.Context, id string, e delivery.ErrorInfo) (delivery.State, error)
+	Finish(ctx context.Context, id string, to delivery.State, e *delivery.ErrorInfo) (delivery.Transition, error)
+}
+
+// Sender sends a template message with an access token.
+type Sender interface {
+	SendTemplate(ctx context.Context, accessToken string, msg *wechat.TemplateMessage) (int64, error)
+}
+
+// Tokens hands out the shared access token of an app.
+type Tokens interface {
+	Token(ctx context.Context, cred wechat.Credentials) (string, error)
+	Invalidate(ctx context.Context, app, failed string) error
+}
+
+// Apps resolves an app name to its credentials.
+type Apps func(app string) (wechat.Credentials, bool)
+
+var (
+	_ Store  = (*delivery.Store)(nil)
+	_ Sender = (*wechat.Client)(nil)
+	_ Tokens = (*wechat.TokenStore)(nil)
+)
+
+// Handler delivers TypeDeliver tasks.
+type Handler struct {
+	store   Store
+	sender  Sender
+	tokens  Tokens
+	apps    Apps
+	metrics *metrics.Metrics
+	log     *slog.Logger
+	now     func() time.Time
+}
+
+// HandlerDeps are the Handler's collaborators; all are required except Now.
+type HandlerDeps struct {
+	Store   Store
+	Sender  Sender
+	Tokens  Tokens
+	Apps    Apps
+	Metrics *metrics.Metrics
+	Logger  *slog.Logger
+	Now     func() time.Time
+}
+
+// NewHandler returns a Handler.
+func NewHandler(d HandlerDeps) *Handler {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	return &Handler{store: d.Store, sender: d.Sender, tokens: d.Tokens, apps: d.Apps,
+		metrics: d.Metrics, log: d.Logger, now: d.Now}
+}
+
+// ProcessTask implements asynq.Handler.
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	p, err := parseDeliverPayload(t.Payload())
+	if err != nil {
+		h.log.Error("dropping task with a bad payload", "task_id", t.ResultWriter().TaskID())
+		return err
+	}
+	log := h.log.With("msg_id", p.ID, "app", p.App)
+
+	a, err := h.store.Begin(ctx, p.ID)
+	switch {
+	case errors.Is(err, delivery.ErrNotFound):
+		// The record is gone (retention ran out, or its enqueue was undone): there
+		// is nothing to send and nothing to settle.
+		log.Warn("no record for task; skipping")
+		return nil
+	case err != nil:
+		return fmt.Errorf("tasks: begin: %w", err)
+	case a.Changed:
+		h.metrics.Finished.WithLabelValues(a.App, string(a.State)).Inc()
+		log.Info("message expired before it could be sent", "state", a.State)
+		return nil
+	case !a.Proceed:
+		// Invariant: never re-send what WeChat accepted or what is settled.
+		log.Info("message already sent or settled; not sending", "state", a.State)
+		return nil
+	}
+
+	cred, ok := h.apps(a.App)
+	if !ok {
+		return h.failed(ctx, log, p.ID, a.App, wechat.ClassConfig, fmt.Errorf("tasks: app %q is not configured", a.App))
+	}
+	var msg wechat.TemplateMessage
+	if err := json.Unmarshal(a.Body, &msg); err != nil {
+		return h.settle(ctx, log, p.ID, a.App, delivery.StateRejected, &delivery.ErrorInfo{Msg: "stored body is not valid JSON"})
+	}
+	msg.ClientMsgID = p.ID
+	log = log.With("touser", logging.MaskOpenID(msg.ToUser), "attempt", a.Attempts)
+
+	msgID, err := h.send(ctx, cred, &msg)
+	if err == nil {
+		h.metrics.Attempts.WithLabelValues(a.App, metrics.ResultOK).Inc()
+		tr, err := h.store.MarkSent(ctx, p.ID, a.App, msgID)
+		if err != nil {
+			// WeChat has the message; a retry re-sends with the same client_msg_id,
+			// which WeChat drops as a duplicate.
+			return fmt.Errorf("tasks: store sent: %w", err)
+		}
+		if tr.Changed && tr.State.Final() {
+			h.metrics.Finished.WithLabelValues(a.App, string(tr.State)).Inc()
+		}
+		log.Info("message accepted by wechat", "wechat_msgid", msgID, "state", tr.State)
+		return nil
+	}
+	class := wechat.ClassOfError(err)
+	h.metrics.Attempts.WithLabelValues(a.App, class.String()).Inc()
+	if class == wechat.ClassPermanent {
+		return h.settle(ctx, log, p.ID, a.App, delivery.StateRejected, errorInfo(err))
+	}
+	return h.failed(ctx, log, p.ID, a.App, class, err)
+}
+
+// send gets the shared token and sends; a token error invalidates the token (only
+// if it is still the one that failed) and retries once at once, which is not
+// counted as a failed attempt.
+func (h *Handler) send(ctx context.Context, cred wechat.Credentials, msg *wechat.TemplateMessage) (int64, error) {
+	for try := 0; ; try++ {
+		token, err := h.tokens.Token(ctx, cred)
+		if err != nil {
+			return 0, err
+		}
+		id, err := h.sender.SendTemplate(ctx, token, msg)
+		if err == nil || wechat.ClassOfError(err) != wechat.ClassToken || try > 0 {
+			return id, err
+		}
+		if err := h.tokens.Invalidate(ctx, cred.App, token); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// failed handles an attempt that may be retried: throttling waits without spending
+// the budget; other failures retry with backoff until the budget is spent, then the
+// message is dead.
+func (h *Handler) failed(ctx context.Context, log *slog.Logger, id, app string, class wechat.Class, err error) error {
+	info := errorInfo(err)
+	var wait time.Duration
+	switch class {
+	case wechat.ClassThrottled:
+		wait = nextMinute(h.now())
+	case wechat.ClassQuota:
+		wait = nextQuotaReset(h.now())
+	default:
+		retried, _ := asynq.GetRetryCount(ctx)
+		max, _ := asynq.GetMaxRetry(ctx)
+		if retried >= max {
+			log.Warn("retries exhausted", "err", err)
+			return h.settle(ctx, log, id, app, delivery.StateDead, info)
+		}
+	}
+	if _, serr := h.store.MarkRetrying(ctx, id, *info); serr != nil && !errors.Is(serr, delivery.ErrNotFound) {
+		log.Error("could not record the failed attempt", "err", serr)
+	}
+	h.metrics.RetriesWaited.WithLabelValues(app, class.String()).Inc()
+	if wait > 0 {
+		log.Info("throttled by wechat; waiting without spending retries", "class", class, "wait", wait, "err", err)
+		return &retryAfter{err: err, delay: wait}
+	}
+	log.Warn("attempt failed; will retry", "class", class, "err", err)
+	return err
+}
+
+// settle moves the message to a final state and tells asynq not to retry.
+func (h *Handler) settle(ctx context.Context, log *slog.Logger, id, app string, to delivery.State, info *delivery.ErrorInfo) error {
+	tr, err := h.store.Finish(ctx, id, to, info)
+	if err != nil && !errors.Is(err, delivery.ErrNotFound) {
+		return fmt.Errorf("tasks: settle %s: %w", to, err)
+	}
+	if tr.Changed {
+		h.metrics.Finished.WithLabelValues(app, string(to)).Inc()
+	}
+	log.Warn("message settled", "state", tr.State, "errcode", info.Code, "errmsg", info.Msg)
+	return fmt.Errorf("tasks: message %s: %w", to, asynq.SkipRetry)
+}
+
+func errorInfo(err error) *delivery.ErrorInfo {
+	var apiErr *wechat.APIError
+	if errors.As(err, &apiErr) {
+		return &delivery.ErrorInfo{Code: apiErr.Code, Msg: apiErr.Msg}
+	}
+	return &delivery.ErrorInfo{Msg: err.Error()}
+}
