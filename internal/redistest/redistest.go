@@ -104,7 +104,11 @@ func Start(tb testing.TB, opts ...Option) *Server {
 	}
 	// Registered after TempDir, so it runs before the directory is removed: the
 	// server must be gone before its files are.
-	tb.Cleanup(func() { s.kill() })
+	tb.Cleanup(func() {
+		if err := s.kill(); err != nil {
+			tb.Errorf("redistest: cleanup: %v", err)
+		}
+	})
 
 	var lastErr error
 	for range portAttempts {

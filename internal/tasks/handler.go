@@ -53,6 +53,7 @@ type Handler struct {
 	metrics *metrics.Metrics
 	log     *slog.Logger
 	now     func() time.Time
+	retries func(ctx context.Context) (retried, max int)
 }
 
 // HandlerDeps are the Handler's collaborators; all are required except Now.
@@ -64,6 +65,9 @@ type HandlerDeps struct {
 	Metrics *metrics.Metrics
 	Logger  *slog.Logger
 	Now     func() time.Time
+	// Retries reports how many failed attempts the task has had and its budget;
+	// nil reads them from asynq's task context.
+	Retries func(ctx context.Context) (retried, max int)
 }
 
 // NewHandler returns a Handler.
@@ -71,15 +75,24 @@ func NewHandler(d HandlerDeps) *Handler {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
+	if d.Retries == nil {
+		d.Retries = asynqRetries
+	}
 	return &Handler{store: d.Store, sender: d.Sender, tokens: d.Tokens, apps: d.Apps,
-		metrics: d.Metrics, log: d.Logger, now: d.Now}
+		metrics: d.Metrics, log: d.Logger, now: d.Now, retries: d.Retries}
+}
+
+func asynqRetries(ctx context.Context) (int, int) {
+	retried, _ := asynq.GetRetryCount(ctx)
+	max, _ := asynq.GetMaxRetry(ctx)
+	return retried, max
 }
 
 // ProcessTask implements asynq.Handler.
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	p, err := parseDeliverPayload(t.Payload())
 	if err != nil {
-		h.log.Error("dropping task with a bad payload", "task_id", t.ResultWriter().TaskID())
+		h.log.Error("dropping task with a bad payload", "type", t.Type())
 		return err
 	}
 	log := h.log.With("msg_id", p.ID, "app", p.App)
@@ -168,9 +181,7 @@ func (h *Handler) failed(ctx context.Context, log *slog.Logger, id, app string, 
 	case wechat.ClassQuota:
 		wait = nextQuotaReset(h.now())
 	default:
-		retried, _ := asynq.GetRetryCount(ctx)
-		max, _ := asynq.GetMaxRetry(ctx)
-		if retried >= max {
+		if retried, max := h.retries(ctx); retried >= max {
 			log.Warn("retries exhausted", "err", err)
 			return h.settle(ctx, log, id, app, delivery.StateDead, info)
 		}

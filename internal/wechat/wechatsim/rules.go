@@ -18,14 +18,17 @@ const (
 	OutcomeSystemFailed      Outcome = "system_failed"      // errcode 0; callback Status "failed: system failed"
 	OutcomeNoCallback        Outcome = "no_callback"        // errcode 0; no callback ever
 	OutcomeDuplicateCallback Outcome = "duplicate_callback" // errcode 0; the success callback is pushed twice
-	OutcomeCallbackFirst     Outcome = "callback_first"     // errcode 0; the success callback is pushed, and its reply awaited, before the send reply is written
-	OutcomeSystemBusy        Outcome = "system_busy"        // errcode -1 "system error"
-	OutcomeNotFollowing      Outcome = "not_following"      // errcode 43004 "require subscribe"
-	OutcomeFrequencyLimit    Outcome = "frequency_limit"    // errcode 45011
-	OutcomeDailyQuota        Outcome = "daily_quota"        // errcode 45009
-	OutcomeTokenInvalid      Outcome = "token_invalid"      // errcode 40001 whatever token was used
-	OutcomeHTTP500           Outcome = "http_500"           // HTTP 500, empty body; nothing is sent
-	OutcomeHang              Outcome = "hang"               // never answers until the request context ends; nothing is sent
+	// OutcomeCallbackFirst answers errcode 0 only after the success callback
+	// was pushed and its reply (retries included) awaited, ignoring
+	// CallbackDelay: the callback arrives before the sender can store the msgid.
+	OutcomeCallbackFirst  Outcome = "callback_first"
+	OutcomeSystemBusy     Outcome = "system_busy"     // errcode -1 "system error"
+	OutcomeNotFollowing   Outcome = "not_following"   // errcode 43004 "require subscribe"
+	OutcomeFrequencyLimit Outcome = "frequency_limit" // errcode 45011
+	OutcomeDailyQuota     Outcome = "daily_quota"     // errcode 45009
+	OutcomeTokenInvalid   Outcome = "token_invalid"   // errcode 40001 whatever token was used
+	OutcomeHTTP500        Outcome = "http_500"        // HTTP 500, empty body; nothing is sent
+	OutcomeHang           Outcome = "hang"            // never answers until the request context ends; nothing is sent
 	// OutcomeReplyLost delivers the message (and its success callback) but
 	// answers HTTP 500: the "send may have happened" case of a transport error,
 	// which only client_msg_id protects against.

@@ -153,3 +153,18 @@ func TestMsgIDBase(t *testing.T) {
 		t.Errorf("first msgid = %s, want 42", got)
 	}
 }
+
+func FuzzParseRules(f *testing.F) {
+	for _, seed := range []string{"", "block_*=user_block, busy_1=system_busy:3, *=success", "x=hang:2@0.5", "a=", "=:@", "a=success@1e-9"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, spec string) {
+		rules, err := ParseRules(spec)
+		if err != nil {
+			return
+		}
+		if err := validateRules(rules); err != nil {
+			t.Errorf("ParseRules(%q) returned rules that fail validation: %v", spec, err)
+		}
+	})
+}
