@@ -35,6 +35,7 @@ type messageRequest struct {
 	App         string                     `json:"app"`
 	SendAt      string                     `json:"send_at"`
 	ExpireAt    string                     `json:"expire_at"`
+	TTL         json.RawMessage            `json:"ttl"`
 	Priority    string                     `json:"priority"`
 }
 
@@ -154,13 +155,28 @@ func (s *Server) parseMessage(b []byte, now time.Time) (delivery.NewMessage, *ap
 	if !ok {
 		return delivery.NewMessage{}, badField("priority", "invalid_priority", "priority must be high, normal or low")
 	}
-	m := delivery.NewMessage{ID: ulid.Make().String(), App: req.App, Queue: queue}
+	m := delivery.NewMessage{ID: ulid.Make().String(), App: req.App, To: req.ToUser, Queue: queue,
+		MaxBacklog: s.apps[req.App].MaxBacklog}
 	var e *apiError
 	if m.SendAt, e = parseTime("send_at", req.SendAt); e != nil {
 		return m, e
 	}
 	if m.ExpireAt, e = parseTime("expire_at", req.ExpireAt); e != nil {
 		return m, e
+	}
+	if len(req.TTL) > 0 && string(req.TTL) != "null" {
+		if !m.ExpireAt.IsZero() {
+			return m, badField("ttl", "conflict", "give expire_at or ttl, not both")
+		}
+		ttl, e := parseTTL(req.TTL)
+		if e != nil {
+			return m, e
+		}
+		start := now
+		if m.SendAt.After(now) {
+			start = m.SendAt
+		}
+		m.ExpireAt = start.Add(ttl)
 	}
 	if !m.ExpireAt.IsZero() && !m.ExpireAt.After(now) {
 		return m, badField("expire_at", "in_past", "expire_at is already past")
@@ -183,6 +199,28 @@ func parseTime(field, v string) (time.Time, *apiError) {
 	return t, nil
 }
 
+// parseTTL reads ttl as a Go duration string ("10m") or a number of seconds.
+func parseTTL(raw json.RawMessage) (time.Duration, *apiError) {
+	var d time.Duration
+	var secs float64
+	var str string
+	switch {
+	case json.Unmarshal(raw, &secs) == nil:
+		d = time.Duration(secs * float64(time.Second))
+	case json.Unmarshal(raw, &str) == nil:
+		var err error
+		if d, err = time.ParseDuration(str); err != nil {
+			return 0, badField("ttl", "invalid_ttl", `ttl must be a duration such as "10m" or a number of seconds`)
+		}
+	default:
+		return 0, badField("ttl", "invalid_ttl", `ttl must be a duration such as "10m" or a number of seconds`)
+	}
+	if d <= 0 {
+		return 0, badField("ttl", "invalid_ttl", "ttl must be positive")
+	}
+	return d, nil
+}
+
 type acceptedResponse struct {
 	ID    string         `json:"id"`
 	State delivery.State `json:"state"`
@@ -201,8 +239,7 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 	}
 	state, err := s.submit.Submit(r.Context(), m)
 	if err != nil {
-		s.log.Error("could not accept message", "app", m.App, "err", err)
-		writeError(w, errStorage)
+		writeError(w, s.submitError(m.App, err))
 		return
 	}
 	s.metrics.Enqueued.WithLabelValues(m.App).Inc()
@@ -210,6 +247,16 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 	_ = json.Unmarshal(m.Body, &msg)
 	s.log.Info("message accepted", "msg_id", m.ID, "app", m.App, "touser", logging.MaskOpenID(msg.ToUser), "queue", m.Queue)
 	writeJSON(w, http.StatusAccepted, acceptedResponse{ID: m.ID, State: state})
+}
+
+// submitError maps a Submit error to its response.
+func (s *Server) submitError(app string, err error) *apiError {
+	if errors.Is(err, delivery.ErrBacklogFull) {
+		return &apiError{Status: http.StatusTooManyRequests, Code: "backlog_full", Field: "app",
+			Message: fmt.Sprintf("app %q has its maximum of unfinished messages; retry later", app)}
+	}
+	s.log.Error("could not accept message", "app", app, "err", err)
+	return errStorage
 }
 
 func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {

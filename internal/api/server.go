@@ -2,7 +2,9 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"log/slog"
 	"net"
 	"net/http"
@@ -13,25 +15,43 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/idempotency"
 	"github.com/wxpush/wxpush/internal/metrics"
 	"github.com/wxpush/wxpush/internal/secret"
 )
 
-// Submitter accepts a message for delivery; *tasks.Submitter provides it.
+// Submitter puts messages on the queue; *tasks.Submitter provides it.
 type Submitter interface {
 	Submit(ctx context.Context, m delivery.NewMessage) (delivery.State, error)
+	SubmitBatch(ctx context.Context, ms []delivery.NewMessage) ([]delivery.Created, error)
+	Requeue(ctx context.Context, id string) error
+	WakeApp(ctx context.Context, app string) (int, error)
 }
 
-// Messages reads message records and applies callbacks; *delivery.Store provides it.
+// Messages reads and settles message records; *delivery.Store provides it.
 type Messages interface {
 	Get(ctx context.Context, id string) (*delivery.Message, error)
 	ApplyCallback(ctx context.Context, app, msgID string, to delivery.State, raw string) (delivery.CallbackResult, error)
+	Cancel(ctx context.Context, id string) (delivery.Transition, error)
+	ListDead(ctx context.Context, app string, offset, limit int) ([]*delivery.Message, int64, error)
+	Resume(ctx context.Context, app string) (bool, error)
 }
 
-// CallbackApp is what the callback receiver needs to know of an app.
+// Idempotency stores the responses of requests sent with an Idempotency-Key;
+// *idempotency.Store provides it.
+type Idempotency interface {
+	Begin(ctx context.Context, scope, key, hash string) (*idempotency.Response, *idempotency.Claim, error)
+	Complete(ctx context.Context, c *idempotency.Claim, r idempotency.Response) error
+	Abort(ctx context.Context, c *idempotency.Claim) error
+}
+
+// CallbackApp is what the API needs to know of an app.
 type CallbackApp struct {
 	Name  string
 	Token secret.Value
+	// MaxBacklog: refuse new messages (429) while the app has this many
+	// unfinished ones; 0 = no limit.
+	MaxBacklog int
 }
 
 // Deps are the Server's collaborators. Ready reports whether the process can serve
@@ -39,6 +59,7 @@ type CallbackApp struct {
 type Deps struct {
 	Submit     Submitter
 	Messages   Messages
+	Idem       Idempotency // nil: Idempotency-Key is refused
 	Apps       []CallbackApp
 	DefaultApp string
 	APIKeys    []secret.Value
@@ -53,6 +74,7 @@ type Deps struct {
 type Server struct {
 	submit     Submitter
 	messages   Messages
+	idem       Idempotency
 	apps       map[string]CallbackApp
 	defaultApp string
 	apiKeys    []secret.Value
@@ -65,7 +87,7 @@ type Server struct {
 
 // New returns a Server.
 func New(d Deps) *Server {
-	s := &Server{submit: d.Submit, messages: d.Messages, apps: map[string]CallbackApp{},
+	s := &Server{submit: d.Submit, messages: d.Messages, idem: d.Idem, apps: map[string]CallbackApp{},
 		defaultApp: d.DefaultApp, apiKeys: d.APIKeys, metrics: d.Metrics, gatherer: d.Gatherer,
 		log: d.Logger, ready: d.Ready, now: d.Now}
 	for _, a := range d.Apps {
@@ -88,8 +110,13 @@ func (s *Server) hasApp(name string) bool { _, ok := s.apps[name]; return ok }
 // Handler returns the routes.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("POST /v1/messages", s.auth(http.HandlerFunc(s.handleCreate)))
+	mux.Handle("POST /v1/messages", s.auth(s.idempotent(maxMessageBytes, s.handleCreate)))
+	mux.Handle("POST /v1/messages/batch", s.auth(s.idempotent(maxBatchBytes, s.handleBatch)))
+	mux.Handle("GET /v1/messages", s.auth(http.HandlerFunc(s.handleList)))
 	mux.Handle("GET /v1/messages/{id}", s.auth(http.HandlerFunc(s.handleGet)))
+	mux.Handle("DELETE /v1/messages/{id}", s.auth(http.HandlerFunc(s.handleCancel)))
+	mux.Handle("POST /v1/messages/{id}/retry", s.auth(http.HandlerFunc(s.handleRetry)))
+	mux.Handle("POST /v1/apps/{app}/resume", s.auth(http.HandlerFunc(s.handleResume)))
 	mux.HandleFunc("GET /wechat/callback/{app}", s.handleVerify)
 	mux.HandleFunc("POST /wechat/callback/{app}", s.handleCallback)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
@@ -133,7 +160,7 @@ func (s *Server) auth(next http.Handler) http.Handler {
 				Message: "a valid API key is required: Authorization: Bearer <key>"})
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, callerID(given))))
 	})
 }
 
@@ -144,6 +171,23 @@ func (s *Server) validKey(given string) bool {
 		ok |= subtle.ConstantTimeCompare([]byte(given), []byte(k.Reveal()))
 	}
 	return ok == 1
+}
+
+// callerKey keys the caller's identity in a request context.
+type callerKey struct{}
+
+// callerID names an API key without revealing it: a prefix of its SHA-256.
+func callerID(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:8])
+}
+
+// caller returns the identity idempotency keys are scoped to.
+func caller(r *http.Request) string {
+	if id, ok := r.Context().Value(callerKey{}).(string); ok {
+		return id
+	}
+	return "local"
 }
 
 func isLoopback(remote string) bool {

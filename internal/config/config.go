@@ -1,14 +1,8 @@
-// Package config loads wxpush's configuration: defaults, then environment
-// variables (the names of design.md's interface contract), then Validate, whose
-// errors name the variable and the bad value. It only reads; it never dials Redis
-// or WeChat. Secrets are held as secret.Value so a printed Config leaks nothing.
 package config
 
 import (
 	"errors"
-	"fmt"
-	"regexp"
-	"strconv"
+	"math"
 	"strings"
 	"time"
 
@@ -24,9 +18,46 @@ type App struct {
 	AppID  string
 	Secret secret.Value
 	Token  secret.Value // callback token: signs WeChat's callbacks
-	AESKey secret.Value // EncodingAESKey (encrypted callbacks)
+	AESKey secret.Value // EncodingAESKey (encrypted callbacks); empty = plaintext callbacks only
+	// PreviousToken and PreviousAESKey are still accepted on callbacks while a rotation
+	// is in progress; empty = only the current ones.
+	PreviousToken  secret.Value
+	PreviousAESKey secret.Value
 	// StableToken uses /cgi-bin/stable_token instead of /cgi-bin/token.
 	StableToken bool
+	// RateLimit caps this app's sends across the cluster; the zero value = no
+	// wxpush-side limit (WeChat's own limits still apply).
+	RateLimit RateLimit
+	// RecipientLimit caps messages per openid; the zero value = no cap.
+	RecipientLimit RecipientLimit
+	// MaxBacklog is the most unfinished messages the API accepts for this app before it
+	// answers 429; 0 = unlimited.
+	MaxBacklog int
+	// ValidateTemplates checks a message's template_id and data keys before it is
+	// queued. Load sets it to true unless the file says false; the zero value = off.
+	ValidateTemplates bool
+
+	origin origin // where the fields came from, so Validate names them as written
+}
+
+// RateLimit is a token bucket: PerSecond sustained, Burst at once.
+type RateLimit struct {
+	PerSecond float64 // 0 = no limit
+	Burst     int     // Load sets 0 to ceil(PerSecond) when PerSecond > 0
+}
+
+// RecipientLimit allows at most Max messages per openid in any Window.
+type RecipientLimit struct {
+	Max    int // 0 = no limit
+	Window time.Duration
+}
+
+// origin records which source set an App's fields. The zero value (an App built in
+// code) is named like a file app, except an app called DefaultApp, whose fields are
+// named by their WECHAT_* variables as before files existed.
+type origin struct {
+	file bool   // the app is in WXPUSH_CONFIG
+	env  uint16 // bit i: envAppVars[i] overrode the field
 }
 
 // Config is everything a wxpush process needs.
@@ -37,7 +68,10 @@ type Config struct {
 	HTTPAddr      string // enqueuer: API, callback, metrics
 	AdminAddr     string // worker: metrics, health
 	APIKeys       []secret.Value
-	Apps          []App
+	// Apps are the configured apps: the file's in file order, then the env-defined
+	// default app if the file has none of that name. Treat as read-only after Load;
+	// replacing the whole slice is fine (App then falls back to a scan).
+	Apps []App
 
 	Concurrency       int           // worker goroutines sending at once
 	MaxAttempts       int           // send attempts before a message is dead
@@ -49,8 +83,14 @@ type Config struct {
 	CallbackHold      time.Duration // how long a callback for an unknown msgid is kept
 	TaskCheckInterval time.Duration // worker's poll interval when the queues are empty
 	ShutdownTimeout   time.Duration // how long SIGTERM waits for in-flight sends
+	IdempotencyWindow time.Duration // how long an Idempotency-Key's response is kept
 	LogLevel          string        // debug, info, warn, error
 	LogFormat         string        // json, text
+
+	fromFile uint32 // bit i: knobs[i] was set by the file and not by the environment
+	// index is built by Load and shared read-only by copies. A pointer also keeps fmt
+	// from printing the apps it holds: fmt cannot redact secrets in unexported fields.
+	index *appIndex
 }
 
 // Defaults returns the configuration with every default set and no apps.
@@ -64,176 +104,65 @@ func Defaults() Config {
 		RetryCap:          10 * time.Minute,
 		SendTimeout:       10 * time.Second,
 		Retention:         7 * 24 * time.Hour,
-		ConfirmTimeout:    30 * time.Minute,
+		ConfirmTimeout:    time.Hour,
 		CallbackHold:      time.Hour,
 		TaskCheckInterval: 100 * time.Millisecond,
 		ShutdownTimeout:   10 * time.Second,
+		IdempotencyWindow: 24 * time.Hour,
 		LogLevel:          "info",
 		LogFormat:         "json",
 	}
 }
 
-// Load returns Defaults overridden by the environment, validated.
+// Load returns Defaults overridden by the file named by WXPUSH_CONFIG (if set), then
+// by the environment, validated. On error it returns every problem found, joined.
 func Load(getenv func(string) string) (Config, error) {
 	c := Defaults()
 	var errs []error
-	str := func(name string, dst *string) {
-		if v := strings.TrimSpace(getenv(name)); v != "" {
-			*dst = v
+	if path := strings.TrimSpace(getenv("WXPUSH_CONFIG")); path != "" {
+		errs = append(errs, c.applyFile(path, getenv)...)
+	}
+	errs = append(errs, c.applyEnv(getenv)...)
+	for i := range c.Apps {
+		if r := &c.Apps[i].RateLimit; r.PerSecond > 0 && r.Burst == 0 && !math.IsInf(r.PerSecond, 0) {
+			r.Burst = max(1, int(math.Ceil(r.PerSecond)))
 		}
 	}
-	integer := func(name string, dst *int) {
-		if v := strings.TrimSpace(getenv(name)); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %q is not an integer", name, v))
-				return
-			}
-			*dst = n
-		}
-	}
-	duration := func(name string, dst *time.Duration) {
-		if v := strings.TrimSpace(getenv(name)); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %q is not a duration (e.g. 30s, 10m, 168h)", name, v))
-				return
-			}
-			*dst = d
-		}
-	}
-	str("REDIS_URL", &c.RedisURL)
-	str("WECHAT_API_BASE", &c.WeChatAPIBase)
-	str("WXPUSH_HTTP_ADDR", &c.HTTPAddr)
-	str("WXPUSH_ADMIN_ADDR", &c.AdminAddr)
-	for _, k := range strings.Split(getenv("WXPUSH_API_KEYS"), ",") {
-		if k = strings.TrimSpace(k); k != "" {
-			c.APIKeys = append(c.APIKeys, secret.Value(k))
-		}
-	}
-	integer("WXPUSH_CONCURRENCY", &c.Concurrency)
-	integer("WXPUSH_MAX_ATTEMPTS", &c.MaxAttempts)
-	duration("WXPUSH_RETRY_BASE", &c.RetryBase)
-	duration("WXPUSH_RETRY_CAP", &c.RetryCap)
-	duration("WXPUSH_SEND_TIMEOUT", &c.SendTimeout)
-	duration("WXPUSH_RETENTION", &c.Retention)
-	duration("WXPUSH_CONFIRM_TIMEOUT", &c.ConfirmTimeout)
-	duration("WXPUSH_CALLBACK_HOLD", &c.CallbackHold)
-	duration("WXPUSH_TASK_CHECK_INTERVAL", &c.TaskCheckInterval)
-	duration("WXPUSH_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout)
-	str("WXPUSH_LOG_LEVEL", &c.LogLevel)
-	str("WXPUSH_LOG_FORMAT", &c.LogFormat)
-
-	if id := strings.TrimSpace(getenv("WECHAT_APP_ID")); id != "" {
-		c.Apps = append(c.Apps, App{
-			Name:        DefaultApp,
-			AppID:       id,
-			Secret:      secret.Value(strings.TrimSpace(getenv("WECHAT_APP_SECRET"))),
-			Token:       secret.Value(strings.TrimSpace(getenv("WECHAT_TOKEN"))),
-			AESKey:      secret.Value(strings.TrimSpace(getenv("WECHAT_AES_KEY"))),
-			StableToken: getenv("WECHAT_STABLE_TOKEN") == "true" || getenv("WECHAT_STABLE_TOKEN") == "1",
-		})
-	} else {
-		for _, name := range []string{"WECHAT_APP_SECRET", "WECHAT_TOKEN", "WECHAT_AES_KEY"} {
-			if getenv(name) != "" {
-				errs = append(errs, fmt.Errorf("%s: set, but WECHAT_APP_ID is empty", name))
-			}
-		}
-	}
-	if len(errs) > 0 {
-		return c, errors.Join(errs...)
-	}
-	return c, c.Validate()
+	c.index = newAppIndex(c.Apps)
+	errs = append(errs, c.Validate())
+	return c, errors.Join(errs...)
 }
 
-var (
-	appNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
-	// tokenRE is WeChat's rule for the callback token: 3–32 letters and digits.
-	tokenRE  = regexp.MustCompile(`^[A-Za-z0-9]{3,32}$`)
-	aesKeyRE = regexp.MustCompile(`^[A-Za-z0-9+/]{43}$`)
-)
+// appIndex finds an app by name in O(1). It remembers the slice it was built for, so
+// a Config whose Apps was replaced after Load is detected and scanned instead.
+type appIndex struct {
+	apps []App
+	pos  map[string]int
+}
 
-// Validate checks the configuration; each error names the field and the bad value
-// (never a secret's value).
-func (c Config) Validate() error {
-	var errs []error
-	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
-	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") {
-		bad("REDIS_URL: scheme must be redis:// or rediss://")
+func newAppIndex(apps []App) *appIndex {
+	pos := make(map[string]int, len(apps))
+	for i := len(apps) - 1; i >= 0; i-- { // the first of duplicate names wins, as in a scan
+		pos[apps[i].Name] = i
 	}
-	if c.WeChatAPIBase != "" && !strings.HasPrefix(c.WeChatAPIBase, "http://") && !strings.HasPrefix(c.WeChatAPIBase, "https://") {
-		bad("WECHAT_API_BASE: %q must be an http(s) URL", c.WeChatAPIBase)
-	}
-	positive := map[string]int{"WXPUSH_CONCURRENCY": c.Concurrency, "WXPUSH_MAX_ATTEMPTS": c.MaxAttempts}
-	for name, v := range positive {
-		if v < 1 {
-			bad("%s: %d must be at least 1", name, v)
-		}
-	}
-	durations := []struct {
-		name string
-		v    time.Duration
-	}{
-		{"WXPUSH_RETRY_BASE", c.RetryBase}, {"WXPUSH_RETRY_CAP", c.RetryCap}, {"WXPUSH_SEND_TIMEOUT", c.SendTimeout},
-		{"WXPUSH_RETENTION", c.Retention}, {"WXPUSH_CONFIRM_TIMEOUT", c.ConfirmTimeout},
-		{"WXPUSH_CALLBACK_HOLD", c.CallbackHold}, {"WXPUSH_TASK_CHECK_INTERVAL", c.TaskCheckInterval},
-		{"WXPUSH_SHUTDOWN_TIMEOUT", c.ShutdownTimeout},
-	}
-	for _, d := range durations {
-		if d.v <= 0 {
-			bad("%s: %s must be positive", d.name, d.v)
-		}
-	}
-	if c.RetryCap < c.RetryBase {
-		bad("WXPUSH_RETRY_CAP: %s is less than WXPUSH_RETRY_BASE %s", c.RetryCap, c.RetryBase)
-	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		bad("WXPUSH_LOG_LEVEL: %q must be debug, info, warn or error", c.LogLevel)
-	}
-	switch c.LogFormat {
-	case "json", "text":
-	default:
-		bad("WXPUSH_LOG_FORMAT: %q must be json or text", c.LogFormat)
-	}
-	seen := map[string]bool{}
-	for i, a := range c.Apps {
-		field := fmt.Sprintf("apps[%d]", i)
-		if a.Name == DefaultApp {
-			field = "WECHAT_" // the env-defined app: name the variables
-		}
-		name := func(f, env string) string {
-			if field == "WECHAT_" {
-				return env
-			}
-			return field + "." + f
-		}
-		if !appNameRE.MatchString(a.Name) {
-			bad("%s: %q must be 1–64 lowercase letters, digits, '-' or '_'", name("name", "app name"), a.Name)
-		}
-		if seen[a.Name] {
-			bad("%s: %q is defined twice", name("name", "app name"), a.Name)
-		}
-		seen[a.Name] = true
-		if a.AppID == "" {
-			bad("%s: required", name("appid", "WECHAT_APP_ID"))
-		}
-		if a.Secret.IsZero() {
-			bad("%s: required", name("secret", "WECHAT_APP_SECRET"))
-		}
-		if !tokenRE.MatchString(a.Token.Reveal()) {
-			bad("%s: required, 3–32 letters or digits (WeChat's callback token rule)", name("token", "WECHAT_TOKEN"))
-		}
-		if !a.AESKey.IsZero() && !aesKeyRE.MatchString(a.AESKey.Reveal()) {
-			bad("%s: must be 43 characters of base64 (WeChat's EncodingAESKey)", name("aes_key", "WECHAT_AES_KEY"))
-		}
-	}
-	return errors.Join(errs...)
+	return &appIndex{apps: apps, pos: pos}
+}
+
+func (ix *appIndex) covers(apps []App) bool {
+	return ix != nil && len(apps) == len(ix.apps) && (len(apps) == 0 || &apps[0] == &ix.apps[0])
 }
 
 // App returns the app named name.
 func (c Config) App(name string) (App, bool) {
+	if c.index.covers(c.Apps) {
+		i, ok := c.index.pos[name]
+		if !ok {
+			return App{}, false
+		}
+		if c.Apps[i].Name == name {
+			return c.Apps[i], true
+		}
+	}
 	for _, a := range c.Apps {
 		if a.Name == name {
 			return a, true

@@ -3,7 +3,9 @@ package delivery
 import "github.com/redis/go-redis/v9"
 
 // luaPrelude is shared by every transition script. Times are Unix milliseconds
-// passed in by the caller, so tests can drive the clock.
+// passed in by the caller, so tests can drive the clock. settle() is the one place
+// a message becomes final: it also releases the app's backlog slot and starts the
+// retention clock.
 const luaPrelude = `
 local final = {delivered=true, user_blocked=true, wechat_failed=true, rejected=true,
   dead=true, expired=true, canceled=true, unconfirmed=true}
@@ -12,71 +14,100 @@ local function hist(rec, entry)
   if h and h ~= "" then h = h .. "\n" .. entry else h = entry end
   redis.call("HSET", rec, "hist", h)
 end
+local function settle(rec, backlog, app, to, now, retention)
+  redis.call("HSET", rec, "state", to, "finished_ms", now)
+  redis.call("HDEL", rec, "inflight_ms")
+  if redis.call("HINCRBY", backlog, app, -1) <= 0 then redis.call("HDEL", backlog, app) end
+  redis.call("PEXPIRE", rec, retention)
+end
 `
 
-// createScript writes a new record unless the id exists.
-// KEYS: rec. ARGV: field, value, ...
+// createScript writes a new record unless the id exists or the app's backlog is
+// full. KEYS: rec, backlog. ARGV: app, max backlog (0 = none), field, value, ...
+// Returns "created", "exists" or "full".
 var createScript = redis.NewScript(`
-if redis.call("EXISTS", KEYS[1]) == 1 then return 0 end
-redis.call("HSET", KEYS[1], unpack(ARGV))
+if redis.call("EXISTS", KEYS[1]) == 1 then return "exists" end
+local max = tonumber(ARGV[2])
+if max > 0 and (tonumber(redis.call("HGET", KEYS[2], ARGV[1])) or 0) >= max then return "full" end
+redis.call("HSET", KEYS[1], unpack(ARGV, 3))
+redis.call("HINCRBY", KEYS[2], ARGV[1], 1)
+return "created"`)
+
+// deleteScript undoes a create whose task could not be enqueued.
+// KEYS: rec, backlog.
+var deleteScript = redis.NewScript(`
+local app = redis.call("HGET", KEYS[1], "app")
+if not app then return 0 end
+redis.call("DEL", KEYS[1])
+if redis.call("HINCRBY", KEYS[2], app, -1) <= 0 then redis.call("HDEL", KEYS[2], app) end
 return 1`)
 
 // beginScript starts a send attempt: it refuses a message that is sent or final,
-// settles one past its expiry as expired, and otherwise counts the attempt.
-// KEYS: rec. ARGV: now, expiry history entry, retention.
+// settles one past its expiry as expired, defers one whose app is parked, and
+// otherwise counts the attempt and marks it in flight (so a cancel cannot race it).
+// KEYS: rec, backlog, parked. ARGV: now, expiry history entry, retention, in-flight deadline.
 // Returns {state, app, body, attempts} to proceed; {state, app} to stop;
-// {"expired", app, "changed"} when it expired the message; {} when missing.
+// {"expired", app, "changed"} when it expired the message; {"parked", app, until};
+// {} when missing.
 var beginScript = redis.NewScript(luaPrelude + `
 local v = redis.call("HMGET", KEYS[1], "state", "app", "body", "expire_ms")
-local st = v[1]
+local st, app = v[1], v[2]
 if not st then return {} end
-if final[st] or st == "sent" then return {st, v[2]} end
+if final[st] or st == "sent" then return {st, app} end
+local now = tonumber(ARGV[1])
 local exp = tonumber(v[4])
-if exp and exp > 0 and tonumber(ARGV[1]) >= exp then
-  redis.call("HSET", KEYS[1], "state", "expired", "finished_ms", ARGV[1])
+if exp and exp > 0 and now >= exp then
+  settle(KEYS[1], KEYS[2], app, "expired", ARGV[1], ARGV[3])
   hist(KEYS[1], ARGV[2])
-  redis.call("PEXPIRE", KEYS[1], ARGV[3])
-  return {"expired", v[2], "changed"}
+  return {"expired", app, "changed"}
 end
+local parked = tonumber(redis.call("ZSCORE", KEYS[3], app))
+if parked and parked > now then return {"parked", app, tostring(parked)} end
 local n = redis.call("HINCRBY", KEYS[1], "attempts", 1)
-return {st, v[2], v[3], n}`)
+redis.call("HSET", KEYS[1], "inflight_ms", ARGV[4])
+return {st, app, v[3], n}`)
 
 // sentScript records WeChat's acceptance: state sent, the msgid and its index, and
 // the confirmation deadline. A callback held for this msgid is applied at once.
-// KEYS: rec, index, held, sentz.
+// KEYS: rec, index, held, sentz, backlog.
 // ARGV: id, msgid, now, history entry, index ttl, confirm deadline, retention.
 // Returns {state, "changed"|"", app}.
 var sentScript = redis.NewScript(luaPrelude + `
 local v = redis.call("HMGET", KEYS[1], "state", "app")
-local st = v[1]
+local st, app = v[1], v[2]
 if not st then return {} end
+redis.call("HDEL", KEYS[1], "inflight_ms")
 if final[st] or st == "sent" then
-  -- Settled meanwhile (e.g. canceled during the attempt): keep the final state,
-  -- but keep what WeChat said for the record.
+  -- Settled meanwhile: keep the final state, but keep what WeChat said.
   redis.call("HSET", KEYS[1], "msgid", ARGV[2])
   hist(KEYS[1], ARGV[4])
-  return {st, "", v[2]}
+  return {st, "", app}
 end
-redis.call("HSET", KEYS[1], "state", "sent", "msgid", ARGV[2], "sent_ms", ARGV[3])
+redis.call("HSET", KEYS[1], "state", "sent", "sent_ms", ARGV[3])
 hist(KEYS[1], ARGV[4])
-redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[5])
-local held = redis.call("GET", KEYS[3])
+local held = false
+-- msgid 0: WeChat accepted without saying which msgid; no callback can match.
+if ARGV[2] ~= "0" then
+  redis.call("HSET", KEYS[1], "msgid", ARGV[2])
+  redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[5])
+  held = redis.call("GET", KEYS[3])
+end
 if held then
   local sep = string.find(held, "|", 1, true)
   local to, raw = string.sub(held, 1, sep - 1), string.sub(held, sep + 1)
-  redis.call("HSET", KEYS[1], "state", to, "finished_ms", ARGV[3], "wx_status", raw)
+  settle(KEYS[1], KEYS[5], app, to, ARGV[3], ARGV[7])
+  redis.call("HSET", KEYS[1], "wx_status", raw)
   hist(KEYS[1], cjson.encode({at = tonumber(ARGV[3]), event = "callback", state = to, status = raw, note = "held until the msgid was stored"}))
   redis.call("DEL", KEYS[3])
-  redis.call("PEXPIRE", KEYS[1], ARGV[7])
-  return {to, "changed", v[2]}
+  return {to, "changed", app}
 end
 redis.call("ZADD", KEYS[4], ARGV[6], ARGV[1])
-return {"sent", "changed", v[2]}`)
+return {"sent", "changed", app}`)
 
 // callbackScript applies a TEMPLATESENDJOBFINISH result. Unknown msgids are held
 // for a while: the sender may not have stored the msgid yet.
-// KEYS: index, held, sentz. ARGV: state, raw status, now, hold ttl, retention,
-// history entry, record key prefix.
+// KEYS: index, held, sentz, backlog. ARGV: state, raw status, now, hold ttl,
+// retention, history entry, record key prefix.
 // Returns {outcome, id, app, state}.
 var callbackScript = redis.NewScript(luaPrelude + `
 local id = redis.call("GET", KEYS[1])
@@ -89,51 +120,75 @@ end
 -- Cluster safe; the index and the record share no hash slot.
 local rec = ARGV[7] .. id .. "}"
 local v = redis.call("HMGET", rec, "state", "app", "wx_status")
-local st = v[1]
+local st, app = v[1], v[2]
 if not st then return {"unknown", id} end
 if st == "sent" then
-  redis.call("HSET", rec, "state", ARGV[1], "finished_ms", ARGV[3], "wx_status", ARGV[2])
+  settle(rec, KEYS[4], app, ARGV[1], ARGV[3], ARGV[5])
+  redis.call("HSET", rec, "wx_status", ARGV[2])
   hist(rec, ARGV[6])
   redis.call("ZREM", KEYS[3], id)
-  redis.call("PEXPIRE", rec, ARGV[5])
-  return {"applied", id, v[2], ARGV[1]}
+  return {"applied", id, app, ARGV[1]}
 end
 if st == "unconfirmed" and not v[3] then
   -- The result came after we gave up waiting: keep it in the record, but a final
   -- state is final.
   redis.call("HSET", rec, "wx_status", ARGV[2])
   hist(rec, ARGV[6])
-  return {"late", id, v[2], st}
+  return {"late", id, app, st}
 end
-return {"duplicate", id, v[2] or "", st}`)
+return {"duplicate", id, app or "", st}`)
 
 // retryScript records a failed attempt that will be retried.
 // KEYS: rec. ARGV: history entry, errcode, errmsg.
 var retryScript = redis.NewScript(luaPrelude + `
 local st = redis.call("HGET", KEYS[1], "state")
 if not st then return "" end
+redis.call("HDEL", KEYS[1], "inflight_ms")
 if final[st] or st == "sent" then return st end
 redis.call("HSET", KEYS[1], "state", "retrying", "err_code", ARGV[2], "err_msg", ARGV[3])
 hist(KEYS[1], ARGV[1])
 return "retrying"`)
 
 // finishScript settles a message in a final state. mode "unsent" requires a state
-// before sent (rejected, dead, expired, canceled); mode "sent" requires sent
-// (unconfirmed).
-// KEYS: rec, sentz. ARGV: state, now, history entry, errcode, errmsg, retention, id, mode.
-// Returns {state, "changed"|"", app}.
+// before sent (rejected, dead, expired); "sent" requires sent (unconfirmed);
+// "cancel" requires a state before sent and no attempt in flight.
+// KEYS: rec, sentz, backlog, dead index of the app (used for "dead" only).
+// ARGV: state, now, history entry, errcode, errmsg, retention, id, mode.
+// Returns {state, "changed"|""|"inflight", app}.
 var finishScript = redis.NewScript(luaPrelude + `
-local v = redis.call("HMGET", KEYS[1], "state", "app")
-local st = v[1]
+local v = redis.call("HMGET", KEYS[1], "state", "app", "inflight_ms")
+local st, app = v[1], v[2]
 if not st then
   redis.call("ZREM", KEYS[2], ARGV[7])
   return {}
 end
-if final[st] then return {st, "", v[2]} end
-if (ARGV[8] == "sent") ~= (st == "sent") then return {st, "", v[2]} end
-redis.call("HSET", KEYS[1], "state", ARGV[1], "finished_ms", ARGV[2])
+if final[st] then return {st, "", app} end
+if (ARGV[8] == "sent") ~= (st == "sent") then return {st, "", app} end
+if ARGV[8] == "cancel" and tonumber(v[3] or "0") > tonumber(ARGV[2]) then
+  return {st, "inflight", app}
+end
+settle(KEYS[1], KEYS[3], app, ARGV[1], ARGV[2], ARGV[6])
 if ARGV[4] ~= "" then redis.call("HSET", KEYS[1], "err_code", ARGV[4], "err_msg", ARGV[5]) end
 hist(KEYS[1], ARGV[3])
 redis.call("ZREM", KEYS[2], ARGV[7])
-redis.call("PEXPIRE", KEYS[1], ARGV[6])
-return {ARGV[1], "changed", v[2]}`)
+if ARGV[1] == "dead" then
+  redis.call("ZADD", KEYS[4], ARGV[2], ARGV[7])
+  redis.call("ZREMRANGEBYSCORE", KEYS[4], "-inf", tonumber(ARGV[2]) - tonumber(ARGV[6]))
+end
+return {ARGV[1], "changed", app}`)
+
+// requeueScript puts a dead message back in the queue with its id.
+// KEYS: rec, backlog, dead index. ARGV: id, history entry.
+// Returns {"requeued", app, queue}, or {state, app, queue} when not dead.
+var requeueScript = redis.NewScript(luaPrelude + `
+local v = redis.call("HMGET", KEYS[1], "state", "app", "queue")
+local st, app = v[1], v[2]
+if not st then return {} end
+if st ~= "dead" then return {st, app, v[3]} end
+redis.call("HSET", KEYS[1], "state", "queued")
+redis.call("HDEL", KEYS[1], "finished_ms")
+redis.call("PERSIST", KEYS[1])
+redis.call("HINCRBY", KEYS[2], app, 1)
+redis.call("ZREM", KEYS[3], ARGV[1])
+hist(KEYS[1], ARGV[2])
+return {"requeued", app, v[3]}`)

@@ -16,26 +16,44 @@ import (
 // are per app because msgids are unique only within one account.
 const (
 	recordPrefix = "wxpush:msg:{"
-	sentKey      = "wxpush:sent" // ZSET id → confirmation deadline (ms)
+	sentKey      = "wxpush:sent"    // ZSET id → confirmation deadline (ms)
+	backlogKey   = "wxpush:backlog" // HASH app → messages not yet final
+	parkedKey    = "wxpush:parked"  // ZSET app → parked until (ms)
+	sweepLockKey = "wxpush:sweep:lock"
 )
 
 func recordKey(id string) string        { return recordPrefix + id + "}" }
 func indexKey(app, msgID string) string { return "wxpush:wxid:{" + app + "}:" + msgID }
 func heldKey(app, msgID string) string  { return "wxpush:held:{" + app + "}:" + msgID }
+func deadKey(app string) string         { return "wxpush:dead:{" + app + "}" }
 
-// ErrNotFound is returned for an id with no record (never created, or expired).
-var ErrNotFound = errors.New("delivery: message not found")
+// Errors callers branch on.
+var (
+	// ErrNotFound: no record with this id (never created, or past its retention).
+	ErrNotFound = errors.New("delivery: message not found")
+	// ErrBacklogFull: the app has its configured maximum of unfinished messages.
+	ErrBacklogFull = errors.New("delivery: app backlog is full")
+	// ErrExists: a record with this id exists already.
+	ErrExists = errors.New("delivery: message id exists")
+	// ErrInFlight: a send attempt is in progress; its outcome decides.
+	ErrInFlight = errors.New("delivery: a send attempt is in flight")
+	// ErrNotDead: only dead messages can be requeued.
+	ErrNotDead = errors.New("delivery: message is not dead")
+)
 
 // Config tunes a Store. Zero values take the defaults shown.
 type Config struct {
 	// Retention: how long a record is kept after it reaches a final state (default 7 days).
 	Retention time.Duration
 	// ConfirmTimeout: how long a sent message waits for WeChat's result callback
-	// before it is settled unconfirmed (default 30 min).
+	// before it is settled unconfirmed (default 1 h).
 	ConfirmTimeout time.Duration
 	// CallbackHold: how long a callback for an unknown msgid is kept, in case the
 	// sender has not stored the msgid yet (default 1 h).
 	CallbackHold time.Duration
+	// AttemptTimeout: how long an attempt counts as in flight, blocking a cancel,
+	// if the worker dies during it (default 2 min).
+	AttemptTimeout time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
 }
@@ -52,7 +70,10 @@ func NewStore(rdb redis.UniversalClient, cfg Config) *Store {
 		cfg.Retention = 7 * 24 * time.Hour
 	}
 	if cfg.ConfirmTimeout <= 0 {
-		cfg.ConfirmTimeout = 30 * time.Minute
+		cfg.ConfirmTimeout = time.Hour
+	}
+	if cfg.AttemptTimeout <= 0 {
+		cfg.AttemptTimeout = 2 * time.Minute
 	}
 	if cfg.CallbackHold <= 0 {
 		cfg.CallbackHold = time.Hour
@@ -67,10 +88,14 @@ func NewStore(rdb redis.UniversalClient, cfg Config) *Store {
 type NewMessage struct {
 	ID       string
 	App      string
+	To       string // the recipient's openid (also in Body), for the task's rate limits
 	Queue    string
 	Body     []byte // the WeChat send body, JSON, without client_msg_id
 	SendAt   time.Time
 	ExpireAt time.Time
+	// MaxBacklog refuses the message (ErrBacklogFull) when the app already has
+	// this many unfinished messages; 0 = no limit.
+	MaxBacklog int
 }
 
 // ErrorInfo is the last error WeChat (or the transport) reported.
@@ -107,14 +132,24 @@ func (s *Store) line(now time.Time, ev historyLine) string {
 	return string(b)
 }
 
-// Create stores a new record in state queued (or scheduled when SendAt is in the future).
+// Create stores a new record in state queued (or scheduled when SendAt is in the
+// future). It fails with ErrBacklogFull or ErrExists and then stores nothing.
 func (s *Store) Create(ctx context.Context, m NewMessage) (State, error) {
+	state, args := s.createArgs(m)
+	res, err := createScript.Run(ctx, s.rdb, []string{recordKey(m.ID), backlogKey}, args...).Text()
+	if err != nil {
+		return "", fmt.Errorf("delivery: create: %w", err)
+	}
+	return state, createResult(res)
+}
+
+func (s *Store) createArgs(m NewMessage) (State, []any) {
 	now := s.cfg.Now()
 	state := StateQueued
 	if m.SendAt.After(now) {
 		state = StateScheduled
 	}
-	args := []any{
+	args := []any{m.App, m.MaxBacklog,
 		"app", m.App, "state", string(state), "queue", m.Queue, "body", m.Body,
 		"attempts", 0, "created_ms", now.UnixMilli(),
 		"hist", s.line(now, historyLine{Event: "enqueued", State: state}),
@@ -125,19 +160,76 @@ func (s *Store) Create(ctx context.Context, m NewMessage) (State, error) {
 	if !m.ExpireAt.IsZero() {
 		args = append(args, "expire_ms", m.ExpireAt.UnixMilli())
 	}
-	created, err := createScript.Run(ctx, s.rdb, []string{recordKey(m.ID)}, args...).Int()
-	if err != nil {
-		return "", fmt.Errorf("delivery: create: %w", err)
+	return state, args
+}
+
+func createResult(res string) error {
+	switch res {
+	case "created":
+		return nil
+	case "full":
+		return ErrBacklogFull
+	case "exists":
+		return ErrExists
 	}
-	if created == 0 {
-		return "", fmt.Errorf("delivery: create %s: id exists", m.ID)
+	return fmt.Errorf("delivery: create: unexpected reply %q", res)
+}
+
+// Created is one result of CreateBatch.
+type Created struct {
+	State State
+	Err   error // nil, ErrBacklogFull, ErrExists, or a storage error
+}
+
+// CreateBatch stores many records in one pipelined round trip. Each message
+// succeeds or fails on its own (e.g. ErrBacklogFull once the app's backlog fills).
+func (s *Store) CreateBatch(ctx context.Context, ms []NewMessage) ([]Created, error) {
+	out := make([]Created, len(ms))
+	run := func() ([]*redis.Cmd, error) {
+		cmds := make([]*redis.Cmd, len(ms))
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, m := range ms {
+				var args []any
+				out[i].State, args = s.createArgs(m)
+				cmds[i] = createScript.EvalSha(ctx, p, []string{recordKey(m.ID), backlogKey}, args...)
+			}
+			return nil
+		})
+		return cmds, err
 	}
-	return state, nil
+	cmds, err := run()
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// The script cache is empty (a new or restarted Redis): load it and retry;
+		// with no script, no command of the pipeline ran.
+		if lerr := createScript.Load(ctx, s.rdb).Err(); lerr != nil {
+			return nil, fmt.Errorf("delivery: create batch: %w", lerr)
+		}
+		cmds, err = run()
+	}
+	if err != nil && !isReplyError(err) {
+		return nil, fmt.Errorf("delivery: create batch: %w", err)
+	}
+	for i, c := range cmds {
+		res, err := c.Text()
+		if err != nil {
+			out[i].Err = fmt.Errorf("delivery: create: %w", err)
+			continue
+		}
+		out[i].Err = createResult(res)
+	}
+	return out, nil
+}
+
+// isReplyError reports whether err is an error reply of one command (which the
+// per-command results carry) rather than a failure of the whole pipeline.
+func isReplyError(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && !redis.HasErrorPrefix(err, "NOSCRIPT")
 }
 
 // Delete removes a record; it undoes a Create whose task could not be enqueued.
 func (s *Store) Delete(ctx context.Context, id string) error {
-	if err := s.rdb.Del(ctx, recordKey(id)).Err(); err != nil {
+	if err := deleteScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey}).Err(); err != nil {
 		return fmt.Errorf("delivery: delete: %w", err)
 	}
 	return nil
@@ -149,8 +241,10 @@ type Attempt struct {
 	App      string
 	Body     []byte
 	Attempts int  // attempts including this one
-	Proceed  bool // false: the message is sent or final, do not send
+	Proceed  bool // false: the message is sent, final or parked: do not send now
 	Changed  bool // Begin itself settled the message (expired)
+	// ParkedUntil is set when the app is parked (daily quota): try again then.
+	ParkedUntil time.Time
 }
 
 // Begin starts a send attempt. It never lets a message that WeChat accepted, or
@@ -158,9 +252,9 @@ type Attempt struct {
 // sending it late.
 func (s *Store) Begin(ctx context.Context, id string) (Attempt, error) {
 	now := s.cfg.Now()
-	res, err := beginScript.Run(ctx, s.rdb, []string{recordKey(id)},
+	res, err := beginScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey, parkedKey},
 		now.UnixMilli(), s.line(now, historyLine{Event: "expired", State: StateExpired}),
-		s.cfg.Retention.Milliseconds()).Slice()
+		s.cfg.Retention.Milliseconds(), now.Add(s.cfg.AttemptTimeout).UnixMilli()).Slice()
 	if err != nil {
 		return Attempt{}, fmt.Errorf("delivery: begin: %w", err)
 	}
@@ -174,7 +268,12 @@ func (s *Store) Begin(ctx context.Context, id string) (Attempt, error) {
 		a.Attempts = int(num(res, 3))
 		a.Proceed = true
 	case 3:
-		a.Changed = true
+		if a.State == "parked" {
+			ms, _ := strconv.ParseInt(str(res, 2), 10, 64)
+			a.State, a.ParkedUntil = "", time.UnixMilli(ms)
+		} else {
+			a.Changed = true
+		}
 	}
 	return a, nil
 }
@@ -184,6 +283,8 @@ type Transition struct {
 	State   State  // the state after the call
 	App     string // the message's app
 	Changed bool   // this call moved the message (count it exactly once)
+
+	inflight bool
 }
 
 // MarkSent records that WeChat accepted the message with msgID. If WeChat's result
@@ -192,7 +293,7 @@ func (s *Store) MarkSent(ctx context.Context, id, app string, msgID int64) (Tran
 	now := s.cfg.Now()
 	mid := strconv.FormatInt(msgID, 10)
 	res, err := sentScript.Run(ctx, s.rdb,
-		[]string{recordKey(id), indexKey(app, mid), heldKey(app, mid), sentKey},
+		[]string{recordKey(id), indexKey(app, mid), heldKey(app, mid), sentKey, backlogKey},
 		id, mid, now.UnixMilli(),
 		s.line(now, historyLine{Event: "sent", State: StateSent, Note: "msgid " + mid}),
 		(s.cfg.ConfirmTimeout + s.cfg.Retention).Milliseconds(),
@@ -219,13 +320,24 @@ func (s *Store) MarkRetrying(ctx context.Context, id string, e ErrorInfo) (State
 	return State(st), nil
 }
 
-// Finish settles a message that was never accepted by WeChat in a final state
-// (rejected, dead, expired or canceled). A message already sent or final is left alone.
-func (s *Store) Finish(ctx context.Context, id string, to State, e *ErrorInfo) (Transition, error) {
-	return s.finish(ctx, id, to, e, "unsent", "")
+// Finish settles a message of app that was never accepted by WeChat in a final
+// state (rejected, dead or expired). A message already sent or final is left alone.
+func (s *Store) Finish(ctx context.Context, id, app string, to State, e *ErrorInfo) (Transition, error) {
+	return s.finish(ctx, id, app, to, e, "unsent", "")
 }
 
-func (s *Store) finish(ctx context.Context, id string, to State, e *ErrorInfo, mode, note string) (Transition, error) {
+// Cancel settles a message that WeChat has not accepted as canceled. It fails with
+// ErrInFlight while a send attempt is in progress (that attempt's outcome wins;
+// ask again), and leaves a sent or final message alone (the returned state says so).
+func (s *Store) Cancel(ctx context.Context, id string) (Transition, error) {
+	tr, err := s.finish(ctx, id, "", StateCanceled, nil, "cancel", "canceled by the API")
+	if err == nil && tr.inflight {
+		return tr, ErrInFlight
+	}
+	return tr, err
+}
+
+func (s *Store) finish(ctx context.Context, id, app string, to State, e *ErrorInfo, mode, note string) (Transition, error) {
 	now := s.cfg.Now()
 	line := historyLine{Event: string(to), State: to, Note: note}
 	code, msg := "", ""
@@ -233,7 +345,7 @@ func (s *Store) finish(ctx context.Context, id string, to State, e *ErrorInfo, m
 		line.ErrCode, line.ErrMsg = e.Code, e.Msg
 		code, msg = strconv.Itoa(e.Code), e.Msg
 	}
-	res, err := finishScript.Run(ctx, s.rdb, []string{recordKey(id), sentKey},
+	res, err := finishScript.Run(ctx, s.rdb, []string{recordKey(id), sentKey, backlogKey, deadKey(app)},
 		string(to), now.UnixMilli(), s.line(now, line), code, msg,
 		s.cfg.Retention.Milliseconds(), id, mode).Slice()
 	if err != nil {
@@ -266,7 +378,7 @@ type CallbackResult struct {
 func (s *Store) ApplyCallback(ctx context.Context, app, msgID string, to State, raw string) (CallbackResult, error) {
 	now := s.cfg.Now()
 	res, err := callbackScript.Run(ctx, s.rdb,
-		[]string{indexKey(app, msgID), heldKey(app, msgID), sentKey},
+		[]string{indexKey(app, msgID), heldKey(app, msgID), sentKey, backlogKey},
 		string(to), raw, now.UnixMilli(), s.cfg.CallbackHold.Milliseconds(), s.cfg.Retention.Milliseconds(),
 		s.line(now, historyLine{Event: "callback", State: to, Status: raw}), recordPrefix).Slice()
 	if err != nil {
@@ -294,7 +406,7 @@ func (s *Store) SweepUnconfirmed(ctx context.Context, limit int) ([]Settled, err
 	}
 	var settled []Settled
 	for _, id := range ids {
-		t, err := s.finish(ctx, id, StateUnconfirmed, nil, "sent", "no result callback in time")
+		t, err := s.finish(ctx, id, "", StateUnconfirmed, nil, "sent", "no result callback in time")
 		if err != nil {
 			return settled, err
 		}
@@ -311,6 +423,7 @@ type Message struct {
 	App         string     `json:"app"`
 	State       State      `json:"state"`
 	Queue       string     `json:"-"`
+	Body        []byte     `json:"-"` // the WeChat send body`
 	Attempts    int        `json:"attempts"`
 	WeChatMsgID string     `json:"wechat_msgid,omitempty"`
 	LastError   *ErrorInfo `json:"last_error,omitempty"`
@@ -333,7 +446,7 @@ func (s *Store) Get(ctx context.Context, id string) (*Message, error) {
 		return nil, ErrNotFound
 	}
 	m := &Message{
-		ID: id, App: h["app"], State: State(h["state"]), Queue: h["queue"],
+		ID: id, App: h["app"], State: State(h["state"]), Queue: h["queue"], Body: []byte(h["body"]),
 		WeChatMsgID: h["msgid"], Status: h["wx_status"],
 		CreatedAt: msTime(h["created_ms"]), SendAt: optTime(h["send_ms"]), ExpireAt: optTime(h["expire_ms"]),
 		SentAt: optTime(h["sent_ms"]), FinishedAt: optTime(h["finished_ms"]),
@@ -359,7 +472,8 @@ func transition(res []any) (Transition, error) {
 	if len(res) == 0 {
 		return Transition{}, ErrNotFound
 	}
-	return Transition{State: State(str(res, 0)), Changed: str(res, 1) == "changed", App: str(res, 2)}, nil
+	return Transition{State: State(str(res, 0)), Changed: str(res, 1) == "changed", App: str(res, 2),
+		inflight: str(res, 1) == "inflight"}, nil
 }
 
 func str(res []any, i int) string {

@@ -195,7 +195,7 @@ func TestBeginRefusesSentAndFinal(t *testing.T) {
 	b.store.Begin(b.ctx, "sent")
 	b.store.MarkSent(b.ctx, "sent", "default", 1)
 	b.create(t, "rejected")
-	b.store.Finish(b.ctx, "rejected", StateRejected, &ErrorInfo{Code: 43004, Msg: "require subscribe rid: 1"})
+	b.store.Finish(b.ctx, "rejected", "default", StateRejected, &ErrorInfo{Code: 43004, Msg: "require subscribe rid: 1"})
 	for _, id := range []string{"sent", "rejected"} {
 		a, err := b.store.Begin(b.ctx, id)
 		if err != nil || a.Proceed {
@@ -233,7 +233,7 @@ func TestRetryingThenDead(t *testing.T) {
 		t.Fatalf("MarkRetrying = %s, %v", st, err)
 	}
 	b.store.Begin(b.ctx, "m1")
-	tr, err := b.store.Finish(b.ctx, "m1", StateDead, &ErrorInfo{Code: -1, Msg: "system error rid: def"})
+	tr, err := b.store.Finish(b.ctx, "m1", "default", StateDead, &ErrorInfo{Code: -1, Msg: "system error rid: def"})
 	if err != nil || !tr.Changed || tr.State != StateDead {
 		t.Fatalf("Finish(dead) = %+v, %v", tr, err)
 	}
@@ -251,7 +251,7 @@ func TestRetryingThenDead(t *testing.T) {
 		t.Errorf("history keeps errmsgs %v, want both attempts' errmsg with their rid", rids)
 	}
 	// A final state is never left.
-	if tr, _ := b.store.Finish(b.ctx, "m1", StateCanceled, nil); tr.Changed || tr.State != StateDead {
+	if tr, _ := b.store.Finish(b.ctx, "m1", "default", StateCanceled, nil); tr.Changed || tr.State != StateDead {
 		t.Errorf("Finish on a dead message = %+v, want unchanged", tr)
 	}
 	if st, _ := b.store.MarkRetrying(b.ctx, "m1", ErrorInfo{}); st != StateDead {
@@ -268,7 +268,7 @@ func TestFinishDoesNotOverrideSent(t *testing.T) {
 	b.create(t, "m1")
 	b.store.Begin(b.ctx, "m1")
 	b.store.MarkSent(b.ctx, "m1", "default", 8)
-	if tr, _ := b.store.Finish(b.ctx, "m1", StateRejected, nil); tr.Changed || tr.State != StateSent {
+	if tr, _ := b.store.Finish(b.ctx, "m1", "default", StateRejected, nil); tr.Changed || tr.State != StateSent {
 		t.Errorf("Finish(rejected) on a sent message = %+v; WeChat accepted it", tr)
 	}
 }

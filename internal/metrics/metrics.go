@@ -26,6 +26,10 @@ type Metrics struct {
 	APIDuration   *prometheus.HistogramVec // api, result
 	TokenFetches  *prometheus.CounterVec   // app, result
 	RetriesWaited *prometheus.CounterVec   // app, class: retries scheduled
+	// RateLimitWaits counts attempts that had to wait for a rate-limit permit,
+	// RateLimitWaited the seconds waited in place (scope: app or recipient).
+	RateLimitWaits  *prometheus.CounterVec
+	RateLimitWaited *prometheus.CounterVec
 }
 
 // Labels lists the known label values to initialise.
@@ -71,14 +75,26 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 			Name: "wxpush_retries_scheduled_total",
 			Help: "Attempts that ended in a scheduled retry, by error class.",
 		}, []string{"app", "class"}),
+		RateLimitWaits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxpush_rate_limit_waits_total",
+			Help: "Send attempts that waited for a rate-limit permit (in place or rescheduled), by scope.",
+		}, []string{"app", "scope"}),
+		RateLimitWaited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxpush_rate_limit_wait_seconds_total",
+			Help: "Seconds workers waited in place for rate-limit permits, by scope.",
+		}, []string{"app", "scope"}),
 	}
-	reg.MustRegister(m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
+	reg.MustRegister(m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
 		m.TokenFetches, m.RetriesWaited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector())
 
 	for _, app := range l.Apps {
 		m.Enqueued.WithLabelValues(app)
+		for _, scope := range []string{"app", "recipient"} {
+			m.RateLimitWaits.WithLabelValues(app, scope)
+			m.RateLimitWaited.WithLabelValues(app, scope)
+		}
 		for _, s := range l.States {
 			m.Finished.WithLabelValues(app, s)
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/wxpush/wxpush/internal/api"
 	"github.com/wxpush/wxpush/internal/config"
 	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/idempotency"
 	"github.com/wxpush/wxpush/internal/logging"
 	"github.com/wxpush/wxpush/internal/metrics"
 	"github.com/wxpush/wxpush/internal/redisconn"
@@ -68,12 +69,13 @@ func loadConfig(getenv func(string) string, stderr io.Writer) (config.Config, *s
 func (p *parts) apiHandler() http.Handler {
 	apps := make([]api.CallbackApp, len(p.cfg.Apps))
 	for i, a := range p.cfg.Apps {
-		apps[i] = api.CallbackApp{Name: a.Name, Token: a.Token}
+		apps[i] = api.CallbackApp{Name: a.Name, Token: a.Token, MaxBacklog: a.MaxBacklog}
 	}
 	queue := asynq.NewClientFromRedisClient(p.rdb)
 	return api.New(api.Deps{
-		Submit:     tasks.NewSubmitter(p.store, queue, p.cfg.MaxAttempts),
+		Submit:     tasks.NewSubmitter(p.store, queue, asynq.NewInspectorFromRedisClient(p.rdb), p.cfg.MaxAttempts),
 		Messages:   p.store,
+		Idem:       idempotency.New(p.rdb, p.cfg.IdempotencyWindow),
 		Apps:       apps,
 		DefaultApp: config.DefaultApp,
 		APIKeys:    p.cfg.APIKeys,

@@ -10,9 +10,14 @@ import (
 
 	"github.com/wxpush/wxpush/internal/config"
 	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/ratelimit"
 	"github.com/wxpush/wxpush/internal/tasks"
 	"github.com/wxpush/wxpush/internal/wechat"
 )
+
+// maxInlineWait is the longest rate-limit wait a worker spends in place; a longer
+// one reschedules the task, freeing the worker.
+const maxInlineWait = 2 * time.Second
 
 // forwardInterval is how often asynq moves due retries and scheduled tasks to
 // their queues; the default (5 s) would make a "1 s" first retry take up to 6 s.
@@ -27,6 +32,7 @@ func (p *parts) runWorker(ctx context.Context) error {
 	})
 	handler := tasks.NewHandler(tasks.HandlerDeps{
 		Store: p.store, Sender: client, Tokens: tokens, Apps: credentials(p.cfg),
+		Limiter: ratelimit.New(p.rdb, maxInlineWait), Limits: limits(p.cfg),
 		Metrics: p.metrics, Logger: p.log,
 	})
 	policy := tasks.RetryPolicy{Base: p.cfg.RetryBase, Cap: p.cfg.RetryCap}
@@ -43,6 +49,7 @@ func (p *parts) runWorker(ctx context.Context) error {
 	})
 	mux := asynq.NewServeMux()
 	mux.Handle(tasks.TypeDeliver, handler)
+	mux.Handle(tasks.TypeFanout, tasks.NewFanoutHandler(asynq.NewClientFromRedisClient(p.rdb), p.cfg.MaxAttempts))
 	if err := srv.Start(mux); err != nil {
 		return fmt.Errorf("worker: start asynq: %w", err)
 	}
@@ -59,8 +66,9 @@ func (p *parts) runWorker(ctx context.Context) error {
 	return nil
 }
 
-// sweep settles sent messages whose callback never came. Every worker sweeps; the
-// store's transition makes each message settle once.
+// sweep settles sent messages whose callback never came. Every worker ticks, but
+// a cluster-wide lock lets one of them sweep per tick; the store's transition
+// would settle each message once even without it.
 func (p *parts) sweep(ctx context.Context) {
 	every := min(p.cfg.ConfirmTimeout/4, 10*time.Second)
 	t := time.NewTicker(every)
@@ -70,6 +78,9 @@ func (p *parts) sweep(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if won, err := p.store.TrySweepLock(ctx, every); err != nil || !won {
+			continue
 		}
 		for {
 			settled, err := p.store.SweepUnconfirmed(ctx, 500)
@@ -85,6 +96,21 @@ func (p *parts) sweep(ctx context.Context) {
 				break
 			}
 		}
+	}
+}
+
+// limits returns each app's configured rate limits.
+func limits(cfg config.Config) tasks.Limits {
+	return func(app string) (ratelimit.Limit, ratelimit.Limit) {
+		a, ok := cfg.App(app)
+		if !ok {
+			return ratelimit.Limit{}, ratelimit.Limit{}
+		}
+		perRecipient := ratelimit.Limit{}
+		if a.RecipientLimit.Max > 0 {
+			perRecipient = ratelimit.Limit{Max: a.RecipientLimit.Max, Window: a.RecipientLimit.Window, Burst: a.RecipientLimit.Max}
+		}
+		return ratelimit.PerSecond(a.RateLimit.PerSecond, a.RateLimit.Burst), perRecipient
 	}
 }
 

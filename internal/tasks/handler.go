@@ -13,6 +13,7 @@ import (
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/logging"
 	"github.com/wxpush/wxpush/internal/metrics"
+	"github.com/wxpush/wxpush/internal/ratelimit"
 	"github.com/wxpush/wxpush/internal/wechat"
 )
 
@@ -21,8 +22,17 @@ type Store interface {
 	Begin(ctx context.Context, id string) (delivery.Attempt, error)
 	MarkSent(ctx context.Context, id, app string, msgID int64) (delivery.Transition, error)
 	MarkRetrying(ctx context.Context, id string, e delivery.ErrorInfo) (delivery.State, error)
-	Finish(ctx context.Context, id string, to delivery.State, e *delivery.ErrorInfo) (delivery.Transition, error)
+	Finish(ctx context.Context, id, app string, to delivery.State, e *delivery.ErrorInfo) (delivery.Transition, error)
+	Park(ctx context.Context, app string, until time.Time) error
 }
+
+// Limiter takes a permit from a cluster-wide rate limit (see package ratelimit).
+type Limiter interface {
+	Wait(ctx context.Context, key string, lim ratelimit.Limit) (deferFor, waited time.Duration, err error)
+}
+
+// Limits returns an app's send rate and per-recipient limit; zero Limits are off.
+type Limits func(app string) (perApp, perRecipient ratelimit.Limit)
 
 // Sender sends a template message with an access token.
 type Sender interface {
@@ -39,9 +49,10 @@ type Tokens interface {
 type Apps func(app string) (wechat.Credentials, bool)
 
 var (
-	_ Store  = (*delivery.Store)(nil)
-	_ Sender = (*wechat.Client)(nil)
-	_ Tokens = (*wechat.TokenStore)(nil)
+	_ Store   = (*delivery.Store)(nil)
+	_ Sender  = (*wechat.Client)(nil)
+	_ Tokens  = (*wechat.TokenStore)(nil)
+	_ Limiter = (*ratelimit.Limiter)(nil)
 )
 
 // Handler delivers TypeDeliver tasks.
@@ -50,6 +61,8 @@ type Handler struct {
 	sender  Sender
 	tokens  Tokens
 	apps    Apps
+	limiter Limiter
+	limits  Limits
 	metrics *metrics.Metrics
 	log     *slog.Logger
 	now     func() time.Time
@@ -58,10 +71,13 @@ type Handler struct {
 
 // HandlerDeps are the Handler's collaborators; all are required except Now.
 type HandlerDeps struct {
-	Store   Store
-	Sender  Sender
-	Tokens  Tokens
-	Apps    Apps
+	Store  Store
+	Sender Sender
+	Tokens Tokens
+	Apps   Apps
+	// Limiter and Limits apply rate limits; nil Limits means no limits.
+	Limiter Limiter
+	Limits  Limits
 	Metrics *metrics.Metrics
 	Logger  *slog.Logger
 	Now     func() time.Time
@@ -78,8 +94,11 @@ func NewHandler(d HandlerDeps) *Handler {
 	if d.Retries == nil {
 		d.Retries = asynqRetries
 	}
+	if d.Limits == nil {
+		d.Limits = func(string) (ratelimit.Limit, ratelimit.Limit) { return ratelimit.Limit{}, ratelimit.Limit{} }
+	}
 	return &Handler{store: d.Store, sender: d.Sender, tokens: d.Tokens, apps: d.Apps,
-		metrics: d.Metrics, log: d.Logger, now: d.Now, retries: d.Retries}
+		limiter: d.Limiter, limits: d.Limits, metrics: d.Metrics, log: d.Logger, now: d.Now, retries: d.Retries}
 }
 
 func asynqRetries(ctx context.Context) (int, int) {
@@ -97,6 +116,13 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	log := h.log.With("msg_id", p.ID, "app", p.App)
 
+	if wait, err := h.throttle(ctx, p); err != nil || wait > 0 {
+		if err != nil {
+			return fmt.Errorf("tasks: rate limit: %w", err)
+		}
+		return &retryAfter{err: errRateLimited, delay: wait}
+	}
+
 	a, err := h.store.Begin(ctx, p.ID)
 	switch {
 	case errors.Is(err, delivery.ErrNotFound):
@@ -110,6 +136,10 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		h.metrics.Finished.WithLabelValues(a.App, string(a.State)).Inc()
 		log.Info("message expired before it could be sent", "state", a.State)
 		return nil
+	case !a.ParkedUntil.IsZero():
+		// The app's daily quota is spent: wait for the reset (or a resume)
+		// without spending an attempt.
+		return &retryAfter{err: errParked, delay: a.ParkedUntil.Sub(h.now()) + jitter(time.Minute)}
 	case !a.Proceed:
 		// Invariant: never re-send what WeChat accepted or what is settled.
 		log.Info("message already sent or settled; not sending", "state", a.State)
@@ -180,6 +210,12 @@ func (h *Handler) failed(ctx context.Context, log *slog.Logger, id, app string, 
 		wait = nextMinute(h.now())
 	case wechat.ClassQuota:
 		wait = nextQuotaReset(h.now())
+		// Park the whole app, so its other messages wait without calling WeChat.
+		if perr := h.store.Park(ctx, app, h.now().Add(wait)); perr != nil {
+			log.Error("could not park the app", "err", perr)
+		} else {
+			log.Warn("daily quota exhausted: app parked until the quota resets", "until", h.now().Add(wait))
+		}
 	default:
 		if retried, max := h.retries(ctx); retried >= max {
 			log.Warn("retries exhausted", "err", err)
@@ -200,7 +236,7 @@ func (h *Handler) failed(ctx context.Context, log *slog.Logger, id, app string, 
 
 // settle moves the message to a final state and tells asynq not to retry.
 func (h *Handler) settle(ctx context.Context, log *slog.Logger, id, app string, to delivery.State, info *delivery.ErrorInfo) error {
-	tr, err := h.store.Finish(ctx, id, to, info)
+	tr, err := h.store.Finish(ctx, id, app, to, info)
 	if err != nil && !errors.Is(err, delivery.ErrNotFound) {
 		return fmt.Errorf("tasks: settle %s: %w", to, err)
 	}
@@ -209,6 +245,39 @@ func (h *Handler) settle(ctx context.Context, log *slog.Logger, id, app string, 
 	}
 	log.Warn("message settled", "state", tr.State, "errcode", info.Code, "errmsg", info.Msg)
 	return fmt.Errorf("tasks: message %s: %w", to, asynq.SkipRetry)
+}
+
+var (
+	errRateLimited = errors.New("tasks: rate limited: deferred")
+	errParked      = errors.New("tasks: app parked (daily quota): deferred")
+)
+
+// throttle applies the app's and the recipient's rate limits. A short wait
+// happens in place; a longer one is returned so the task is rescheduled without
+// spending an attempt.
+func (h *Handler) throttle(ctx context.Context, p DeliverPayload) (time.Duration, error) {
+	perApp, perRecipient := h.limits(p.App)
+	checks := []struct {
+		scope, key string
+		lim        ratelimit.Limit
+	}{
+		{"app", "wxpush:app:" + p.App, perApp},
+		{"recipient", "wxpush:rcpt:" + p.App + ":" + p.To, perRecipient},
+	}
+	for _, c := range checks {
+		if c.lim.IsZero() || (c.scope == "recipient" && p.To == "") {
+			continue
+		}
+		wait, waited, err := h.limiter.Wait(ctx, c.key, c.lim)
+		if waited > 0 || wait > 0 {
+			h.metrics.RateLimitWaits.WithLabelValues(p.App, c.scope).Inc()
+			h.metrics.RateLimitWaited.WithLabelValues(p.App, c.scope).Add(waited.Seconds())
+		}
+		if err != nil || wait > 0 {
+			return wait + jitter(wait/10+time.Millisecond), err
+		}
+	}
+	return 0, nil
 }
 
 func errorInfo(err error) *delivery.ErrorInfo {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http/httptest"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -33,6 +34,7 @@ type bundle struct {
 	metrics *metrics.Metrics
 	retried atomic.Int64 // what the fake asynq context reports
 	ctx     context.Context
+	to      sync.Map // message id → openid
 }
 
 func setup(t *testing.T, rules ...wechatsim.Rule) *bundle {
@@ -82,11 +84,13 @@ func (b *bundle) enqueue(t *testing.T, openID string, mod ...func(*delivery.NewM
 	if _, err := b.store.Create(b.ctx, m); err != nil {
 		t.Fatal(err)
 	}
+	b.to.Store(id, openID)
 	return id
 }
 
 func (b *bundle) process(id string) error {
-	return b.handler.ProcessTask(b.ctx, NewDeliverTask(id, "default"))
+	to, _ := b.to.Load(id)
+	return b.handler.ProcessTask(b.ctx, NewDeliverTask(id, "default", to.(string)))
 }
 
 func (b *bundle) record(t *testing.T, id string) *delivery.Message {

@@ -58,11 +58,19 @@ func IsFailure(err error) bool {
 // shanghai is WeChat's quota clock; a fixed zone keeps the binary free of tzdata.
 var shanghai = time.FixedZone("Asia/Shanghai", 8*3600)
 
+// jitter returns a random duration in [0, d).
+func jitter(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	return rand.N(d)
+}
+
 // nextMinute returns the wait until just after the next minute boundary, plus
 // jitter, which is when WeChat's per-minute limit (45011) lets sends through again.
 func nextMinute(now time.Time) time.Duration {
 	next := now.Truncate(time.Minute).Add(time.Minute)
-	return next.Sub(now) + rand.N(5*time.Second)
+	return next.Sub(now) + jitter(5*time.Second)
 }
 
 // nextQuotaReset returns the wait until 00:00 Asia/Shanghai, when the daily
@@ -70,5 +78,5 @@ func nextMinute(now time.Time) time.Duration {
 func nextQuotaReset(now time.Time) time.Duration {
 	t := now.In(shanghai)
 	midnight := time.Date(t.Year(), t.Month(), t.Day()+1, 0, 0, 0, 0, shanghai)
-	return midnight.Sub(now) + rand.N(time.Minute)
+	return midnight.Sub(now) + jitter(time.Minute)
 }

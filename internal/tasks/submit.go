@@ -2,8 +2,10 @@ package tasks
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -14,7 +16,11 @@ import (
 // Records is the part of the delivery store Submitter needs.
 type Records interface {
 	Create(ctx context.Context, m delivery.NewMessage) (delivery.State, error)
+	CreateBatch(ctx context.Context, ms []delivery.NewMessage) ([]delivery.Created, error)
 	Delete(ctx context.Context, id string) error
+	AppOf(ctx context.Context, id string) (string, error)
+	Requeue(ctx context.Context, id, app string) (queue string, err error)
+	Get(ctx context.Context, id string) (*delivery.Message, error)
 }
 
 // Queue enqueues asynq tasks; *asynq.Client provides it.
@@ -22,16 +28,30 @@ type Queue interface {
 	EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
 }
 
-// Submitter accepts messages: it writes the record, then the task.
+// Tasks inspects and moves asynq tasks; *asynq.Inspector provides it.
+type Tasks interface {
+	DeleteTask(queue, id string) error
+	ListRetryTasks(queue string, opts ...asynq.ListOption) ([]*asynq.TaskInfo, error)
+	RunTask(queue, id string) error
+}
+
+var (
+	_ Records = (*delivery.Store)(nil)
+	_ Queue   = (*asynq.Client)(nil)
+	_ Tasks   = (*asynq.Inspector)(nil)
+)
+
+// Submitter puts messages on the queue: it writes the record, then the task.
 type Submitter struct {
 	records  Records
 	queue    Queue
+	tasks    Tasks
 	maxRetry int
 }
 
 // NewSubmitter returns a Submitter; maxAttempts is the send budget of a message.
-func NewSubmitter(records Records, queue Queue, maxAttempts int) *Submitter {
-	return &Submitter{records: records, queue: queue, maxRetry: maxAttempts - 1}
+func NewSubmitter(records Records, queue Queue, tasks Tasks, maxAttempts int) *Submitter {
+	return &Submitter{records: records, queue: queue, tasks: tasks, maxRetry: maxAttempts - 1}
 }
 
 // Submit stores m and enqueues its delivery. When it returns nil the message is
@@ -42,15 +62,121 @@ func (s *Submitter) Submit(ctx context.Context, m delivery.NewMessage) (delivery
 	if err != nil {
 		return "", err
 	}
-	opts := []asynq.Option{asynq.Queue(m.Queue), asynq.MaxRetry(s.maxRetry), asynq.Timeout(2 * time.Minute)}
-	if !m.SendAt.IsZero() {
-		opts = append(opts, asynq.ProcessAt(m.SendAt))
-	}
-	if _, err := s.queue.EnqueueContext(ctx, NewDeliverTask(m.ID, m.App), opts...); err != nil {
-		if derr := s.records.Delete(context.WithoutCancel(ctx), m.ID); derr != nil {
-			err = errors.Join(err, derr)
-		}
-		return "", fmt.Errorf("tasks: enqueue: %w", err)
+	if _, err := s.queue.EnqueueContext(ctx, NewDeliverTask(m.ID, m.App, m.To), deliverOptions(m.Queue, m.SendAt, s.maxRetry)...); err != nil {
+		return "", s.undo(ctx, fmt.Errorf("tasks: enqueue: %w", err), m.ID)
 	}
 	return state, nil
+}
+
+// SubmitBatch stores many messages in one pipelined round trip and enqueues one
+// fanout task for those accepted (two round trips in all). Per-message refusals
+// (a full backlog) are in the results; an error means nothing was accepted.
+func (s *Submitter) SubmitBatch(ctx context.Context, ms []delivery.NewMessage) ([]delivery.Created, error) {
+	created, err := s.records.CreateBatch(ctx, ms)
+	if err != nil {
+		return nil, err
+	}
+	var items []FanoutItem
+	for i, c := range created {
+		if c.Err == nil {
+			m := ms[i]
+			items = append(items, FanoutItem{ID: m.ID, App: m.App, To: m.To, Queue: m.Queue, SendAt: m.SendAt})
+		}
+	}
+	if len(items) == 0 {
+		return created, nil
+	}
+	b, _ := json.Marshal(fanoutPayload{Items: items}) // plain strings and times cannot fail
+	// The fanout runs on the high queue: it only moves work, and a batch should
+	// not wait behind the backlog it is adding to.
+	_, err = s.queue.EnqueueContext(ctx, asynq.NewTask(TypeFanout, b), asynq.Queue(QueueHigh), asynq.MaxRetry(25))
+	if err != nil {
+		ids := make([]string, len(items))
+		for i, it := range items {
+			ids[i] = it.ID
+		}
+		return nil, s.undo(ctx, fmt.Errorf("tasks: enqueue fanout: %w", err), ids...)
+	}
+	return created, nil
+}
+
+// undo removes records whose task could not be enqueued, so that an error
+// response leaves nothing behind.
+func (s *Submitter) undo(ctx context.Context, cause error, ids ...string) error {
+	ctx = context.WithoutCancel(ctx)
+	errs := []error{cause}
+	for _, id := range ids {
+		if err := s.records.Delete(ctx, id); err != nil {
+			errs = append(errs, err)
+			break // Redis is down: the rest would fail the same way
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Requeue sends a dead message again with its id, client_msg_id and a fresh
+// retry budget: the record goes back to queued, asynq's archived task is
+// replaced by a new one with the same id.
+func (s *Submitter) Requeue(ctx context.Context, id string) error {
+	app, err := s.records.AppOf(ctx, id)
+	if err != nil {
+		return err
+	}
+	m, err := s.records.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if m.State != delivery.StateDead {
+		return delivery.ErrNotDead
+	}
+	if err := s.tasks.DeleteTask(m.Queue, id); err != nil && !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
+		return fmt.Errorf("tasks: requeue: drop archived task: %w", err)
+	}
+	queue, err := s.records.Requeue(ctx, id, app)
+	if err != nil {
+		return err
+	}
+	var body struct {
+		ToUser string `json:"touser"`
+	}
+	_ = json.Unmarshal(m.Body, &body)
+	_, err = s.queue.EnqueueContext(ctx, NewDeliverTask(id, app, body.ToUser), deliverOptions(queue, time.Time{}, s.maxRetry)...)
+	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+		return fmt.Errorf("tasks: requeue: %w", err)
+	}
+	return nil
+}
+
+// WakeApp runs now the app's messages that wait for a quota reset or a rate
+// limit (after an operator resumed the app). It returns how many it woke.
+func (s *Submitter) WakeApp(ctx context.Context, app string) (int, error) {
+	woken := 0
+	for queue := range QueueWeights {
+		for page := 1; ; page++ {
+			infos, err := s.tasks.ListRetryTasks(queue, asynq.Page(page), asynq.PageSize(500))
+			if errors.Is(err, asynq.ErrQueueNotFound) {
+				break
+			}
+			if err != nil {
+				return woken, fmt.Errorf("tasks: wake %s: %w", app, err)
+			}
+			for _, t := range infos {
+				p, perr := parseDeliverPayload(t.Payload)
+				if t.Type != TypeDeliver || perr != nil || p.App != app || !waitingForQuota(t.LastErr) {
+					continue
+				}
+				if err := s.tasks.RunTask(queue, t.ID); err == nil {
+					woken++
+				}
+			}
+			if len(infos) < 500 {
+				break
+			}
+		}
+	}
+	return woken, nil
+}
+
+func waitingForQuota(lastErr string) bool {
+	return strings.Contains(lastErr, errParked.Error()) || strings.Contains(lastErr, "errcode 45009")
 }

@@ -34,16 +34,18 @@ func QueueFor(priority string) (string, bool) {
 	return "", false
 }
 
-// DeliverPayload is the task payload: just the id, the record holds the message.
+// DeliverPayload is the task payload: the id, and what the rate limits need
+// before the record is read; the record holds the message.
 type DeliverPayload struct {
 	ID  string `json:"id"`
 	App string `json:"app"`
+	To  string `json:"to,omitempty"` // the recipient's openid, for the per-recipient limit
 }
 
 // NewDeliverTask returns the task for message id. The asynq task id is the message
 // id, so enqueueing one message twice is refused by asynq.
-func NewDeliverTask(id, app string, opts ...asynq.Option) *asynq.Task {
-	b, _ := json.Marshal(DeliverPayload{ID: id, App: app}) // two strings cannot fail
+func NewDeliverTask(id, app, to string, opts ...asynq.Option) *asynq.Task {
+	b, _ := json.Marshal(DeliverPayload{ID: id, App: app, To: to}) // strings cannot fail
 	return asynq.NewTask(TypeDeliver, b, append([]asynq.Option{asynq.TaskID(id)}, opts...)...)
 }
 

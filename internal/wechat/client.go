@@ -97,7 +97,7 @@ func (c *Client) FetchToken(ctx context.Context, appID, secret string) (Token, e
 	if err := c.call(ctx, apiToken, http.MethodGet, "/cgi-bin/token?"+q.Encode(), nil, &reply); err != nil {
 		return Token{}, err
 	}
-	return reply.token(start)
+	return reply.token(start), nil
 }
 
 // FetchStableToken gets a token from /cgi-bin/stable_token, which returns the same
@@ -109,15 +109,19 @@ func (c *Client) FetchStableToken(ctx context.Context, appID, secret string, for
 	if err := c.call(ctx, apiStableToken, http.MethodPost, "/cgi-bin/stable_token", body, &reply); err != nil {
 		return Token{}, err
 	}
-	return reply.token(start)
+	return reply.token(start), nil
 }
 
-func (r *tokenReply) token(start time.Time) (Token, error) {
+func (r *tokenReply) validate() error {
 	if r.AccessToken == "" || r.ExpiresIn <= 0 {
-		return Token{}, &TransportError{API: apiToken, Err: errors.New("reply without access_token or expires_in")}
+		return errors.New("reply without access_token or expires_in")
 	}
-	// Count the lifetime from when we asked, not from when the answer arrived.
-	return Token{Value: r.AccessToken, ExpiresAt: start.Add(time.Duration(r.ExpiresIn) * time.Second)}, nil
+	return nil
+}
+
+// token counts the lifetime from when we asked, not from when the answer arrived.
+func (r *tokenReply) token(start time.Time) Token {
+	return Token{Value: r.AccessToken, ExpiresAt: start.Add(time.Duration(r.ExpiresIn) * time.Second)}
 }
 
 // TemplateMessage is the body of a template send (wechat-protocol.md §2).
@@ -149,21 +153,32 @@ type DataItem struct {
 type sendReply struct {
 	replyStatus
 	MsgID json.Number `json:"msgid"`
+	id    int64
+}
+
+func (r *sendReply) validate() error {
+	if r.MsgID == "" {
+		return nil
+	}
+	id, err := strconv.ParseInt(r.MsgID.String(), 10, 64)
+	if err != nil || id <= 0 {
+		return errors.New("reply has a msgid that is not a positive 64-bit integer")
+	}
+	r.id = id
+	return nil
 }
 
 // SendTemplate sends a template message and returns WeChat's msgid, a 64-bit
-// integer that is never passed through float64.
+// integer that is never passed through float64. A success without a msgid (what
+// WeChat answers to a de-duplicated repeat is not documented) returns 0: the
+// message was accepted, but its result callback cannot be matched.
 func (c *Client) SendTemplate(ctx context.Context, accessToken string, msg *TemplateMessage) (int64, error) {
 	var reply sendReply
 	path := "/cgi-bin/message/template/send?access_token=" + url.QueryEscape(accessToken)
 	if err := c.call(ctx, apiTemplateSend, http.MethodPost, path, msg, &reply); err != nil {
 		return 0, err
 	}
-	id, err := strconv.ParseInt(reply.MsgID.String(), 10, 64)
-	if err != nil {
-		return 0, &TransportError{API: apiTemplateSend, Err: fmt.Errorf("reply has no integer msgid")}
-	}
-	return id, nil
+	return reply.id, nil
 }
 
 // replyStatus is the errcode/errmsg pair every WeChat reply may carry.
@@ -174,11 +189,16 @@ type replyStatus struct {
 
 func (r *replyStatus) status() *replyStatus { return r }
 
-type statusCarrier interface{ status() *replyStatus }
+// reply is a decoded WeChat reply: its errcode, and a check of the rest once
+// errcode is 0.
+type reply interface {
+	status() *replyStatus
+	validate() error
+}
 
 // call performs one API call. Errors never contain the URL: it carries the access
 // token or the app secret.
-func (c *Client) call(ctx context.Context, api, method, path string, in any, out statusCarrier) (err error) {
+func (c *Client) call(ctx context.Context, api, method, path string, in any, out reply) (err error) {
 	start := time.Now()
 	defer func() { c.observe(api, time.Since(start), err) }()
 
@@ -216,6 +236,9 @@ func (c *Client) call(ctx context.Context, api, method, path string, in any, out
 	}
 	if st := out.status(); st.ErrCode != 0 {
 		return &APIError{API: api, Code: st.ErrCode, Msg: st.ErrMsg}
+	}
+	if err := out.validate(); err != nil {
+		return &TransportError{API: api, Err: err}
 	}
 	return nil
 }

@@ -37,7 +37,9 @@ type TokenStoreConfig struct {
 	// A token another process replaced is still valid for minutes, and a 40001
 	// invalidates the local copy at once.
 	LocalTTL time.Duration
-	// LockLease: how long the refresher's lock lives if its holder dies (default 10 s).
+	// LockLease: how long the refresher's lock lives if its holder dies (default
+	// 30 s). The fetch itself is cut off before the lease ends, so a slow fetch
+	// cannot outlive its lock and let a second process fetch too.
 	LockLease time.Duration
 	// Wait: how long a caller waits for another process's refresh (default 5 s).
 	Wait time.Duration
@@ -57,6 +59,10 @@ type TokenStore struct {
 
 	mu    sync.Mutex
 	local map[string]localToken
+	// gen counts invalidations per app. A read of Redis that overlapped an
+	// Invalidate may have fetched the dead token; remember drops it when the
+	// generation moved meanwhile.
+	gen map[string]uint64
 }
 
 type localToken struct {
@@ -76,7 +82,7 @@ func NewTokenStore(rdb redis.UniversalClient, fetcher TokenFetcher, cfg TokenSto
 		cfg.LocalTTL = 30 * time.Second
 	}
 	if cfg.LockLease <= 0 {
-		cfg.LockLease = 10 * time.Second
+		cfg.LockLease = 30 * time.Second
 	}
 	if cfg.Wait <= 0 {
 		cfg.Wait = 5 * time.Second
@@ -87,7 +93,7 @@ func NewTokenStore(rdb redis.UniversalClient, fetcher TokenFetcher, cfg TokenSto
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &TokenStore{rdb: rdb, fetcher: fetcher, cfg: cfg, local: map[string]localToken{}}
+	return &TokenStore{rdb: rdb, fetcher: fetcher, cfg: cfg, local: map[string]localToken{}, gen: map[string]uint64{}}
 }
 
 func tokenKey(app string) string { return "wxpush:token:{" + app + "}" }
@@ -99,12 +105,14 @@ func (s *TokenStore) Token(ctx context.Context, cred Credentials) (string, error
 	now := s.cfg.Now()
 	s.mu.Lock()
 	lt, ok := s.local[cred.App]
+	gen := s.gen[cred.App]
 	s.mu.Unlock()
 	if ok && now.Before(lt.refresh) {
 		return lt.token.Value, nil
 	}
 
-	deadline := now.Add(s.cfg.Wait)
+	// The wait is measured on the real clock: the injected one may stand still.
+	deadline := time.Now().Add(s.cfg.Wait)
 	for {
 		tok, found, err := s.read(ctx, cred.App)
 		if err != nil {
@@ -112,7 +120,7 @@ func (s *TokenStore) Token(ctx context.Context, cred Credentials) (string, error
 		}
 		now = s.cfg.Now()
 		if found && tok.ExpiresAt.Sub(now) > s.cfg.RefreshBefore {
-			s.remember(cred.App, tok, now)
+			s.remember(cred.App, tok, now, gen)
 			return tok.Value, nil
 		}
 		got, err := s.tryRefresh(ctx, cred)
@@ -120,7 +128,7 @@ func (s *TokenStore) Token(ctx context.Context, cred Credentials) (string, error
 			return "", err
 		}
 		if got.Value != "" {
-			s.remember(cred.App, got, s.cfg.Now())
+			s.remember(cred.App, got, s.cfg.Now(), gen)
 			return got.Value, nil
 		}
 		// Another process holds the lock. A token in its last minutes still works,
@@ -128,7 +136,7 @@ func (s *TokenStore) Token(ctx context.Context, cred Credentials) (string, error
 		if found && tok.ExpiresAt.After(now) {
 			return tok.Value, nil
 		}
-		if now.After(deadline) {
+		if time.Now().After(deadline) {
 			return "", ErrTokenBusy
 		}
 		select {
@@ -143,12 +151,16 @@ func (s *TokenStore) Token(ctx context.Context, cred Credentials) (string, error
 // failed: after a 40001 storm the first caller clears it, and the rest find a newer
 // token and leave it alone.
 func (s *TokenStore) Invalidate(ctx context.Context, app, failed string) error {
+	// Redis first, then the local copy: a concurrent Token that read Redis before
+	// the delete sees the generation change and does not cache the dead token.
+	err := invalidateScript.Run(ctx, s.rdb, []string{tokenKey(app)}, failed).Err()
 	s.mu.Lock()
 	if lt, ok := s.local[app]; ok && lt.token.Value == failed {
 		delete(s.local, app)
 	}
+	s.gen[app]++
 	s.mu.Unlock()
-	if err := invalidateScript.Run(ctx, s.rdb, []string{tokenKey(app)}, failed).Err(); err != nil {
+	if err != nil {
 		return fmt.Errorf("wechat: invalidate token: %w", err)
 	}
 	return nil
@@ -198,11 +210,13 @@ func (s *TokenStore) tryRefresh(ctx context.Context, cred Credentials) (Token, e
 	if tok, found, err := s.read(ctx, cred.App); err == nil && found && tok.ExpiresAt.Sub(s.cfg.Now()) > s.cfg.RefreshBefore {
 		return tok, nil
 	}
+	fetchCtx, cancel := context.WithTimeout(ctx, s.cfg.LockLease*4/5)
+	defer cancel()
 	var tok Token
 	if cred.Stable {
-		tok, err = s.fetcher.FetchStableToken(ctx, cred.AppID, cred.Secret, false)
+		tok, err = s.fetcher.FetchStableToken(fetchCtx, cred.AppID, cred.Secret, false)
 	} else {
-		tok, err = s.fetcher.FetchToken(ctx, cred.AppID, cred.Secret)
+		tok, err = s.fetcher.FetchToken(fetchCtx, cred.AppID, cred.Secret)
 	}
 	s.cfg.OnFetch(cred.App, err)
 	if err != nil {
@@ -220,13 +234,15 @@ func (s *TokenStore) tryRefresh(ctx context.Context, cred Credentials) (Token, e
 	return tok, nil
 }
 
-func (s *TokenStore) remember(app string, tok Token, now time.Time) {
+func (s *TokenStore) remember(app string, tok Token, now time.Time, gen uint64) {
 	refresh := now.Add(s.cfg.LocalTTL)
 	if r := tok.ExpiresAt.Add(-s.cfg.RefreshBefore); r.Before(refresh) {
 		refresh = r
 	}
 	s.mu.Lock()
-	s.local[app] = localToken{token: tok, refresh: refresh}
+	if s.gen[app] == gen {
+		s.local[app] = localToken{token: tok, refresh: refresh}
+	}
 	s.mu.Unlock()
 }
 

@@ -1,0 +1,105 @@
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+
+	"github.com/wxpush/wxpush/internal/delivery"
+)
+
+// MaxBatch is the most messages one batch request may carry.
+const MaxBatch = 1000
+
+// maxBatchBytes bounds a batch request body.
+const maxBatchBytes = 8 << 20
+
+type batchRequest struct {
+	Messages []json.RawMessage `json:"messages"`
+}
+
+// batchResult is one item's outcome, at the item's index.
+type batchResult struct {
+	ID    string         `json:"id,omitempty"`
+	State delivery.State `json:"state,omitempty"`
+	Error *apiError      `json:"error,omitempty"`
+}
+
+type batchResponse struct {
+	Accepted int           `json:"accepted"`
+	Rejected int           `json:"rejected"`
+	Results  []batchResult `json:"results"`
+}
+
+// handleBatch accepts up to MaxBatch messages. Each item is validated and
+// accepted on its own; the valid ones are written in one pipelined round trip.
+// A request that is malformed as a whole is refused whole.
+func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
+	body, e := readBody(w, r, maxBatchBytes)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	var req batchRequest
+	if e := decodeStrict(body, &req, ""); e != nil {
+		writeError(w, e)
+		return
+	}
+	switch {
+	case len(req.Messages) == 0:
+		writeError(w, badField("messages", "required", "messages must hold at least one message"))
+		return
+	case len(req.Messages) > MaxBatch:
+		writeError(w, badField("messages", "too_many", fmt.Sprintf("a batch holds at most %d messages, got %d", MaxBatch, len(req.Messages))))
+		return
+	}
+	now := s.now()
+	resp := batchResponse{Results: make([]batchResult, len(req.Messages))}
+	var valid []delivery.NewMessage
+	var at []int // index of each valid message in the request
+	for i, raw := range req.Messages {
+		m, e := s.parseMessage(raw, now)
+		if e != nil {
+			e.Field = itemField(i, e.Field)
+			resp.Results[i].Error = e
+			continue
+		}
+		valid = append(valid, m)
+		at = append(at, i)
+	}
+	if len(valid) > 0 {
+		created, err := s.submit.SubmitBatch(r.Context(), valid)
+		if err != nil {
+			s.log.Error("could not accept batch", "messages", len(valid), "err", err)
+			writeError(w, errStorage)
+			return
+		}
+		for j, c := range created {
+			i, m := at[j], valid[j]
+			if c.Err != nil {
+				e := s.submitError(m.App, c.Err)
+				e.Field = itemField(i, e.Field)
+				resp.Results[i].Error = e
+				continue
+			}
+			resp.Results[i] = batchResult{ID: m.ID, State: c.State}
+			s.metrics.Enqueued.WithLabelValues(m.App).Inc()
+		}
+	}
+	for _, res := range resp.Results {
+		if res.Error != nil {
+			resp.Rejected++
+		} else {
+			resp.Accepted++
+		}
+	}
+	s.log.Info("batch accepted", "accepted", resp.Accepted, "rejected", resp.Rejected)
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func itemField(i int, field string) string {
+	if field == "" {
+		return fmt.Sprintf("messages[%d]", i)
+	}
+	return fmt.Sprintf("messages[%d].%s", i, field)
+}

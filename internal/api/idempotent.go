@@ -1,0 +1,103 @@
+package api
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"unicode"
+
+	"github.com/wxpush/wxpush/internal/idempotency"
+)
+
+// idempotent makes a POST safe to retry with an Idempotency-Key header: the first
+// request runs, repeats within the window get its response back (with
+// Idempotent-Replayed: true), the same key with another body is a 409. Responses
+// that say "try again" (429, 5xx) are not stored, so a retry runs for real.
+func (s *Server) idempotent(limit int64, next http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key := r.Header.Get("Idempotency-Key")
+		if key == "" {
+			next(w, r)
+			return
+		}
+		if e := checkIdempotencyKey(key); e != nil {
+			writeError(w, e)
+			return
+		}
+		if s.idem == nil {
+			writeError(w, &apiError{Status: http.StatusBadRequest, Code: "unsupported", Field: "Idempotency-Key",
+				Message: "idempotency keys are not enabled on this server"})
+			return
+		}
+		body, e := readBody(w, r, limit)
+		if e != nil {
+			writeError(w, e)
+			return
+		}
+		replay, claim, err := s.idem.Begin(r.Context(), caller(r), key, idempotency.Hash(r.Method, r.URL.Path, body))
+		switch {
+		case errors.Is(err, idempotency.ErrMismatch):
+			writeError(w, &apiError{Status: http.StatusConflict, Code: "idempotency_key_reused", Field: "Idempotency-Key",
+				Message: "this Idempotency-Key was used with a different request"})
+			return
+		case errors.Is(err, idempotency.ErrInProgress):
+			w.Header().Set("Retry-After", "1")
+			writeError(w, &apiError{Status: http.StatusConflict, Code: "idempotency_in_progress", Field: "Idempotency-Key",
+				Message: "a request with this Idempotency-Key is still running"})
+			return
+		case err != nil:
+			s.log.Error("idempotency store unavailable", "err", err)
+			writeError(w, errStorage)
+			return
+		case replay != nil:
+			w.Header().Set("Content-Type", "application/json; charset=utf-8")
+			w.Header().Set("Idempotent-Replayed", "true")
+			w.WriteHeader(replay.Status)
+			_, _ = w.Write(replay.Body)
+			return
+		}
+		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		next(rec, r)
+		ctx := r.Context()
+		if rec.status == http.StatusTooManyRequests || rec.status >= 500 {
+			if err := s.idem.Abort(ctx, claim); err != nil {
+				s.log.Warn("could not release idempotency key", "err", err)
+			}
+			return
+		}
+		if err := s.idem.Complete(ctx, claim, idempotency.Response{Status: rec.status, Body: rec.body.Bytes()}); err != nil {
+			s.log.Warn("could not store idempotent response; a retry will conflict until the key lease ends", "err", err)
+		}
+	})
+}
+
+func checkIdempotencyKey(key string) *apiError {
+	if len(key) > idempotency.MaxKeyLength {
+		return badField("Idempotency-Key", "invalid_idempotency_key", "Idempotency-Key is longer than 255 bytes")
+	}
+	for _, c := range key {
+		if c > unicode.MaxASCII || !unicode.IsPrint(c) {
+			return badField("Idempotency-Key", "invalid_idempotency_key", "Idempotency-Key must be printable ASCII")
+		}
+	}
+	return nil
+}
+
+// recorder passes a response through and keeps a copy.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	body   bytes.Buffer
+}
+
+func (r *recorder) WriteHeader(status int) {
+	r.status = status
+	r.ResponseWriter.WriteHeader(status)
+}
+
+func (r *recorder) Write(b []byte) (int, error) {
+	r.body.Write(b)
+	return r.ResponseWriter.Write(b)
+}

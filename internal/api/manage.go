@@ -1,0 +1,145 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/wxpush/wxpush/internal/delivery"
+)
+
+// handleCancel cancels a message WeChat has not accepted. While an attempt is in
+// flight the answer is 409 with Retry-After: that attempt decides, ask again.
+func (s *Server) handleCancel(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	tr, err := s.messages.Cancel(r.Context(), id)
+	switch {
+	case errors.Is(err, delivery.ErrNotFound):
+		writeError(w, notFound(id))
+	case errors.Is(err, delivery.ErrInFlight):
+		w.Header().Set("Retry-After", "1")
+		writeError(w, &apiError{Status: http.StatusConflict, Code: "in_flight", Field: "id",
+			Message: "a send attempt is in flight; retry the cancel in a moment"})
+	case err != nil:
+		s.log.Error("could not cancel", "msg_id", id, "err", err)
+		writeError(w, errStorage)
+	case !tr.Changed && tr.State != delivery.StateCanceled:
+		writeError(w, &apiError{Status: http.StatusConflict, Code: "not_cancelable", Field: "id",
+			Message: fmt.Sprintf("message is %s: only queued, scheduled or retrying messages can be canceled", tr.State)})
+	default:
+		if tr.Changed {
+			s.metrics.Finished.WithLabelValues(tr.App, string(delivery.StateCanceled)).Inc()
+			s.log.Info("message canceled", "msg_id", id, "app", tr.App)
+		}
+		writeJSON(w, http.StatusOK, acceptedResponse{ID: id, State: delivery.StateCanceled})
+	}
+}
+
+type listResponse struct {
+	Messages   []*delivery.Message `json:"messages"`
+	Total      int64               `json:"total"`
+	NextOffset *int                `json:"next_offset,omitempty"`
+}
+
+// handleList lists dead messages of an app, newest first, by offset.
+func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	if q.Get("state") != string(delivery.StateDead) {
+		writeError(w, badField("state", "unsupported_state", "only state=dead can be listed"))
+		return
+	}
+	app := q.Get("app")
+	if app == "" {
+		app = s.defaultApp
+	}
+	if !s.hasApp(app) {
+		writeError(w, badField("app", "unknown_app", fmt.Sprintf("app %q is not configured", app)))
+		return
+	}
+	limit, e := intParam(q.Get("limit"), "limit", 50, 1, 500)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	offset, e := intParam(q.Get("offset"), "offset", 0, 0, 1<<30)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	msgs, total, err := s.messages.ListDead(r.Context(), app, offset, limit)
+	if err != nil {
+		s.log.Error("could not list dead messages", "app", app, "err", err)
+		writeError(w, errStorage)
+		return
+	}
+	resp := listResponse{Messages: msgs, Total: total}
+	if next := offset + len(msgs); int64(next) < total {
+		resp.NextOffset = &next
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func intParam(v, field string, def, lo, hi int) (int, *apiError) {
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		return 0, badField(field, "invalid_"+field, fmt.Sprintf("%s must be an integer from %d to %d", field, lo, hi))
+	}
+	return n, nil
+}
+
+// handleRetry requeues a dead message with its id (and client_msg_id).
+func (s *Server) handleRetry(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	err := s.submit.Requeue(r.Context(), id)
+	switch {
+	case errors.Is(err, delivery.ErrNotFound):
+		writeError(w, notFound(id))
+	case errors.Is(err, delivery.ErrNotDead):
+		writeError(w, &apiError{Status: http.StatusConflict, Code: "not_dead", Field: "id",
+			Message: "only dead messages can be retried"})
+	case err != nil:
+		s.log.Error("could not requeue", "msg_id", id, "err", err)
+		writeError(w, errStorage)
+	default:
+		s.log.Info("dead message requeued", "msg_id", id)
+		writeJSON(w, http.StatusAccepted, acceptedResponse{ID: id, State: delivery.StateQueued})
+	}
+}
+
+type resumeResponse struct {
+	App     string `json:"app"`
+	Resumed bool   `json:"resumed"` // the app was parked
+	Woken   int    `json:"woken"`   // waiting messages moved forward
+}
+
+// handleResume lifts an app's quota park (after the quota was cleared) and
+// wakes its waiting messages.
+func (s *Server) handleResume(w http.ResponseWriter, r *http.Request) {
+	app := r.PathValue("app")
+	if !s.hasApp(app) {
+		writeError(w, &apiError{Status: http.StatusNotFound, Code: "unknown_app", Field: "app",
+			Message: fmt.Sprintf("app %q is not configured", app)})
+		return
+	}
+	was, err := s.messages.Resume(r.Context(), app)
+	if err != nil {
+		s.log.Error("could not resume app", "app", app, "err", err)
+		writeError(w, errStorage)
+		return
+	}
+	woken, err := s.submit.WakeApp(r.Context(), app)
+	if err != nil {
+		s.log.Warn("app resumed, but waking its messages failed; they run at the quota reset", "app", app, "err", err)
+	}
+	s.log.Info("app resumed", "app", app, "was_parked", was, "woken", woken)
+	writeJSON(w, http.StatusOK, resumeResponse{App: app, Resumed: was, Woken: woken})
+}
+
+func notFound(id string) *apiError {
+	return &apiError{Status: http.StatusNotFound, Code: "not_found", Field: "id",
+		Message: fmt.Sprintf("no message %q (never accepted, or past its retention)", id)}
+}

@@ -1,0 +1,136 @@
+package delivery
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Requeue puts a dead message back in state queued, keeping its id (and so its
+// client_msg_id). It fails with ErrNotDead for any other state. The caller then
+// enqueues its task again; queue is the message's asynq queue.
+func (s *Store) Requeue(ctx context.Context, id, app string) (queue string, err error) {
+	now := s.cfg.Now()
+	res, err := requeueScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey, deadKey(app)},
+		id, s.line(now, historyLine{Event: "requeued", State: StateQueued})).Slice()
+	if err != nil {
+		return "", fmt.Errorf("delivery: requeue: %w", err)
+	}
+	switch {
+	case len(res) == 0:
+		return "", ErrNotFound
+	case str(res, 1) != app:
+		return "", ErrNotFound
+	case str(res, 0) != "requeued":
+		return str(res, 2), ErrNotDead
+	}
+	return str(res, 2), nil
+}
+
+// AppOf returns the app of message id.
+func (s *Store) AppOf(ctx context.Context, id string) (string, error) {
+	app, err := s.rdb.HGet(ctx, recordKey(id), "app").Result()
+	if err == redis.Nil {
+		return "", ErrNotFound
+	}
+	if err != nil {
+		return "", fmt.Errorf("delivery: read app: %w", err)
+	}
+	return app, nil
+}
+
+// ListDead returns up to limit dead messages of app, newest first, starting after
+// offset, and how many there are in all. Dead messages leave the list when they
+// are requeued or pass their retention.
+func (s *Store) ListDead(ctx context.Context, app string, offset, limit int) ([]*Message, int64, error) {
+	key := deadKey(app)
+	var ids []string
+	var total int64
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(s.cfg.Now().Add(-s.cfg.Retention).UnixMilli(), 10))
+		return nil
+	})
+	if err != nil {
+		return nil, 0, fmt.Errorf("delivery: list dead: %w", err)
+	}
+	if ids, err = s.rdb.ZRevRange(ctx, key, int64(offset), int64(offset+limit-1)).Result(); err != nil {
+		return nil, 0, fmt.Errorf("delivery: list dead: %w", err)
+	}
+	if total, err = s.rdb.ZCard(ctx, key).Result(); err != nil {
+		return nil, 0, fmt.Errorf("delivery: list dead: %w", err)
+	}
+	out := make([]*Message, 0, len(ids))
+	for _, id := range ids {
+		m, err := s.Get(ctx, id)
+		if err == ErrNotFound {
+			continue
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		out = append(out, m)
+	}
+	return out, total, nil
+}
+
+// Park stops sending for app until the given time (the daily quota is spent).
+// Messages of a parked app wait without spending attempts. Parking never
+// shortens an existing park.
+func (s *Store) Park(ctx context.Context, app string, until time.Time) error {
+	err := s.rdb.ZAddGT(ctx, parkedKey, redis.Z{Score: float64(until.UnixMilli()), Member: app}).Err()
+	if err != nil {
+		return fmt.Errorf("delivery: park: %w", err)
+	}
+	return nil
+}
+
+// Resume lifts an app's park; it reports whether the app was parked.
+func (s *Store) Resume(ctx context.Context, app string) (bool, error) {
+	n, err := s.rdb.ZRem(ctx, parkedKey, app).Result()
+	if err != nil {
+		return false, fmt.Errorf("delivery: resume: %w", err)
+	}
+	return n > 0, nil
+}
+
+// ParkedApps returns the apps parked now, with when each park ends.
+func (s *Store) ParkedApps(ctx context.Context) (map[string]time.Time, error) {
+	now := strconv.FormatInt(s.cfg.Now().UnixMilli(), 10)
+	zs, err := s.rdb.ZRangeByScoreWithScores(ctx, parkedKey, &redis.ZRangeBy{Min: "(" + now, Max: "+inf"}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("delivery: parked apps: %w", err)
+	}
+	out := make(map[string]time.Time, len(zs))
+	for _, z := range zs {
+		if app, ok := z.Member.(string); ok {
+			out[app] = time.UnixMilli(int64(z.Score))
+		}
+	}
+	return out, nil
+}
+
+// Backlog returns how many messages of app are not final yet.
+func (s *Store) Backlog(ctx context.Context, app string) (int64, error) {
+	n, err := s.rdb.HGet(ctx, backlogKey, app).Int64()
+	if err == redis.Nil {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("delivery: backlog: %w", err)
+	}
+	return n, nil
+}
+
+// TrySweepLock takes the cluster-wide sweeper lock for d; it reports whether this
+// process won it. The lock simply expires: a sweep is idempotent, so the worst a
+// slow sweeper can cause is a second, redundant sweep.
+func (s *Store) TrySweepLock(ctx context.Context, d time.Duration) (bool, error) {
+	ok, err := s.rdb.SetNX(ctx, sweepLockKey, "1", d).Result()
+	if err != nil {
+		return false, fmt.Errorf("delivery: sweep lock: %w", err)
+	}
+	return ok, nil
+}

@@ -1,0 +1,233 @@
+package delivery
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+)
+
+func (b *bundle) backlog(t *testing.T, app string) int64 {
+	t.Helper()
+	n, err := b.store.Backlog(b.ctx, app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestBacklogCountsUnfinished(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for i := 0; i < 4; i++ {
+		b.create(t, fmt.Sprintf("m%d", i))
+	}
+	if n := b.backlog(t, "default"); n != 4 {
+		t.Fatalf("backlog = %d, want 4", n)
+	}
+	// Every way to a final state releases the slot exactly once.
+	b.store.Finish(b.ctx, "m0", "default", StateRejected, nil)
+	b.store.Finish(b.ctx, "m0", "default", StateDead, nil) // already final: no second release
+	b.store.Begin(b.ctx, "m1")
+	b.store.MarkSent(b.ctx, "m1", "default", 11)
+	if n := b.backlog(t, "default"); n != 3 {
+		t.Errorf("after one rejected and one sent: backlog = %d, want 3 (sent is not final)", n)
+	}
+	b.store.ApplyCallback(b.ctx, "default", "11", StateDelivered, "success")
+	b.store.ApplyCallback(b.ctx, "default", "11", StateDelivered, "success")
+	b.store.Cancel(b.ctx, "m2")
+	if err := b.store.Delete(b.ctx, "m3"); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.backlog(t, "default"); n != 0 {
+		t.Errorf("backlog = %d after every message settled, want 0", n)
+	}
+}
+
+func TestBacklogFullRefusesAndStoresNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	max := func(m *NewMessage) { m.MaxBacklog = 2 }
+	b.create(t, "a", max)
+	b.create(t, "b", max)
+	if _, err := b.store.Create(b.ctx, NewMessage{ID: "c", App: "default", Body: []byte("{}"), MaxBacklog: 2}); !errors.Is(err, ErrBacklogFull) {
+		t.Fatalf("third message: %v, want ErrBacklogFull", err)
+	}
+	if _, err := b.store.Get(b.ctx, "c"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a refused message was stored: %v", err)
+	}
+	b.store.Finish(b.ctx, "a", "default", StateRejected, nil)
+	b.create(t, "c", max) // a slot is free again
+}
+
+func TestCreateBatch(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.rdb.ScriptFlush(b.ctx) // a fresh Redis has no scripts: the batch must load them
+	var ms []NewMessage
+	for i := 0; i < 5; i++ {
+		ms = append(ms, NewMessage{ID: fmt.Sprintf("b%d", i), App: "default", Body: []byte("{}"), MaxBacklog: 3})
+	}
+	ms = append(ms, NewMessage{ID: "b0", App: "other", Body: []byte("{}")}) // duplicate id
+	res, err := b.store.CreateBatch(b.ctx, ms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []error{nil, nil, nil, ErrBacklogFull, ErrBacklogFull, ErrExists}
+	for i, r := range res {
+		if !errors.Is(r.Err, want[i]) || (r.Err == nil) != (want[i] == nil) {
+			t.Errorf("item %d: %v, want %v", i, r.Err, want[i])
+		}
+		if r.Err == nil && r.State != StateQueued {
+			t.Errorf("item %d state %s", i, r.State)
+		}
+	}
+	if n := b.backlog(t, "default"); n != 3 {
+		t.Errorf("backlog = %d, want 3", n)
+	}
+}
+
+func TestCancel(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.create(t, "q")
+	tr, err := b.store.Cancel(b.ctx, "q")
+	if err != nil || !tr.Changed || tr.State != StateCanceled {
+		t.Fatalf("Cancel(queued) = %+v, %v", tr, err)
+	}
+	if a, _ := b.store.Begin(b.ctx, "q"); a.Proceed {
+		t.Error("a canceled message may be sent")
+	}
+
+	// An attempt in flight wins the race: cancel is refused until it ends.
+	b.create(t, "f")
+	b.store.Begin(b.ctx, "f")
+	if _, err := b.store.Cancel(b.ctx, "f"); !errors.Is(err, ErrInFlight) {
+		t.Fatalf("Cancel during an attempt = %v, want ErrInFlight", err)
+	}
+	b.store.MarkRetrying(b.ctx, "f", ErrorInfo{Code: -1})
+	if tr, err := b.store.Cancel(b.ctx, "f"); err != nil || tr.State != StateCanceled {
+		t.Errorf("Cancel after the attempt failed = %+v, %v", tr, err)
+	}
+
+	// A worker that died mid-attempt blocks cancel only until the attempt timeout.
+	b.create(t, "d")
+	b.store.Begin(b.ctx, "d")
+	b.clock.Advance(3 * time.Minute)
+	if tr, err := b.store.Cancel(b.ctx, "d"); err != nil || tr.State != StateCanceled {
+		t.Errorf("Cancel after a dead worker's attempt timed out = %+v, %v", tr, err)
+	}
+
+	// Sent is too late.
+	b.create(t, "s")
+	b.store.Begin(b.ctx, "s")
+	b.store.MarkSent(b.ctx, "s", "default", 5)
+	if tr, err := b.store.Cancel(b.ctx, "s"); err != nil || tr.Changed || tr.State != StateSent {
+		t.Errorf("Cancel(sent) = %+v, %v; want unchanged", tr, err)
+	}
+	if _, err := b.store.Cancel(b.ctx, "nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Cancel(missing) = %v", err)
+	}
+}
+
+func TestDeadListAndRequeue(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for i := 0; i < 3; i++ {
+		id := fmt.Sprintf("d%d", i)
+		b.create(t, id)
+		b.store.Begin(b.ctx, id)
+		b.store.Finish(b.ctx, id, "default", StateDead, &ErrorInfo{Code: -1, Msg: "system error"})
+		b.clock.Advance(time.Second)
+	}
+	msgs, total, err := b.store.ListDead(b.ctx, "default", 0, 2)
+	if err != nil || total != 3 || len(msgs) != 2 || msgs[0].ID != "d2" || msgs[1].ID != "d1" {
+		t.Fatalf("ListDead page 1 = %v (total %d), %v; want d2, d1 of 3", ids(msgs), total, err)
+	}
+	if msgs, _, _ := b.store.ListDead(b.ctx, "default", 2, 2); len(msgs) != 1 || msgs[0].ID != "d0" {
+		t.Errorf("ListDead page 2 = %v, want d0", ids(msgs))
+	}
+	if msgs, total, _ := b.store.ListDead(b.ctx, "other", 0, 10); len(msgs) != 0 || total != 0 {
+		t.Errorf("another app's dead list = %v", ids(msgs))
+	}
+
+	q, err := b.store.Requeue(b.ctx, "d1", "default")
+	if err != nil || q != "normal" {
+		t.Fatalf("Requeue = %q, %v", q, err)
+	}
+	m, _ := b.store.Get(b.ctx, "d1")
+	if m.State != StateQueued || m.FinishedAt != nil || b.ttl(t, recordKey("d1")) != -1 {
+		t.Errorf("requeued record = %s finished %v ttl %v; want queued, no finish time, no expiry", m.State, m.FinishedAt, b.ttl(t, recordKey("d1")))
+	}
+	if _, total, _ := b.store.ListDead(b.ctx, "default", 0, 10); total != 2 {
+		t.Errorf("dead list holds %d after a requeue, want 2", total)
+	}
+	if _, err := b.store.Requeue(b.ctx, "d1", "default"); !errors.Is(err, ErrNotDead) {
+		t.Errorf("Requeue(queued) = %v, want ErrNotDead", err)
+	}
+	if n := b.backlog(t, "default"); n != 1 {
+		t.Errorf("backlog after requeue = %d, want 1", n)
+	}
+	// Dead entries leave the list with their retention.
+	b.clock.Advance(49 * time.Hour)
+	if _, total, _ := b.store.ListDead(b.ctx, "default", 0, 10); total != 0 {
+		t.Errorf("dead list holds %d past retention", total)
+	}
+}
+
+func ids(ms []*Message) []string {
+	var out []string
+	for _, m := range ms {
+		out = append(out, m.ID)
+	}
+	return out
+}
+
+func TestParkDefersWithoutAttempts(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.create(t, "p")
+	b.create(t, "o", func(m *NewMessage) { m.App = "other" })
+	until := b.clock.Now().Add(time.Hour)
+	if err := b.store.Park(b.ctx, "default", until); err != nil {
+		t.Fatal(err)
+	}
+	b.store.Park(b.ctx, "default", b.clock.Now().Add(time.Minute)) // never shortens
+	a, err := b.store.Begin(b.ctx, "p")
+	if err != nil || a.Proceed || !a.ParkedUntil.Equal(until) {
+		t.Fatalf("Begin on a parked app = %+v, %v; want deferred until %v", a, err, until)
+	}
+	if a, _ := b.store.Begin(b.ctx, "o"); !a.Proceed {
+		t.Error("another app is blocked by the park")
+	}
+	if m, _ := b.store.Get(b.ctx, "p"); m.Attempts != 0 || m.State != StateQueued {
+		t.Errorf("a parked message spent an attempt or changed: %+v", m)
+	}
+	parked, _ := b.store.ParkedApps(b.ctx)
+	if len(parked) != 1 || !parked["default"].Equal(until) {
+		t.Errorf("ParkedApps = %v", parked)
+	}
+	if was, err := b.store.Resume(b.ctx, "default"); !was || err != nil {
+		t.Errorf("Resume = %v, %v", was, err)
+	}
+	if a, _ := b.store.Begin(b.ctx, "p"); !a.Proceed {
+		t.Error("still parked after Resume")
+	}
+	// A park that ran out lets messages through by itself.
+	b.store.Park(b.ctx, "other", b.clock.Now().Add(time.Minute))
+	b.clock.Advance(2 * time.Minute)
+	b.create(t, "o2", func(m *NewMessage) { m.App = "other" })
+	if a, _ := b.store.Begin(b.ctx, "o2"); !a.Proceed {
+		t.Error("an expired park still blocks")
+	}
+}
+
+func TestSweepLock(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	first, err := b.store.TrySweepLock(b.ctx, time.Minute)
+	second, _ := b.store.TrySweepLock(b.ctx, time.Minute)
+	if err != nil || !first || second {
+		t.Errorf("sweep lock = %v then %v (%v); want exactly one winner", first, second, err)
+	}
+}
