@@ -59,19 +59,17 @@ func New(rdb redis.UniversalClient, maxWait time.Duration) *Limiter {
 // Wait takes one permit from key's bucket. It returns 0 once a permit is taken,
 // waiting in place for at most maxWait in all; otherwise it returns the delay after
 // which the caller should try again (no permit is taken). waited is the time spent
-// waiting in place.
+// sleeping in place (0 when a permit was free at once).
 func (l *Limiter) Wait(ctx context.Context, key string, lim Limit) (deferFor, waited time.Duration, err error) {
 	if lim.IsZero() {
 		return 0, 0, nil
 	}
 	rl := redis_rate.Limit{Rate: lim.Max, Period: lim.Window, Burst: lim.Burst}
-	start := time.Now()
 	for {
 		res, err := l.rl.Allow(ctx, key, rl)
 		if err != nil {
-			return 0, time.Since(start), fmt.Errorf("ratelimit: %w", err)
+			return 0, waited, fmt.Errorf("ratelimit: %w", err)
 		}
-		waited = time.Since(start)
 		if res.Allowed > 0 {
 			return 0, waited, nil
 		}
@@ -82,8 +80,9 @@ func (l *Limiter) Wait(ctx context.Context, key string, lim Limit) (deferFor, wa
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return 0, time.Since(start), ctx.Err()
+			return 0, waited, ctx.Err()
 		case <-t.C:
 		}
+		waited += res.RetryAfter
 	}
 }

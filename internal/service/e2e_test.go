@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -16,9 +15,6 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
-
-	"github.com/wxpush/wxpush/internal/redistest"
-	"github.com/wxpush/wxpush/internal/wechat/wechatsim"
 )
 
 const (
@@ -160,41 +156,9 @@ func messageBody(openID string) string {
 // the msgid.
 func TestEndToEnd(t *testing.T) {
 	t.Parallel()
-	redis := redistest.Start(t)
-	rules, err := wechatsim.ParseRules("block_*=user_block, sysfail_*=system_failed, nofollow_*=not_following, early_*=callback_first, busy_*=system_busy:2, *=success")
-	if err != nil {
-		t.Fatal(err)
-	}
-	apiAddr := freeAddr(t)
-	api := "http://" + apiAddr
-	sim, err := wechatsim.New(wechatsim.Config{
-		Apps:          []wechatsim.App{{AppID: e2eAppID, Secret: e2eSecret, Token: e2eToken, CallbackURL: api + "/wechat/callback/default"}},
-		Rules:         rules,
-		CallbackDelay: 50 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	simSrv := httptest.NewServer(sim)
-	t.Cleanup(func() { simSrv.Close(); sim.Close() })
-
-	env := map[string]string{
-		"REDIS_URL": redis.URL(), "WECHAT_API_BASE": simSrv.URL,
-		"WECHAT_APP_ID": e2eAppID, "WECHAT_APP_SECRET": e2eSecret, "WECHAT_TOKEN": e2eToken,
-		"WXPUSH_HTTP_ADDR": apiAddr, "WXPUSH_RETRY_BASE": "100ms", "WXPUSH_SHUTDOWN_TIMEOUT": "5s",
-	}
-	process(t, "enqueuer", RunEnqueuer, env)
-	scrape := []string{api + "/metrics"}
-	for i := 0; i < 2; i++ {
-		wenv := map[string]string{"WXPUSH_ADMIN_ADDR": freeAddr(t)}
-		scrape = append(scrape, "http://"+wenv["WXPUSH_ADMIN_ADDR"]+"/metrics")
-		for k, v := range env {
-			wenv[k] = v
-		}
-		process(t, fmt.Sprintf("worker %d", i), RunWorker, wenv)
-		waitHTTP(t, "http://"+wenv["WXPUSH_ADMIN_ADDR"]+"/healthz")
-	}
-	waitHTTP(t, api+"/healthz")
+	c := startCluster(t, clusterOpts{workers: 2,
+		rules: "block_*=user_block, sysfail_*=system_failed, nofollow_*=not_following, early_*=callback_first, busy_*=system_busy:2, *=success"})
+	api, sim, redis, scrape := c.api, c.sim, c.redis, c.scrape
 
 	want := map[string]string{
 		"ok_1": "delivered", "ok_2": "delivered", "block_1": "user_blocked", "sysfail_1": "wechat_failed",

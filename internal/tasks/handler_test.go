@@ -17,6 +17,7 @@ import (
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/logging"
 	"github.com/wxpush/wxpush/internal/metrics"
+	"github.com/wxpush/wxpush/internal/ratelimit"
 	"github.com/wxpush/wxpush/internal/redistest"
 	"github.com/wxpush/wxpush/internal/wechat"
 	"github.com/wxpush/wxpush/internal/wechat/wechatsim"
@@ -38,6 +39,11 @@ type bundle struct {
 }
 
 func setup(t *testing.T, rules ...wechatsim.Rule) *bundle {
+	t.Helper()
+	return setupWith(t, nil, rules...)
+}
+
+func setupWith(t *testing.T, limits Limits, rules ...wechatsim.Rule) *bundle {
 	t.Helper()
 	rdb := redistest.Start(t).Client(t)
 	sim, err := wechatsim.New(wechatsim.Config{
@@ -64,6 +70,8 @@ func setup(t *testing.T, rules ...wechatsim.Rule) *bundle {
 		Apps: func(app string) (wechat.Credentials, bool) {
 			return creds, app == "default"
 		},
+		Limiter: ratelimit.New(rdb, 0),
+		Limits:  limits,
 		Metrics: b.metrics,
 		Logger:  logging.Discard(),
 		Retries: func(context.Context) (int, int) { return int(b.retried.Load()), 9 },

@@ -1,0 +1,275 @@
+package service
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// postBatch enqueues messages over the batch API and returns their ids.
+func postBatch(t *testing.T, api string, bodies []string) []string {
+	t.Helper()
+	resp, err := http.Post(api+"/v1/messages/batch", "application/json",
+		strings.NewReader(`{"messages":[`+strings.Join(bodies, ",")+`]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Accepted int
+		Results  []struct{ ID string }
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || resp.StatusCode != http.StatusOK || r.Accepted != len(bodies) {
+		t.Fatalf("batch = %d, accepted %d of %d (%v)", resp.StatusCode, r.Accepted, len(bodies), err)
+	}
+	ids := make([]string, len(r.Results))
+	for i, res := range r.Results {
+		ids[i] = res.ID
+	}
+	return ids
+}
+
+func do(t *testing.T, method, url string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestHighPriorityOvertakesBacklog: with a backlog of 10,000 low-priority
+// messages, a new high-priority message is sent while most of the backlog still
+// waits (it does not queue behind it).
+func TestHighPriorityOvertakesBacklog(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, clusterOpts{workers: 1, latency: 5 * time.Millisecond,
+		env: map[string]string{"WXPUSH_CONCURRENCY": "10"}})
+	const backlog = 10000
+	var wg sync.WaitGroup
+	for b := 0; b < backlog/1000; b++ {
+		bodies := make([]string, 1000)
+		for i := range bodies {
+			bodies[i] = fmt.Sprintf(`{"touser":"low_%d_%d","template_id":"T1","priority":"low","data":{"k":{"value":"v"}}}`, b, i)
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); postBatch(t, c.api, bodies) }()
+	}
+	wg.Wait()
+	// Wait until the backlog is really queued in asynq (the batches' fanouts ran).
+	deadline := time.Now().Add(60 * time.Second)
+	for c.queueSize(t, "low") < backlog/2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the low backlog never reached the queue")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	start := time.Now()
+	id := postMessage(t, c.api, `{"touser":"vip","template_id":"T1","priority":"high","data":{"k":{"value":"v"}}}`)
+	for {
+		m := getMessage(t, c.api, id)
+		if m.State == "sent" || m.State == "delivered" {
+			break
+		}
+		if time.Since(start) > 60*time.Second {
+			t.Fatalf("high-priority message still %s after 60 s", m.State)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	took := time.Since(start)
+	left := c.queueSize(t, "low")
+	t.Logf("high-priority message sent %v after enqueue, with %d low-priority messages still queued", took, left)
+	if left < backlog/4 {
+		t.Errorf("the high-priority message was sent only after the backlog drained to %d of %d", left, backlog)
+	}
+}
+
+// TestRateLimitAcrossWorkers: three workers share one per-app limit; no
+// one-second window ever holds more than limit + burst sends. (The achieved
+// rate against the limit is a figure for make bench, not a test.)
+func TestRateLimitAcrossWorkers(t *testing.T) {
+	t.Parallel()
+	const limit, burst, n = 20, 5, 90
+	c := startCluster(t, clusterOpts{workers: 3, env: map[string]string{
+		"WECHAT_RATE_LIMIT": fmt.Sprint(limit), "WECHAT_RATE_BURST": fmt.Sprint(burst)}})
+	bodies := make([]string, n)
+	for i := range bodies {
+		bodies[i] = messageBody(fmt.Sprintf("rl_%d", i))
+	}
+	ids := postBatch(t, c.api, bodies)
+	for _, id := range ids {
+		waitFinal(t, c.api, id, 60*time.Second)
+	}
+	sends := c.sendTimes()
+	if len(sends) != n {
+		t.Fatalf("simulator saw %d sends, want %d", len(sends), n)
+	}
+	sort.Slice(sends, func(i, j int) bool { return sends[i].Before(sends[j]) })
+	maxInWindow := 0
+	for i := range sends {
+		j := i
+		for j < len(sends) && sends[j].Sub(sends[i]) < time.Second {
+			j++
+		}
+		maxInWindow = max(maxInWindow, j-i)
+	}
+	t.Logf("%d sends over %v; busiest 1 s window: %d (limit %d/s, burst %d)", n, sends[n-1].Sub(sends[0]), maxInWindow, limit, burst)
+	if maxInWindow > limit+burst {
+		t.Errorf("a 1 s window held %d sends, more than limit+burst = %d", maxInWindow, limit+burst)
+	}
+	if got := sumSeries(t, c.scrape, `wxpush_send_attempts_total{app="default",result="ok"}`); got != n {
+		t.Errorf("attempts ok = %v, want %d (waiting must not fail or repeat sends)", got, n)
+	}
+}
+
+// TestCancelRace is invariant 6 under concurrency: cancels race the workers; a
+// message that ends canceled was never accepted by WeChat, and a cancel refused
+// with 409 belongs to a message that was (or is being) sent.
+func TestCancelRace(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, clusterOpts{workers: 2, latency: 20 * time.Millisecond})
+	const n = 60
+	bodies := make([]string, n)
+	for i := range bodies {
+		bodies[i] = messageBody(fmt.Sprintf("cx_%d", i))
+	}
+	ids := postBatch(t, c.api, bodies)
+	var wg sync.WaitGroup
+	codes := make([]int, n)
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Duration(i%20) * 5 * time.Millisecond) // spread over the sending window
+			codes[i], _ = do(t, http.MethodDelete, c.api+"/v1/messages/"+id)
+		}()
+	}
+	wg.Wait()
+	canceled := 0
+	for i, id := range ids {
+		m := waitFinal(t, c.api, id, 30*time.Second)
+		accepted := c.sim.Pair(fmt.Sprintf("cx_%d", i), id).Accepted
+		switch {
+		case m.State == "canceled":
+			canceled++
+			if accepted != 0 {
+				t.Errorf("%s is canceled but WeChat accepted it %d times", id, accepted)
+			}
+			if codes[i] != http.StatusOK {
+				t.Errorf("%s is canceled but DELETE answered %d", id, codes[i])
+			}
+		case codes[i] == http.StatusOK:
+			t.Errorf("DELETE of %s answered 200 but the message is %s", id, m.State)
+		default:
+			if accepted != 1 {
+				t.Errorf("%s is %s (cancel answered %d) but WeChat accepted it %d times", id, m.State, codes[i], accepted)
+			}
+		}
+	}
+	t.Logf("%d of %d messages canceled before sending", canceled, n)
+	if canceled == 0 || canceled == n {
+		t.Logf("the race did not interleave this run (all or nothing canceled)")
+	}
+}
+
+// TestExpiryDuringRetries is invariant 6: a message that keeps failing past its
+// expire_at is settled expired and never sent late.
+func TestExpiryDuringRetries(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, clusterOpts{workers: 1, rules: "exp_*=system_busy, *=success"})
+	expireAt := time.Now().Add(1500 * time.Millisecond).UTC().Format(time.RFC3339Nano)
+	id := postMessage(t, c.api, fmt.Sprintf(`{"touser":"exp_1","template_id":"T1","expire_at":%q,"data":{"k":{"value":"v"}}}`, expireAt))
+	m := waitFinal(t, c.api, id, 30*time.Second)
+	if m.State != "expired" {
+		t.Fatalf("state = %s, want expired", m.State)
+	}
+	if p := c.sim.Pair("exp_1", id); p.Accepted != 0 {
+		t.Errorf("an expired message was accepted %d times", p.Accepted)
+	}
+	if m.Attempts < 1 {
+		t.Errorf("attempts = %d; the message should have been tried before it expired", m.Attempts)
+	}
+}
+
+// TestDeadListAndRetry: retries exhausted → dead, listed, then requeued with the
+// same id (and client_msg_id) and delivered.
+func TestDeadListAndRetry(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, clusterOpts{workers: 1, rules: "dead_*=system_busy:3, *=success",
+		env: map[string]string{"WXPUSH_MAX_ATTEMPTS": "3", "WXPUSH_RETRY_BASE": "10ms", "WXPUSH_RETRY_CAP": "20ms"}})
+	id := postMessage(t, c.api, messageBody("dead_1"))
+	if m := waitFinal(t, c.api, id, 30*time.Second); m.State != "dead" || m.Attempts != 3 {
+		t.Fatalf("message = %+v, want dead after 3 attempts", m)
+	}
+	code, body := do(t, http.MethodGet, c.api+"/v1/messages?state=dead&app=default&limit=10")
+	var list struct {
+		Messages []struct{ ID string }
+		Total    int
+	}
+	if err := json.Unmarshal([]byte(body), &list); code != http.StatusOK || err != nil || list.Total != 1 || list.Messages[0].ID != id {
+		t.Fatalf("dead list = %d %s", code, body)
+	}
+	if code, body := do(t, http.MethodPost, c.api+"/v1/messages/"+id+"/retry"); code != http.StatusAccepted {
+		t.Fatalf("retry = %d %s", code, body)
+	}
+	if m := waitFinal(t, c.api, id, 30*time.Second); m.State != "delivered" {
+		t.Fatalf("requeued message = %+v, want delivered", m)
+	}
+	if p := c.sim.Pair("dead_1", id); p.Requests != 4 || p.Accepted != 1 {
+		t.Errorf("simulator pair = %+v, want 4 requests with the same client_msg_id, 1 accepted", p)
+	}
+	if code, _ := do(t, http.MethodPost, c.api+"/v1/messages/"+id+"/retry"); code != http.StatusConflict {
+		t.Errorf("retry of a delivered message = %d, want 409", code)
+	}
+}
+
+// TestQuotaParkAndResume: 45009 parks the app; its messages wait without
+// spending attempts; POST /v1/apps/default/resume sends them.
+func TestQuotaParkAndResume(t *testing.T) {
+	t.Parallel()
+	c := startCluster(t, clusterOpts{workers: 1, rules: "*=daily_quota:1, *=success"})
+	first := postMessage(t, c.api, messageBody("q_1"))
+	deadline := time.Now().Add(20 * time.Second)
+	for getMessage(t, c.api, first).State != "retrying" {
+		if time.Now().After(deadline) {
+			t.Fatal("45009 never recorded")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	second := postMessage(t, c.api, messageBody("q_2"))
+	// Both wait in asynq's retry set: the first for the quota reset, the second
+	// because its app is parked.
+	for c.retrying(t, "normal") != 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the second message was not deferred")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := c.sim.Stats(); st.SendRequests != 1 {
+		t.Fatalf("a parked app sent %d requests, want 1", st.SendRequests)
+	}
+	if v := sumSeries(t, c.scrape[1:], `wxpush_send_attempts_total{app="default",result="quota"}`); v != 1 {
+		t.Errorf("quota attempts = %v, want 1", v)
+	}
+	code, body := do(t, http.MethodPost, c.api+"/v1/apps/default/resume")
+	if code != http.StatusOK || !strings.Contains(body, `"resumed":true`) {
+		t.Fatalf("resume = %d %s", code, body)
+	}
+	for _, id := range []string{first, second} {
+		if m := waitFinal(t, c.api, id, 30*time.Second); m.State != "delivered" {
+			t.Errorf("%s after resume = %+v, want delivered", id, m)
+		}
+	}
+	if code, _ := do(t, http.MethodPost, c.api+"/v1/apps/nope/resume"); code != http.StatusNotFound {
+		t.Errorf("resume of an unknown app = %d, want 404", code)
+	}
+}

@@ -1,0 +1,136 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/ratelimit"
+	"github.com/wxpush/wxpush/internal/wechat/wechatsim"
+)
+
+// TestRateLimitDefersWithoutFailure is invariant 4 for the rate limiter: a
+// message over the app's rate is rescheduled, not failed, and spends no attempt.
+func TestRateLimitDefersWithoutFailure(t *testing.T) {
+	t.Parallel()
+	b := setupWith(t, func(string) (ratelimit.Limit, ratelimit.Limit) {
+		return ratelimit.Limit{Max: 1, Window: time.Hour, Burst: 1}, ratelimit.Limit{}
+	})
+	first, second := b.enqueue(t, "u1"), b.enqueue(t, "u2")
+	if err := b.process(first); err != nil {
+		t.Fatal(err)
+	}
+	b.retried.Store(9) // even on the last attempt, waiting is not failing
+	err := b.process(second)
+	if err == nil || IsFailure(err) || errors.Is(err, asynq.SkipRetry) {
+		t.Fatalf("over the limit: err = %v; want a deferral that is not a failure", err)
+	}
+	if d := (RetryPolicy{Base: time.Second, Cap: time.Minute}).RetryDelayFunc(9, err, nil); d < 50*time.Minute {
+		t.Errorf("deferral = %v, want about the hour the bucket needs", d)
+	}
+	m := b.record(t, second)
+	if m.State != delivery.StateQueued || m.Attempts != 0 {
+		t.Errorf("deferred message = %s after %d attempts; want queued, 0", m.State, m.Attempts)
+	}
+	if st := b.sim.Stats(); st.SendRequests != 1 {
+		t.Errorf("simulator saw %d sends, want 1", st.SendRequests)
+	}
+	if got := testutil.ToFloat64(b.metrics.RateLimitWaits.WithLabelValues("default", "app")); got != 1 {
+		t.Errorf("rate-limit waits = %v, want 1", got)
+	}
+}
+
+// TestRecipientLimitDefers: the per-recipient limit holds back a second message
+// to the same user but not one to another user.
+func TestRecipientLimitDefers(t *testing.T) {
+	t.Parallel()
+	b := setupWith(t, func(string) (ratelimit.Limit, ratelimit.Limit) {
+		return ratelimit.Limit{}, ratelimit.Limit{Max: 1, Window: time.Hour, Burst: 1}
+	})
+	a1, a2, other := b.enqueue(t, "alice"), b.enqueue(t, "alice"), b.enqueue(t, "bob")
+	if err := b.process(a1); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.process(a2); err == nil || IsFailure(err) {
+		t.Errorf("second message to alice: %v, want a deferral", err)
+	}
+	if err := b.process(other); err != nil {
+		t.Errorf("message to bob: %v, want sent", err)
+	}
+	if m := b.record(t, a2); m.State != delivery.StateQueued {
+		t.Errorf("deferred message state %s, want queued (never dropped)", m.State)
+	}
+}
+
+// TestQuotaParksApp: 45009 parks the app, so its next message waits without
+// calling WeChat or spending an attempt, until the app is resumed.
+func TestQuotaParksApp(t *testing.T) {
+	t.Parallel()
+	b := setup(t, wechatsim.Rule{Outcome: wechatsim.OutcomeDailyQuota, Times: 1})
+	first, second := b.enqueue(t, "u1"), b.enqueue(t, "u2")
+	if err := b.process(first); err == nil || IsFailure(err) {
+		t.Fatalf("45009: %v, want a wait that is not a failure", err)
+	}
+	err := b.process(second)
+	if err == nil || IsFailure(err) || !errors.Is(err, errParked) {
+		t.Fatalf("message of a parked app: %v, want deferred as parked", err)
+	}
+	if st := b.sim.Stats(); st.SendRequests != 1 {
+		t.Errorf("a parked app called WeChat: %d sends, want 1", st.SendRequests)
+	}
+	if m := b.record(t, second); m.Attempts != 0 {
+		t.Errorf("parked message spent %d attempts", m.Attempts)
+	}
+	if _, err := b.store.Resume(b.ctx, "default"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.process(second); err != nil {
+		t.Errorf("after resume: %v, want sent", err)
+	}
+}
+
+// fakeQueue records enqueued tasks and refuses duplicate ids like asynq.
+type fakeQueue struct {
+	ids  map[string]bool
+	fail int // fail the call with this 1-based index
+	n    int
+}
+
+func (q *fakeQueue) EnqueueContext(_ context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error) {
+	q.n++
+	if q.n == q.fail {
+		return nil, errors.New("redis down")
+	}
+	p, _ := parseDeliverPayload(task.Payload())
+	if q.ids[p.ID] {
+		return nil, asynq.ErrTaskIDConflict
+	}
+	q.ids[p.ID] = true
+	return &asynq.TaskInfo{ID: p.ID}, nil
+}
+
+// TestFanoutResumes: a fanout that died halfway is retried, and the tasks it
+// already enqueued are skipped, not duplicated.
+func TestFanoutResumes(t *testing.T) {
+	q := &fakeQueue{ids: map[string]bool{}, fail: 3}
+	h := NewFanoutHandler(q, 10)
+	items := []FanoutItem{{ID: "a", App: "x", Queue: QueueNormal}, {ID: "b", App: "x", Queue: QueueNormal},
+		{ID: "c", App: "x", Queue: QueueLow}, {ID: "d", App: "x", Queue: QueueHigh}}
+	b, _ := json.Marshal(fanoutPayload{Items: items})
+	task := asynq.NewTask(TypeFanout, b)
+	if err := h.ProcessTask(context.Background(), task); err == nil {
+		t.Fatal("fanout with a failing enqueue returned nil; asynq would not retry it")
+	}
+	if err := h.ProcessTask(context.Background(), task); err != nil {
+		t.Fatalf("retried fanout: %v", err)
+	}
+	if len(q.ids) != 4 {
+		t.Errorf("enqueued %v, want all four exactly once", q.ids)
+	}
+}
