@@ -49,10 +49,7 @@ func (s *Store) ListDead(ctx context.Context, app string, offset, limit int) ([]
 	key := deadKey(app)
 	var ids []string
 	var total int64
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(s.cfg.Now().Add(-s.cfg.Retention).UnixMilli(), 10))
-		return nil
-	})
+	err := s.rdb.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(s.cfg.Now().Add(-s.cfg.Retention).UnixMilli(), 10)).Err()
 	if err != nil {
 		return nil, 0, fmt.Errorf("delivery: list dead: %w", err)
 	}
@@ -133,4 +130,18 @@ func (s *Store) TrySweepLock(ctx context.Context, d time.Duration) (bool, error)
 		return false, fmt.Errorf("delivery: sweep lock: %w", err)
 	}
 	return ok, nil
+}
+
+// Backlogs returns the unfinished-message count of every app that has any.
+func (s *Store) Backlogs(ctx context.Context) (map[string]int64, error) {
+	h, err := s.rdb.HGetAll(ctx, backlogKey).Result()
+	if err != nil {
+		return nil, fmt.Errorf("delivery: backlogs: %w", err)
+	}
+	out := make(map[string]int64, len(h))
+	for app, v := range h {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		out[app] = n
+	}
+	return out, nil
 }

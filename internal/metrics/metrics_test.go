@@ -1,8 +1,11 @@
 package metrics
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -42,5 +45,50 @@ wxpush_messages_finished_total{app="shop",state="rejected"} 0
 	m.Enqueued.WithLabelValues("shop").Inc()
 	if got := testutil.ToFloat64(m.Enqueued.WithLabelValues("shop")); got != 1 {
 		t.Errorf("enqueued{shop} = %v", got)
+	}
+}
+
+type fakeCluster struct {
+	parked  map[string]time.Time
+	backlog map[string]int64
+	err     error
+}
+
+func (f fakeCluster) ParkedApps(context.Context) (map[string]time.Time, error) {
+	return f.parked, f.err
+}
+func (f fakeCluster) Backlogs(context.Context) (map[string]int64, error) { return f.backlog, f.err }
+
+func TestClusterCollector(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewClusterCollector(fakeCluster{
+		parked: map[string]time.Time{"shop": time.Now().Add(time.Hour)}, backlog: map[string]int64{"default": 7},
+	}, []string{"default", "shop"}))
+	want := `
+# HELP wxpush_app_backlog_messages Messages of the app not yet in a final state; cluster-wide.
+# TYPE wxpush_app_backlog_messages gauge
+wxpush_app_backlog_messages{app="default"} 7
+wxpush_app_backlog_messages{app="shop"} 0
+# HELP wxpush_app_parked 1 while the app is parked (daily quota spent) and its messages wait; cluster-wide.
+# TYPE wxpush_app_parked gauge
+wxpush_app_parked{app="default"} 0
+wxpush_app_parked{app="shop"} 1
+# HELP wxpush_cluster_state_up 1 if the cluster-wide gauges could be read from Redis at this scrape.
+# TYPE wxpush_cluster_state_up gauge
+wxpush_cluster_state_up 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+	if problems, _ := testutil.GatherAndLint(reg); len(problems) != 0 {
+		t.Errorf("promlint: %v", problems)
+	}
+	down := prometheus.NewRegistry()
+	down.MustRegister(NewClusterCollector(fakeCluster{err: errors.New("redis down")}, []string{"default"}))
+	if n, _ := testutil.GatherAndCount(down, "wxpush_app_parked"); n != 0 {
+		t.Errorf("gauges exported from a failed read: %d series", n)
+	}
+	if v, _ := testutil.GatherAndCount(down, "wxpush_cluster_state_up"); v != 1 {
+		t.Errorf("up gauge missing when Redis is down")
 	}
 }

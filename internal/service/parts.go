@@ -54,6 +54,7 @@ func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *p
 	store := delivery.NewStore(rdb, delivery.Config{
 		Retention: cfg.Retention, ConfirmTimeout: cfg.ConfirmTimeout, CallbackHold: cfg.CallbackHold,
 	})
+	reg.MustRegister(metrics.NewClusterCollector(store, cfg.AppNames()))
 	return &parts{cfg: cfg, log: log, rdb: rdb, reg: reg, metrics: m, store: store}
 }
 

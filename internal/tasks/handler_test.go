@@ -275,26 +275,33 @@ func TestExpiredIsNeverSent(t *testing.T) {
 func TestRetryPolicy(t *testing.T) {
 	p := RetryPolicy{Base: time.Second, Cap: 10 * time.Minute}
 	tests := []struct {
-		name     string
-		n        int
-		min, max time.Duration
+		name      string
+		n         int
+		max, mean time.Duration
 	}{
-		{"first retry about a second", 0, 500 * time.Millisecond, time.Second},
-		{"doubles", 3, 4 * time.Second, 8 * time.Second},
-		{"capped", 30, 5 * time.Minute, 10 * time.Minute},
+		{"first retry about a second", 0, 2 * time.Second, time.Second},
+		{"doubles", 3, 16 * time.Second, 8 * time.Second},
+		{"capped", 30, 10 * time.Minute, 5 * time.Minute},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			const draws = 4000
+			var sum time.Duration
 			seen := map[time.Duration]bool{}
-			for i := 0; i < 200; i++ {
+			for i := 0; i < draws; i++ {
 				d := p.Delay(tt.n)
-				if d < tt.min || d > tt.max {
-					t.Fatalf("Delay(%d) = %v, want in [%v, %v]", tt.n, d, tt.min, tt.max)
+				if d < 0 || d > tt.max {
+					t.Fatalf("Delay(%d) = %v, want in [0, %v]", tt.n, d, tt.max)
 				}
+				sum += d
 				seen[d] = true
 			}
-			if len(seen) < 10 {
-				t.Errorf("Delay(%d) took only %d distinct values in 200 draws: no jitter", tt.n, len(seen))
+			// Full jitter: uniform on [0, max], so the mean is max/2 (±5 %).
+			if mean := sum / draws; mean < tt.mean*95/100 || mean > tt.mean*105/100 {
+				t.Errorf("mean Delay(%d) = %v, want about %v", tt.n, mean, tt.mean)
+			}
+			if len(seen) < draws/2 {
+				t.Errorf("Delay(%d) took only %d distinct values: no jitter", tt.n, len(seen))
 			}
 		})
 	}

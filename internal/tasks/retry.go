@@ -8,9 +8,11 @@ import (
 	"github.com/hibiken/asynq"
 )
 
-// RetryPolicy spaces retries of failed attempts: exponential from Base, capped at
-// Cap, with equal jitter (half the step fixed, half random) so that the first retry
-// lands between Base/2 and Base and a burst of failures does not retry in step.
+// RetryPolicy spaces retries of failed attempts: exponential with full jitter.
+// Retry n+1 waits a uniformly random time in [0, min(Cap, 2·Base·2^n)), so its
+// mean is Base·2^n: about Base for the first retry, doubling after each failure,
+// never more than Cap. Full jitter spreads a burst of failures (a WeChat outage)
+// so the retries do not return in step.
 type RetryPolicy struct {
 	Base time.Duration
 	Cap  time.Duration
@@ -18,15 +20,14 @@ type RetryPolicy struct {
 
 // Delay returns the wait before retry n+1 after n earlier failures.
 func (p RetryPolicy) Delay(n int) time.Duration {
-	step := p.Base
-	for i := 0; i < n && step < p.Cap; i++ {
-		step *= 2
+	ceiling := 2 * p.Base
+	for i := 0; i < n && ceiling < p.Cap; i++ {
+		ceiling *= 2
 	}
-	if step > p.Cap {
-		step = p.Cap
+	if ceiling > p.Cap {
+		ceiling = p.Cap
 	}
-	half := step / 2
-	return half + rand.N(half+1)
+	return rand.N(ceiling + 1)
 }
 
 // retryAfter is a failed attempt that must wait a set time (throttling, quota);

@@ -1,0 +1,67 @@
+package metrics
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ClusterState is what the cluster collector reads from Redis at scrape time;
+// *delivery.Store provides it.
+type ClusterState interface {
+	ParkedApps(ctx context.Context) (map[string]time.Time, error)
+	Backlogs(ctx context.Context) (map[string]int64, error)
+}
+
+// clusterCollector exports cluster-wide gauges read from Redis at scrape time,
+// so every process reports the same value however many run or restart: use
+// max(), not sum(), across processes.
+type clusterCollector struct {
+	src     ClusterState
+	apps    []string
+	timeout time.Duration
+
+	parked  *prometheus.Desc
+	backlog *prometheus.Desc
+	up      *prometheus.Desc
+}
+
+// NewClusterCollector returns the collector of cluster-wide gauges for apps.
+func NewClusterCollector(src ClusterState, apps []string) prometheus.Collector {
+	return &clusterCollector{
+		src: src, apps: apps, timeout: 2 * time.Second,
+		parked: prometheus.NewDesc("wxpush_app_parked",
+			"1 while the app is parked (daily quota spent) and its messages wait; cluster-wide.", []string{"app"}, nil),
+		backlog: prometheus.NewDesc("wxpush_app_backlog_messages",
+			"Messages of the app not yet in a final state; cluster-wide.", []string{"app"}, nil),
+		up: prometheus.NewDesc("wxpush_cluster_state_up",
+			"1 if the cluster-wide gauges could be read from Redis at this scrape.", nil, nil),
+	}
+}
+
+func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.parked
+	ch <- c.backlog
+	ch <- c.up
+}
+
+func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	parked, err1 := c.src.ParkedApps(ctx)
+	backlogs, err2 := c.src.Backlogs(ctx)
+	if err1 != nil || err2 != nil {
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 0)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 1)
+	for _, app := range c.apps {
+		p := 0.0
+		if _, ok := parked[app]; ok {
+			p = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.parked, prometheus.GaugeValue, p, app)
+		ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(backlogs[app]), app)
+	}
+}
