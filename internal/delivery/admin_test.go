@@ -231,3 +231,45 @@ func TestSweepLock(t *testing.T) {
 		t.Errorf("sweep lock = %v then %v (%v); want exactly one winner", first, second, err)
 	}
 }
+
+// TestCreateBatchConcurrentScriptLoad: batches racing on a Redis with an empty
+// script cache each see some items fail NOSCRIPT and others succeed (another
+// batch loaded the script meanwhile); only the failed ones may run again.
+func TestCreateBatchConcurrentScriptLoad(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for round := 0; round < 5; round++ {
+		b.rdb.ScriptFlush(b.ctx)
+		errs := make(chan error, 4*200)
+		done := make(chan struct{})
+		for g := 0; g < 4; g++ {
+			go func() {
+				defer func() { done <- struct{}{} }()
+				var ms []NewMessage
+				for i := 0; i < 200; i++ {
+					ms = append(ms, NewMessage{ID: fmt.Sprintf("c%d-%d-%d", round, g, i), App: "default", Body: []byte("{}")})
+				}
+				res, err := b.store.CreateBatch(b.ctx, ms)
+				if err != nil {
+					errs <- err
+					return
+				}
+				for _, r := range res {
+					if r.Err != nil {
+						errs <- r.Err
+					}
+				}
+			}()
+		}
+		for g := 0; g < 4; g++ {
+			<-done
+		}
+		close(errs)
+		for err := range errs {
+			t.Fatalf("round %d: %v", round, err)
+		}
+	}
+	if n := b.backlog(t, "default"); n != 5*4*200 {
+		t.Errorf("backlog = %d, want %d", n, 5*4*200)
+	}
+}

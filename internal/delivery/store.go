@@ -185,46 +185,47 @@ type Created struct {
 // succeeds or fails on its own (e.g. ErrBacklogFull once the app's backlog fills).
 func (s *Store) CreateBatch(ctx context.Context, ms []NewMessage) ([]Created, error) {
 	out := make([]Created, len(ms))
-	run := func() ([]*redis.Cmd, error) {
-		cmds := make([]*redis.Cmd, len(ms))
+	args := make([][]any, len(ms))
+	pending := make([]int, len(ms))
+	for i, m := range ms {
+		out[i].State, args[i] = s.createArgs(m)
+		pending[i] = i
+	}
+	// A new or restarted Redis has no scripts cached: the items that failed with
+	// NOSCRIPT (all, or only the first ones when a concurrent caller loads the
+	// script meanwhile) are run again after a load. The others already ran.
+	for try := 0; len(pending) > 0; try++ {
+		cmds := make([]*redis.Cmd, len(pending))
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, m := range ms {
-				var args []any
-				out[i].State, args = s.createArgs(m)
-				cmds[i] = createScript.EvalSha(ctx, p, []string{recordKey(m.ID), backlogKey}, args...)
+			for j, i := range pending {
+				cmds[j] = createScript.EvalSha(ctx, p, []string{recordKey(ms[i].ID), backlogKey}, args[i]...)
 			}
 			return nil
 		})
-		return cmds, err
-	}
-	cmds, err := run()
-	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		// The script cache is empty (a new or restarted Redis): load it and retry;
-		// with no script, no command of the pipeline ran.
-		if lerr := createScript.Load(ctx, s.rdb).Err(); lerr != nil {
-			return nil, fmt.Errorf("delivery: create batch: %w", lerr)
+		var re redis.Error
+		if err != nil && !errors.As(err, &re) {
+			return nil, fmt.Errorf("delivery: create batch: %w", err)
 		}
-		cmds, err = run()
-	}
-	if err != nil && !isReplyError(err) {
-		return nil, fmt.Errorf("delivery: create batch: %w", err)
-	}
-	for i, c := range cmds {
-		res, err := c.Text()
-		if err != nil {
-			out[i].Err = fmt.Errorf("delivery: create: %w", err)
-			continue
+		var again []int
+		for j, i := range pending {
+			res, err := cmds[j].Text()
+			switch {
+			case err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") && try == 0:
+				again = append(again, i)
+			case err != nil:
+				out[i].Err = fmt.Errorf("delivery: create: %w", err)
+			default:
+				out[i].Err = createResult(res)
+			}
 		}
-		out[i].Err = createResult(res)
+		if len(again) > 0 {
+			if err := createScript.Load(ctx, s.rdb).Err(); err != nil {
+				return nil, fmt.Errorf("delivery: create batch: %w", err)
+			}
+		}
+		pending = again
 	}
 	return out, nil
-}
-
-// isReplyError reports whether err is an error reply of one command (which the
-// per-command results carry) rather than a failure of the whole pipeline.
-func isReplyError(err error) bool {
-	var re redis.Error
-	return errors.As(err, &re) && !redis.HasErrorPrefix(err, "NOSCRIPT")
 }
 
 // Delete removes a record; it undoes a Create whose task could not be enqueued.

@@ -2,6 +2,7 @@ package ratelimit
 
 import (
 	"context"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -78,5 +79,52 @@ func TestWaitInPlace(t *testing.T) {
 	}
 	if d, _, _ := New(srv.Client(t), 5*time.Second).Wait(context.Background(), "app:y", Limit{}); d != 0 {
 		t.Errorf("no limit deferred %v", d)
+	}
+}
+
+// TestWindowNeverAboveLimitPlusBurst: three limiters (processes) take permits as
+// fast as they can; in no 1-second window are more than limit + burst permits
+// granted. Timestamps are taken at the grant, so they carry no send latency.
+func TestWindowNeverAboveLimitPlusBurst(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	const rate, burst, perWorker = 40, 5, 40
+	lim := PerSecond(rate, burst)
+	var mu sync.Mutex
+	var grants []time.Time
+	var wg sync.WaitGroup
+	for p := 0; p < 3; p++ {
+		l := New(srv.Client(t), 10*time.Second)
+		for w := 0; w < 2; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < perWorker; i++ {
+					d, _, err := l.Wait(context.Background(), "app:w", lim)
+					if err != nil || d != 0 {
+						t.Errorf("Wait = %v, %v", d, err)
+						return
+					}
+					mu.Lock()
+					grants = append(grants, time.Now())
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	sort.Slice(grants, func(i, j int) bool { return grants[i].Before(grants[j]) })
+	most := 0
+	for i := range grants {
+		j := i
+		for j < len(grants) && grants[j].Sub(grants[i]) < time.Second {
+			j++
+		}
+		most = max(most, j-i)
+	}
+	span := grants[len(grants)-1].Sub(grants[0])
+	t.Logf("%d grants over %v (%.1f/s); busiest 1 s window %d", len(grants), span, float64(len(grants)-1)/span.Seconds(), most)
+	if most > rate+burst {
+		t.Errorf("a 1 s window held %d grants, more than limit+burst = %d", most, rate+burst)
 	}
 }
