@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -28,7 +29,7 @@ type messageRequest struct {
 	ToUser      string                     `json:"touser"`
 	TemplateID  string                     `json:"template_id"`
 	URL         string                     `json:"url"`
-	MiniProgram *miniProgramRequest        `json:"miniprogram"`
+	MiniProgram json.RawMessage            `json:"miniprogram"`
 	Data        map[string]json.RawMessage `json:"data"`
 	Color       string                     `json:"color"`
 	TopColor    string                     `json:"topcolor"`
@@ -49,40 +50,80 @@ type dataItemRequest struct {
 	Color string  `json:"color"`
 }
 
-// decodeStrict decodes one JSON value, refusing unknown fields and trailing data,
-// and turns decoder errors into errors that name the field.
+// decodeStrict decodes one JSON object into v. Keys must be spelled exactly as
+// v's json tags (encoding/json alone would accept "TOUSER" for "touser", and let a
+// later spelling silently win); unknown keys and trailing data are refused. Error
+// fields are prefixed with prefix.
 func decodeStrict(b []byte, v any, prefix string) *apiError {
+	var keys map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	if err := dec.Decode(&keys); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) && typeErr.Field == "" {
+			what := "the body"
+			if prefix != "" {
+				what = prefix
+			}
+			return badField(prefix, "invalid_type", fmt.Sprintf("%s must be a JSON object, not %s", what, typeErr.Value))
+		}
 		return jsonError(err, prefix)
 	}
-	if dec.More() {
-		return badField(prefix, "invalid_json", "unexpected data after the JSON value")
+	if _, err := dec.Token(); err != io.EOF {
+		return badField(prefix, "invalid_json", "unexpected data after the JSON object")
+	}
+	if keys == nil {
+		return badField(prefix, "invalid_type", "expected a JSON object, not null")
+	}
+	known := jsonFields(v)
+	for k := range keys {
+		if !known[k] {
+			f := join(prefix, k)
+			return badField(f, "unknown_field", fmt.Sprintf("unknown field %q (names are case-sensitive)", f))
+		}
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return jsonError(err, prefix)
 	}
 	return nil
 }
 
-func jsonError(err error, prefix string) *apiError {
-	join := func(f string) string {
-		if prefix == "" {
-			return f
-		}
-		if f == "" {
-			return prefix
-		}
-		return prefix + "." + f
+// jsonFields returns the json names of a struct's fields.
+func jsonFields(v any) map[string]bool {
+	t := reflect.TypeOf(v)
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
 	}
+	out := map[string]bool{}
+	for i := 0; i < t.NumField(); i++ {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		if name != "" && name != "-" {
+			out[name] = true
+		}
+	}
+	return out
+}
+
+func join(prefix, f string) string {
+	switch {
+	case prefix == "":
+		return f
+	case f == "":
+		return prefix
+	}
+	return prefix + "." + f
+}
+
+func jsonError(err error, prefix string) *apiError {
 	var typeErr *json.UnmarshalTypeError
 	var syntaxErr *json.SyntaxError
 	switch {
 	case errors.As(err, &typeErr):
-		return badField(join(typeErr.Field), "invalid_type", fmt.Sprintf("%s must be %s, not %s", join(typeErr.Field), jsonKind(typeErr.Type.Kind().String()), typeErr.Value))
+		return badField(join(prefix, typeErr.Field), "invalid_type", fmt.Sprintf("%s must be %s, not %s", join(prefix, typeErr.Field), jsonKind(typeErr.Type.Kind().String()), typeErr.Value))
 	case errors.As(err, &syntaxErr):
 		return badField(prefix, "invalid_json", fmt.Sprintf("invalid JSON at byte %d: %v", syntaxErr.Offset, err))
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return badField(join(f), "unknown_field", fmt.Sprintf("unknown field %q", join(f)))
+		return badField(join(prefix, f), "unknown_field", fmt.Sprintf("unknown field %q", join(prefix, f)))
 	case errors.Is(err, io.EOF):
 		return badField(prefix, "invalid_json", "empty body: expected a JSON object")
 	}
@@ -128,11 +169,15 @@ func (s *Server) parseMessage(b []byte, now time.Time) (delivery.NewMessage, *ap
 	}
 	msg := wechat.TemplateMessage{ToUser: req.ToUser, TemplateID: req.TemplateID, URL: req.URL,
 		Color: req.Color, TopColor: req.TopColor, Data: map[string]wechat.DataItem{}}
-	if req.MiniProgram != nil {
-		if req.MiniProgram.AppID == "" {
+	if len(req.MiniProgram) > 0 && string(req.MiniProgram) != "null" {
+		var mp miniProgramRequest
+		if e := decodeStrict(req.MiniProgram, &mp, "miniprogram"); e != nil {
+			return delivery.NewMessage{}, e
+		}
+		if mp.AppID == "" {
 			return delivery.NewMessage{}, badField("miniprogram.appid", "required", "miniprogram.appid is required when miniprogram is set")
 		}
-		msg.MiniProgram = &wechat.MiniProgram{AppID: req.MiniProgram.AppID, PagePath: req.MiniProgram.PagePath}
+		msg.MiniProgram = &wechat.MiniProgram{AppID: mp.AppID, PagePath: mp.PagePath}
 	}
 	if len(req.Data) == 0 {
 		return delivery.NewMessage{}, badField("data", "required", `data is required: {"<key>":{"value":"…"}} for each template placeholder`)

@@ -88,7 +88,7 @@ func TestWaitInPlace(t *testing.T) {
 func TestWindowNeverAboveLimitPlusBurst(t *testing.T) {
 	t.Parallel()
 	srv := redistest.Start(t)
-	const rate, burst, perWorker = 40, 5, 40
+	const rate, burst, perWorker = 40, 5, 25
 	lim := PerSecond(rate, burst)
 	var mu sync.Mutex
 	var grants []time.Time

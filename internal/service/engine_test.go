@@ -1,69 +1,25 @@
-package service
+package service_test
 
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wxpush/wxpush/internal/servicetest"
 )
-
-// postBatch enqueues messages over the batch API and returns their ids.
-func postBatch(t *testing.T, api string, bodies []string) []string {
-	t.Helper()
-	resp, err := http.Post(api+"/v1/messages/batch", "application/json",
-		strings.NewReader(`{"messages":[`+strings.Join(bodies, ",")+`]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var r struct {
-		Accepted int
-		Results  []struct {
-			ID    string
-			Error *struct{ Code, Message string }
-		}
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || resp.StatusCode != http.StatusOK || r.Accepted != len(bodies) {
-		var first any
-		for _, res := range r.Results {
-			if res.Error != nil {
-				first = *res.Error
-				break
-			}
-		}
-		t.Fatalf("batch = %d, accepted %d of %d (%v); first error %+v", resp.StatusCode, r.Accepted, len(bodies), err, first)
-	}
-	ids := make([]string, len(r.Results))
-	for i, res := range r.Results {
-		ids[i] = res.ID
-	}
-	return ids
-}
-
-func do(t *testing.T, method, url string) (int, string) {
-	t.Helper()
-	req, _ := http.NewRequest(method, url, nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
 
 // TestHighPriorityOvertakesBacklog: with a backlog of 10,000 low-priority
 // messages, a new high-priority message is sent while most of the backlog still
 // waits (it does not queue behind it).
 func TestHighPriorityOvertakesBacklog(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, clusterOpts{workers: 1, latency: 5 * time.Millisecond,
-		env: map[string]string{"WXPUSH_CONCURRENCY": "10"}})
+	c := servicetest.Start(t, servicetest.Options{Workers: 1, Latency: 5 * time.Millisecond,
+		Env: map[string]string{"WXPUSH_CONCURRENCY": "10"}})
 	const backlog = 10000
 	var wg sync.WaitGroup
 	for b := 0; b < backlog/1000; b++ {
@@ -72,21 +28,21 @@ func TestHighPriorityOvertakesBacklog(t *testing.T) {
 			bodies[i] = fmt.Sprintf(`{"touser":"low_%d_%d","template_id":"T1","priority":"low","data":{"k":{"value":"v"}}}`, b, i)
 		}
 		wg.Add(1)
-		go func() { defer wg.Done(); postBatch(t, c.api, bodies) }()
+		go func() { defer wg.Done(); servicetest.PostBatch(t, c.API, bodies) }()
 	}
 	wg.Wait()
 	// Wait until the backlog is really queued in asynq (the batches' fanouts ran).
 	deadline := time.Now().Add(60 * time.Second)
-	for c.queueSize(t, "low") < backlog/2 {
+	for c.QueueSize(t, "low") < backlog/2 {
 		if time.Now().After(deadline) {
 			t.Fatal("the low backlog never reached the queue")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	start := time.Now()
-	id := postMessage(t, c.api, `{"touser":"vip","template_id":"T1","priority":"high","data":{"k":{"value":"v"}}}`)
+	id := servicetest.PostMessage(t, c.API, `{"touser":"vip","template_id":"T1","priority":"high","data":{"k":{"value":"v"}}}`)
 	for {
-		m := getMessage(t, c.api, id)
+		m := servicetest.GetMessage(t, c.API, id)
 		if m.State == "sent" || m.State == "delivered" {
 			break
 		}
@@ -96,7 +52,7 @@ func TestHighPriorityOvertakesBacklog(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	took := time.Since(start)
-	left := c.queueSize(t, "low")
+	left := c.QueueSize(t, "low")
 	t.Logf("high-priority message sent %v after enqueue, with %d low-priority messages still queued", took, left)
 	if left < backlog/4 {
 		t.Errorf("the high-priority message was sent only after the backlog drained to %d of %d", left, backlog)
@@ -112,17 +68,17 @@ func TestHighPriorityOvertakesBacklog(t *testing.T) {
 func TestRateLimitAcrossWorkers(t *testing.T) {
 	t.Parallel()
 	const limit, burst, n = 20, 5, 90
-	c := startCluster(t, clusterOpts{workers: 3, env: map[string]string{
+	c := servicetest.Start(t, servicetest.Options{Workers: 3, Env: map[string]string{
 		"WECHAT_RATE_LIMIT": fmt.Sprint(limit), "WECHAT_RATE_BURST": fmt.Sprint(burst)}})
 	bodies := make([]string, n)
 	for i := range bodies {
-		bodies[i] = messageBody(fmt.Sprintf("rl_%d", i))
+		bodies[i] = servicetest.MessageBody(fmt.Sprintf("rl_%d", i))
 	}
-	ids := postBatch(t, c.api, bodies)
+	ids := servicetest.PostBatch(t, c.API, bodies)
 	for _, id := range ids {
-		waitFinal(t, c.api, id, 60*time.Second)
+		servicetest.WaitFinal(t, c.API, id, 60*time.Second)
 	}
-	sends := c.sendTimes()
+	sends := c.SendTimes()
 	if len(sends) != n {
 		t.Fatalf("simulator saw %d sends, want %d", len(sends), n)
 	}
@@ -139,7 +95,7 @@ func TestRateLimitAcrossWorkers(t *testing.T) {
 	if maxInWindow > limit+burst+1 {
 		t.Errorf("a 1 s window held %d sends, more than limit+burst+1 = %d", maxInWindow, limit+burst+1)
 	}
-	if got := sumSeries(t, c.scrape, `wxpush_send_attempts_total{app="default",result="ok"}`); got != n {
+	if got := servicetest.SumSeries(t, c.Scrape, `wxpush_send_attempts_total{app="default",result="ok"}`); got != n {
 		t.Errorf("attempts ok = %v, want %d (waiting must not fail or repeat sends)", got, n)
 	}
 }
@@ -149,13 +105,13 @@ func TestRateLimitAcrossWorkers(t *testing.T) {
 // with 409 belongs to a message that was (or is being) sent.
 func TestCancelRace(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, clusterOpts{workers: 2, latency: 20 * time.Millisecond})
+	c := servicetest.Start(t, servicetest.Options{Workers: 2, Latency: 20 * time.Millisecond})
 	const n = 60
 	bodies := make([]string, n)
 	for i := range bodies {
-		bodies[i] = messageBody(fmt.Sprintf("cx_%d", i))
+		bodies[i] = servicetest.MessageBody(fmt.Sprintf("cx_%d", i))
 	}
-	ids := postBatch(t, c.api, bodies)
+	ids := servicetest.PostBatch(t, c.API, bodies)
 	var wg sync.WaitGroup
 	codes := make([]int, n)
 	for i, id := range ids {
@@ -163,14 +119,14 @@ func TestCancelRace(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			time.Sleep(time.Duration(i%20) * 5 * time.Millisecond) // spread over the sending window
-			codes[i], _ = do(t, http.MethodDelete, c.api+"/v1/messages/"+id)
+			codes[i], _ = servicetest.Do(t, http.MethodDelete, c.API+"/v1/messages/"+id)
 		}()
 	}
 	wg.Wait()
 	canceled := 0
 	for i, id := range ids {
-		m := waitFinal(t, c.api, id, 30*time.Second)
-		accepted := c.sim.Pair(fmt.Sprintf("cx_%d", i), id).Accepted
+		m := servicetest.WaitFinal(t, c.API, id, 30*time.Second)
+		accepted := c.Sim.Pair(fmt.Sprintf("cx_%d", i), id).Accepted
 		switch {
 		case m.State == "canceled":
 			canceled++
@@ -198,14 +154,14 @@ func TestCancelRace(t *testing.T) {
 // expire_at is settled expired and never sent late.
 func TestExpiryDuringRetries(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, clusterOpts{workers: 1, rules: "exp_*=system_busy, *=success"})
+	c := servicetest.Start(t, servicetest.Options{Workers: 1, Rules: "exp_*=system_busy, *=success"})
 	expireAt := time.Now().Add(1500 * time.Millisecond).UTC().Format(time.RFC3339Nano)
-	id := postMessage(t, c.api, fmt.Sprintf(`{"touser":"exp_1","template_id":"T1","expire_at":%q,"data":{"k":{"value":"v"}}}`, expireAt))
-	m := waitFinal(t, c.api, id, 30*time.Second)
+	id := servicetest.PostMessage(t, c.API, fmt.Sprintf(`{"touser":"exp_1","template_id":"T1","expire_at":%q,"data":{"k":{"value":"v"}}}`, expireAt))
+	m := servicetest.WaitFinal(t, c.API, id, 30*time.Second)
 	if m.State != "expired" {
 		t.Fatalf("state = %s, want expired", m.State)
 	}
-	if p := c.sim.Pair("exp_1", id); p.Accepted != 0 {
+	if p := c.Sim.Pair("exp_1", id); p.Accepted != 0 {
 		t.Errorf("an expired message was accepted %d times", p.Accepted)
 	}
 	if m.Attempts < 1 {
@@ -217,13 +173,13 @@ func TestExpiryDuringRetries(t *testing.T) {
 // same id (and client_msg_id) and delivered.
 func TestDeadListAndRetry(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, clusterOpts{workers: 1, rules: "dead_*=system_busy:3, *=success",
-		env: map[string]string{"WXPUSH_MAX_ATTEMPTS": "3", "WXPUSH_RETRY_BASE": "10ms", "WXPUSH_RETRY_CAP": "20ms"}})
-	id := postMessage(t, c.api, messageBody("dead_1"))
-	if m := waitFinal(t, c.api, id, 30*time.Second); m.State != "dead" || m.Attempts != 3 {
+	c := servicetest.Start(t, servicetest.Options{Workers: 1, Rules: "dead_*=system_busy:3, *=success",
+		Env: map[string]string{"WXPUSH_MAX_ATTEMPTS": "3", "WXPUSH_RETRY_BASE": "10ms", "WXPUSH_RETRY_CAP": "20ms"}})
+	id := servicetest.PostMessage(t, c.API, servicetest.MessageBody("dead_1"))
+	if m := servicetest.WaitFinal(t, c.API, id, 30*time.Second); m.State != "dead" || m.Attempts != 3 {
 		t.Fatalf("message = %+v, want dead after 3 attempts", m)
 	}
-	code, body := do(t, http.MethodGet, c.api+"/v1/messages?state=dead&app=default&limit=10")
+	code, body := servicetest.Do(t, http.MethodGet, c.API+"/v1/messages?state=dead&app=default&limit=10")
 	var list struct {
 		Messages []struct{ ID string }
 		Total    int
@@ -231,16 +187,16 @@ func TestDeadListAndRetry(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &list); code != http.StatusOK || err != nil || list.Total != 1 || list.Messages[0].ID != id {
 		t.Fatalf("dead list = %d %s", code, body)
 	}
-	if code, body := do(t, http.MethodPost, c.api+"/v1/messages/"+id+"/retry"); code != http.StatusAccepted {
+	if code, body := servicetest.Do(t, http.MethodPost, c.API+"/v1/messages/"+id+"/retry"); code != http.StatusAccepted {
 		t.Fatalf("retry = %d %s", code, body)
 	}
-	if m := waitFinal(t, c.api, id, 30*time.Second); m.State != "delivered" {
+	if m := servicetest.WaitFinal(t, c.API, id, 30*time.Second); m.State != "delivered" {
 		t.Fatalf("requeued message = %+v, want delivered", m)
 	}
-	if p := c.sim.Pair("dead_1", id); p.Requests != 4 || p.Accepted != 1 {
+	if p := c.Sim.Pair("dead_1", id); p.Requests != 4 || p.Accepted != 1 {
 		t.Errorf("simulator pair = %+v, want 4 requests with the same client_msg_id, 1 accepted", p)
 	}
-	if code, _ := do(t, http.MethodPost, c.api+"/v1/messages/"+id+"/retry"); code != http.StatusConflict {
+	if code, _ := servicetest.Do(t, http.MethodPost, c.API+"/v1/messages/"+id+"/retry"); code != http.StatusConflict {
 		t.Errorf("retry of a delivered message = %d, want 409", code)
 	}
 }
@@ -249,40 +205,40 @@ func TestDeadListAndRetry(t *testing.T) {
 // spending attempts; POST /v1/apps/default/resume sends them.
 func TestQuotaParkAndResume(t *testing.T) {
 	t.Parallel()
-	c := startCluster(t, clusterOpts{workers: 1, rules: "*=daily_quota:1, *=success"})
-	first := postMessage(t, c.api, messageBody("q_1"))
+	c := servicetest.Start(t, servicetest.Options{Workers: 1, Rules: "*=daily_quota:1, *=success"})
+	first := servicetest.PostMessage(t, c.API, servicetest.MessageBody("q_1"))
 	deadline := time.Now().Add(20 * time.Second)
-	for getMessage(t, c.api, first).State != "retrying" {
+	for servicetest.GetMessage(t, c.API, first).State != "retrying" {
 		if time.Now().After(deadline) {
 			t.Fatal("45009 never recorded")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	second := postMessage(t, c.api, messageBody("q_2"))
+	second := servicetest.PostMessage(t, c.API, servicetest.MessageBody("q_2"))
 	// Both wait in asynq's retry set: the first for the quota reset, the second
 	// because its app is parked.
-	for c.retrying(t, "normal") != 2 {
+	for c.Retrying(t, "normal") != 2 {
 		if time.Now().After(deadline) {
 			t.Fatal("the second message was not deferred")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if st := c.sim.Stats(); st.SendRequests != 1 {
+	if st := c.Sim.Stats(); st.SendRequests != 1 {
 		t.Fatalf("a parked app sent %d requests, want 1", st.SendRequests)
 	}
-	if v := sumSeries(t, c.scrape[1:], `wxpush_send_attempts_total{app="default",result="quota"}`); v != 1 {
+	if v := servicetest.SumSeries(t, c.Scrape[1:], `wxpush_send_attempts_total{app="default",result="quota"}`); v != 1 {
 		t.Errorf("quota attempts = %v, want 1", v)
 	}
-	code, body := do(t, http.MethodPost, c.api+"/v1/apps/default/resume")
+	code, body := servicetest.Do(t, http.MethodPost, c.API+"/v1/apps/default/resume")
 	if code != http.StatusOK || !strings.Contains(body, `"resumed":true`) {
 		t.Fatalf("resume = %d %s", code, body)
 	}
 	for _, id := range []string{first, second} {
-		if m := waitFinal(t, c.api, id, 30*time.Second); m.State != "delivered" {
+		if m := servicetest.WaitFinal(t, c.API, id, 30*time.Second); m.State != "delivered" {
 			t.Errorf("%s after resume = %+v, want delivered", id, m)
 		}
 	}
-	if code, _ := do(t, http.MethodPost, c.api+"/v1/apps/nope/resume"); code != http.StatusNotFound {
+	if code, _ := servicetest.Do(t, http.MethodPost, c.API+"/v1/apps/nope/resume"); code != http.StatusNotFound {
 		t.Errorf("resume of an unknown app = %d, want 404", code)
 	}
 }

@@ -1,4 +1,4 @@
-package service
+package service_test
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/wxpush/wxpush/internal/redistest"
+	"github.com/wxpush/wxpush/internal/service"
+	"github.com/wxpush/wxpush/internal/servicetest"
 	"github.com/wxpush/wxpush/internal/wechat/wechatsim"
 )
 
@@ -19,7 +21,7 @@ func TestWorkerDrainsOnShutdown(t *testing.T) {
 	t.Parallel()
 	redis := redistest.Start(t)
 	sim, err := wechatsim.New(wechatsim.Config{
-		Apps:    []wechatsim.App{{AppID: e2eAppID, Secret: e2eSecret, Token: e2eToken}},
+		Apps:    []wechatsim.App{{AppID: servicetest.AppID, Secret: servicetest.Secret, Token: servicetest.Token}},
 		Latency: 700 * time.Millisecond,
 	})
 	if err != nil {
@@ -27,22 +29,24 @@ func TestWorkerDrainsOnShutdown(t *testing.T) {
 	}
 	simSrv := httptest.NewServer(sim)
 	t.Cleanup(func() { simSrv.Close(); sim.Close() })
-	apiAddr := freeAddr(t)
+	apiAddr := servicetest.FreeAddr(t)
 	api := "http://" + apiAddr
 	env := map[string]string{
 		"REDIS_URL": redis.URL(), "WECHAT_API_BASE": simSrv.URL,
-		"WECHAT_APP_ID": e2eAppID, "WECHAT_APP_SECRET": e2eSecret, "WECHAT_TOKEN": e2eToken,
-		"WXPUSH_HTTP_ADDR": apiAddr, "WXPUSH_ADMIN_ADDR": freeAddr(t), "WXPUSH_SHUTDOWN_TIMEOUT": "10s",
+		"WECHAT_APP_ID": servicetest.AppID, "WECHAT_APP_SECRET": servicetest.Secret, "WECHAT_TOKEN": servicetest.Token,
+		"WXPUSH_HTTP_ADDR": apiAddr, "WXPUSH_ADMIN_ADDR": servicetest.FreeAddr(t), "WXPUSH_SHUTDOWN_TIMEOUT": "10s",
 	}
-	process(t, "enqueuer", RunEnqueuer, env)
-	waitHTTP(t, api+"/healthz")
+	servicetest.Run(t, "enqueuer", service.RunEnqueuer, env)
+	servicetest.WaitHTTP(t, api+"/healthz")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- RunWorker(ctx, func(k string) string { return env[k] }, io.Discard, io.Discard) }()
+	go func() {
+		done <- service.RunWorker(ctx, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	}()
 
-	id := postMessage(t, api, messageBody("drain_1"))
+	id := servicetest.PostMessage(t, api, servicetest.MessageBody("drain_1"))
 	deadline := time.Now().Add(10 * time.Second)
 	for sim.Stats().SendRequests == 0 {
 		if time.Now().After(deadline) {
@@ -55,12 +59,12 @@ func TestWorkerDrainsOnShutdown(t *testing.T) {
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Fatalf("RunWorker: %v", err)
+			t.Fatalf("service.RunWorker: %v", err)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("worker did not stop")
 	}
-	if m := getMessage(t, api, id); m.State != "sent" || m.WeChatMsgID == "" {
+	if m := servicetest.GetMessage(t, api, id); m.State != "sent" || m.WeChatMsgID == "" {
 		t.Errorf("after shutdown the in-flight message is %+v, want sent with its msgid", m)
 	}
 	info, err := asynq.NewInspectorFromRedisClient(redis.Client(t)).GetQueueInfo("normal")
