@@ -26,3 +26,7 @@ build: ## Build enqueuer, worker and wechat-sim into ./bin
 lint: ## gofmt check and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+
+.PHONY: bench
+bench: ## Measure and print wxpush's figures (private redis-server; a few minutes)
+	$(GO) test -run '^$$' -bench Figures -benchtime 1x -timeout 15m ./internal/bench
