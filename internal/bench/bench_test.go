@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -65,6 +66,13 @@ func batchBody(prefix string, n int) []byte {
 	return []byte(`{"messages":[` + strings.Join(items, ",") + `]}`)
 }
 
+func decodeJSON(b *testing.B, resp *http.Response, v any) {
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		b.Fatal(err)
+	}
+}
+
 func post(b *testing.B, c *http.Client, url string, payload []byte, want int) {
 	resp, err := c.Post(url, "application/json", bytes.NewReader(payload))
 	if err != nil {
@@ -103,8 +111,11 @@ func runParallel(k, n int, job func(i int)) time.Duration {
 func BenchmarkFigures(b *testing.B) {
 	tab := newTable()
 	defer tab.flush()
+	pipelineFigures(b, tab)
+	latencyFigures(b, tab)
 	enqueueFigures(b, tab)
 	rateLimitFigures(b, tab)
+	memoryFigures(b, tab)
 }
 
 // enqueueFigures: batch and single-message enqueue over HTTP, API only (no

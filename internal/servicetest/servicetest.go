@@ -234,19 +234,25 @@ type Options struct {
 	Latency  time.Duration
 	Env      map[string]string // extra environment for every process
 	RedisOpt []redistest.Option
+	// CallbackDelay is the simulator's delay before a result callback: zero =
+	// 50 ms, negative = none.
+	CallbackDelay time.Duration
 }
 
-// cluster is a running deployment: a real redis-server, the simulator, one
+// Cluster is a running deployment: a real redis-server, the simulator, one
 // enqueuer and some workers, each a RunEnqueuer/RunWorker call in this process.
 type Cluster struct {
 	Redis   *redistest.Server
 	Sim     *wechatsim.Server
 	API     string   // enqueuer base URL
 	Scrape  []string // every process's /metrics
+	env     map[string]string
+	workers int
 	sendsMu sync.Mutex
 	sends   []time.Time // when the simulator received each template send
 }
 
+// Start runs a deployment until the test ends.
 func Start(t testing.TB, o Options) *Cluster {
 	t.Helper()
 	c := &Cluster{Redis: redistest.Start(t, o.RedisOpt...)}
@@ -256,6 +262,9 @@ func Start(t testing.TB, o Options) *Cluster {
 		Apps:          []wechatsim.App{{AppID: AppID, Secret: Secret, Token: Token, CallbackURL: c.API + "/wechat/callback/default"}},
 		CallbackDelay: 50 * time.Millisecond,
 		Latency:       o.Latency,
+	}
+	if o.CallbackDelay != 0 {
+		cfg.CallbackDelay = max(o.CallbackDelay, 0)
 	}
 	if o.Rules != "" {
 		rules, err := wechatsim.ParseRules(o.Rules)
@@ -287,21 +296,37 @@ func Start(t testing.TB, o Options) *Cluster {
 	for k, v := range o.Env {
 		env[k] = v
 	}
+	c.env = env
 	Run(t, "enqueuer", service.RunEnqueuer, env)
 	c.Scrape = append(c.Scrape, c.API+"/metrics")
 	for i := 0; i < o.Workers; i++ {
-		wenv := map[string]string{"WXPUSH_ADMIN_ADDR": FreeAddr(t)}
-		for k, v := range env {
-			if k != "WXPUSH_ADMIN_ADDR" {
-				wenv[k] = v
-			}
-		}
-		Run(t, fmt.Sprintf("worker %d", i), service.RunWorker, wenv)
-		WaitHTTP(t, "http://"+wenv["WXPUSH_ADMIN_ADDR"]+"/healthz")
-		c.Scrape = append(c.Scrape, "http://"+wenv["WXPUSH_ADMIN_ADDR"]+"/metrics")
+		c.AddWorker(t)
 	}
 	WaitHTTP(t, c.API+"/healthz")
 	return c
+}
+
+// Env returns the environment of the cluster's processes, with a fresh
+// WXPUSH_ADMIN_ADDR, for a worker started some other way (e.g. its binary).
+func (c *Cluster) Env(t testing.TB) map[string]string {
+	t.Helper()
+	env := map[string]string{"WXPUSH_ADMIN_ADDR": FreeAddr(t)}
+	for k, v := range c.env {
+		if k != "WXPUSH_ADMIN_ADDR" {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+// AddWorker starts one more worker and waits until it is healthy.
+func (c *Cluster) AddWorker(t testing.TB) {
+	t.Helper()
+	env := c.Env(t)
+	c.workers++
+	Run(t, fmt.Sprintf("worker %d", c.workers), service.RunWorker, env)
+	WaitHTTP(t, "http://"+env["WXPUSH_ADMIN_ADDR"]+"/healthz")
+	c.Scrape = append(c.Scrape, "http://"+env["WXPUSH_ADMIN_ADDR"]+"/metrics")
 }
 
 // SendTimes returns when the simulator received each send.
