@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"net/http"
 
 	"github.com/wxpush/wxpush/internal/delivery"
@@ -31,54 +32,156 @@ var deliveryStates = map[wechat.DeliveryStatus]delivery.State{
 	wechat.DeliverySystemFailed: delivery.StateWeChatFailed,
 }
 
-// verifySigned checks the app and the query signature; it writes the error reply
-// and returns false when the request must be refused.
-func (s *Server) verifySigned(w http.ResponseWriter, r *http.Request) (CallbackApp, bool) {
+// Reasons a callback is refused, for the rejected-callbacks metric.
+const (
+	rejectUnknownApp = "unknown_app"
+	rejectNoSig      = "missing_signature"
+	rejectBadSig     = "bad_signature"
+	rejectEnvelope   = "bad_envelope"
+	rejectNoAESKey   = "no_aes_key"
+	rejectMalformed  = "malformed_xml"
+	rejectTooLarge   = "too_large"
+)
+
+// CallbackRejectReasons are the label values to initialise.
+var CallbackRejectReasons = []string{rejectNoSig, rejectBadSig, rejectEnvelope, rejectNoAESKey, rejectMalformed, rejectTooLarge}
+
+// reject writes the refusal and counts it. The app label is bounded: a path
+// naming no configured app counts as "unknown".
+func (s *Server) reject(w http.ResponseWriter, app, reason string, e *apiError) {
+	if _, ok := s.apps[app]; !ok {
+		app = "unknown"
+	}
+	s.metrics.CallbacksRejected.WithLabelValues(app, reason).Inc()
+	writeError(w, e)
+}
+
+// callbackApp finds the app of a callback path.
+func (s *Server) callbackApp(w http.ResponseWriter, r *http.Request) (CallbackApp, bool) {
 	app, ok := s.apps[r.PathValue("app")]
 	if !ok {
-		writeError(w, &apiError{Status: http.StatusNotFound, Code: "unknown_app", Field: "app", Message: "no such app"})
-		return app, false
+		s.reject(w, "", rejectUnknownApp, &apiError{Status: http.StatusNotFound, Code: "unknown_app", Field: "app", Message: "no such app"})
 	}
+	return app, ok
+}
+
+// encrypted reports whether the request is in WeChat's safe or compatible mode.
+func encrypted(r *http.Request) bool { return r.URL.Query().Get("encrypt_type") == "aes" }
+
+// verifyPlain checks the query signature against the app's current and previous
+// token (rotation); it writes the refusal and returns false when it fails.
+func (s *Server) verifyPlain(w http.ResponseWriter, r *http.Request, app CallbackApp) bool {
 	q := r.URL.Query()
 	sig, ts, nonce := q.Get("signature"), q.Get("timestamp"), q.Get("nonce")
 	if sig == "" || ts == "" || nonce == "" {
-		writeError(w, &apiError{Status: http.StatusUnauthorized, Code: "missing_signature",
+		s.reject(w, app.Name, rejectNoSig, &apiError{Status: http.StatusUnauthorized, Code: "missing_signature",
 			Message: "signature, timestamp and nonce are required"})
-		return app, false
+		return false
 	}
-	if !wechat.VerifySignature(sig, app.Token.Reveal(), ts, nonce) {
-		s.log.Warn("callback with a bad signature", "app", app.Name, "remote", r.RemoteAddr)
-		writeError(w, &apiError{Status: http.StatusForbidden, Code: "bad_signature", Message: "signature does not match"})
-		return app, false
+	if app.Keys != nil && app.Keys.VerifyPlain(sig, ts, nonce) {
+		return true
 	}
-	return app, true
+	for _, tok := range []string{app.Token.Reveal(), app.PreviousToken.Reveal()} {
+		if tok != "" && wechat.VerifySignature(sig, tok, ts, nonce) {
+			return true
+		}
+	}
+	s.log.Warn("callback with a bad signature", "app", app.Name, "remote", r.RemoteAddr)
+	s.reject(w, app.Name, rejectBadSig, &apiError{Status: http.StatusForbidden, Code: "bad_signature", Message: "signature does not match"})
+	return false
 }
 
-// handleVerify answers WeChat's URL verification: echo echostr when signed.
+// handleVerify answers WeChat's URL verification: echo echostr when signed. In
+// safe mode with msg_signature, echostr is itself an envelope and the reply is
+// its plaintext.
 func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
-	if _, ok := s.verifySigned(w, r); !ok {
+	app, ok := s.callbackApp(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	echo := []byte(q.Get("echostr"))
+	if encrypted(r) && q.Get("msg_signature") != "" {
+		plain, ok := s.openEnvelope(w, r, app, q.Get("echostr"), true)
+		if !ok {
+			return
+		}
+		echo = plain
+	} else if !s.verifyPlain(w, r, app) {
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	_, _ = w.Write([]byte(r.URL.Query().Get("echostr")))
+	_, _ = w.Write(echo)
 }
 
-// handleCallback receives WeChat's event push. It does one Redis write and
-// answers "success"; a Redis failure answers 503 so that WeChat tries again.
+// openEnvelope checks msg_signature and decrypts an envelope with the app's
+// current or previous keys; it writes the refusal and returns false on failure.
+func (s *Server) openEnvelope(w http.ResponseWriter, r *http.Request, app CallbackApp, envelope string, echo bool) ([]byte, bool) {
+	if app.Keys == nil {
+		s.reject(w, app.Name, rejectNoAESKey, &apiError{Status: http.StatusBadRequest, Code: "no_aes_key",
+			Message: "an encrypted callback arrived, but this app has no aes_key configured"})
+		return nil, false
+	}
+	q := r.URL.Query()
+	msgSig, ts, nonce := q.Get("msg_signature"), q.Get("timestamp"), q.Get("nonce")
+	if msgSig == "" || ts == "" || nonce == "" {
+		s.reject(w, app.Name, rejectNoSig, &apiError{Status: http.StatusUnauthorized, Code: "missing_signature",
+			Message: "msg_signature, timestamp and nonce are required in encrypted mode"})
+		return nil, false
+	}
+	var plain []byte
+	var err error
+	if echo {
+		plain, err = app.Keys.EchoEncrypted(msgSig, ts, nonce, envelope)
+	} else {
+		plain, err = app.Keys.OpenEncrypted(msgSig, ts, nonce, envelope)
+	}
+	switch {
+	case errors.Is(err, wechat.ErrBadSignature):
+		s.log.Warn("encrypted callback with a bad msg_signature", "app", app.Name, "remote", r.RemoteAddr)
+		s.reject(w, app.Name, rejectBadSig, &apiError{Status: http.StatusForbidden, Code: "bad_signature", Message: "msg_signature does not match"})
+		return nil, false
+	case err != nil:
+		s.log.Warn("encrypted callback with a bad envelope", "app", app.Name, "err", err)
+		s.reject(w, app.Name, rejectEnvelope, &apiError{Status: http.StatusBadRequest, Code: "bad_envelope", Message: "the encrypted envelope could not be opened"})
+		return nil, false
+	}
+	return plain, true
+}
+
+// handleCallback receives WeChat's event push, plain or encrypted. It does one
+// Redis write and answers "success"; a Redis failure answers 503 so that WeChat
+// tries again.
 func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
-	app, ok := s.verifySigned(w, r)
+	app, ok := s.callbackApp(w, r)
 	if !ok {
+		return
+	}
+	if !encrypted(r) && !s.verifyPlain(w, r, app) {
 		return
 	}
 	body, e := readBody(w, r, maxCallbackBytes)
 	if e != nil {
-		writeError(w, e)
+		s.reject(w, app.Name, rejectTooLarge, e)
 		return
+	}
+	if encrypted(r) {
+		outer, err := wechat.ParseEvent(body)
+		if err != nil || outer.Encrypt == "" {
+			s.reject(w, app.Name, rejectMalformed, &apiError{Status: http.StatusBadRequest, Code: "malformed_xml",
+				Message: "encrypted mode: the body is not XML with an Encrypt element"})
+			return
+		}
+		plain, ok := s.openEnvelope(w, r, app, outer.Encrypt, false)
+		if !ok {
+			return
+		}
+		body = plain
 	}
 	ev, err := wechat.ParseEvent(body)
 	if err != nil {
 		s.log.Warn("malformed callback", "app", app.Name, "err", err)
-		writeError(w, &apiError{Status: http.StatusBadRequest, Code: "malformed_xml", Message: "the body is not a WeChat event XML document"})
+		s.reject(w, app.Name, rejectMalformed, &apiError{Status: http.StatusBadRequest, Code: "malformed_xml", Message: "the body is not a WeChat event XML document"})
 		return
 	}
 	if ev.Event != wechat.EventTemplateSendJobFinish {

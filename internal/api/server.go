@@ -18,6 +18,7 @@ import (
 	"github.com/wxpush/wxpush/internal/idempotency"
 	"github.com/wxpush/wxpush/internal/metrics"
 	"github.com/wxpush/wxpush/internal/secret"
+	"github.com/wxpush/wxpush/internal/wechat"
 )
 
 // Submitter puts messages on the queue; *tasks.Submitter provides it.
@@ -48,7 +49,12 @@ type Idempotency interface {
 // CallbackApp is what the API needs to know of an app.
 type CallbackApp struct {
 	Name  string
-	Token secret.Value
+	AppID string // checked inside encrypted envelopes
+	// Token signs callbacks; PreviousToken is still accepted during a rotation.
+	Token, PreviousToken secret.Value
+	// Keys open encrypted callbacks (safe and compatible mode) with the current
+	// or previous token and EncodingAESKey; nil = plain callbacks only.
+	Keys *wechat.Keyring
 	// MaxBacklog: refuse new messages (429) while the app has this many
 	// unfinished ones; 0 = no limit.
 	MaxBacklog int

@@ -114,7 +114,7 @@ func newMetrics(reg prometheus.Registerer) *metrics.Metrics {
 	}
 	return metrics.New(reg, metrics.Labels{
 		Apps: []string{"default", "shop"}, States: states, Results: results,
-		Events: api.CallbackEvents, Outcome: api.CallbackOutcomes,
+		Events: api.CallbackEvents, Outcome: api.CallbackOutcomes, Rejects: api.CallbackRejectReasons,
 		APIs: []string{"token", "stable_token", "template/send"},
 	})
 }

@@ -106,7 +106,7 @@ func Defaults() Config {
 		Retention:         7 * 24 * time.Hour,
 		ConfirmTimeout:    time.Hour,
 		CallbackHold:      time.Hour,
-		TaskCheckInterval: 100 * time.Millisecond,
+		TaskCheckInterval: 10 * time.Millisecond,
 		ShutdownTimeout:   10 * time.Second,
 		IdempotencyWindow: 24 * time.Hour,
 		LogLevel:          "info",

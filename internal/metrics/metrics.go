@@ -19,13 +19,16 @@ const (
 
 // Metrics are wxpush's per-process instruments.
 type Metrics struct {
-	Enqueued      *prometheus.CounterVec   // app
-	Finished      *prometheus.CounterVec   // app, state
-	Attempts      *prometheus.CounterVec   // app, result
-	Callbacks     *prometheus.CounterVec   // app, event, outcome
-	APIDuration   *prometheus.HistogramVec // api, result
-	TokenFetches  *prometheus.CounterVec   // app, result
-	RetriesWaited *prometheus.CounterVec   // app, class: retries scheduled
+	Enqueued  *prometheus.CounterVec // app
+	Finished  *prometheus.CounterVec // app, state
+	Attempts  *prometheus.CounterVec // app, result
+	Callbacks *prometheus.CounterVec // app, event, outcome
+	// CallbacksRejected counts refused callbacks by reason (bad signature,
+	// bad envelope, malformed XML, …); app "unknown" for a path naming no app.
+	CallbacksRejected *prometheus.CounterVec
+	APIDuration       *prometheus.HistogramVec // api, result
+	TokenFetches      *prometheus.CounterVec   // app, result
+	RetriesWaited     *prometheus.CounterVec   // app, class: retries scheduled
 	// RateLimitWaits counts attempts that had to wait for a rate-limit permit,
 	// RateLimitWaited the seconds waited in place (scope: app or recipient).
 	RateLimitWaits  *prometheus.CounterVec
@@ -39,6 +42,7 @@ type Labels struct {
 	Results []string // attempt results
 	Events  []string // callback events
 	Outcome []string // callback outcomes
+	Rejects []string // callback rejection reasons
 	APIs    []string
 }
 
@@ -62,6 +66,10 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 			Name: "wxpush_callbacks_total",
 			Help: "WeChat callback events received, by event and what they did.",
 		}, []string{"app", "event", "outcome"}),
+		CallbacksRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "wxpush_callbacks_rejected_total",
+			Help: "Callbacks refused with a 4xx, by reason; they changed no state.",
+		}, []string{"app", "reason"}),
 		APIDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "wxpush_wechat_api_duration_seconds",
 			Help:    "Duration of WeChat API calls, by API and result.",
@@ -84,7 +92,7 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 			Help: "Seconds workers waited in place for rate-limit permits, by scope.",
 		}, []string{"app", "scope"}),
 	}
-	reg.MustRegister(m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
+	reg.MustRegister(m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
 		m.TokenFetches, m.RetriesWaited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector())
@@ -104,6 +112,9 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 			if r != ResultOK {
 				m.RetriesWaited.WithLabelValues(app, r)
 			}
+		}
+		for _, r := range l.Rejects {
+			m.CallbacksRejected.WithLabelValues(app, r)
 		}
 		for _, e := range l.Events {
 			for _, o := range l.Outcome {

@@ -123,3 +123,23 @@ func TestEnqueuerNeedsRedisURL(t *testing.T) {
 		t.Fatalf("service.RunEnqueuer without REDIS_URL = %v, want an error naming REDIS_URL", err)
 	}
 }
+
+// TestEndToEndSafeMode: WeChat's safe mode, where every result callback arrives
+// sealed (AES-256-CBC) and signed with msg_signature, settles messages as the
+// plain mode does.
+func TestEndToEndSafeMode(t *testing.T) {
+	t.Parallel()
+	c := servicetest.Start(t, servicetest.Options{Workers: 1, AESKey: "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
+		Rules: "block_*=user_block, *=success"})
+	ok := servicetest.PostMessage(t, c.API, servicetest.MessageBody("safe_ok"))
+	blocked := servicetest.PostMessage(t, c.API, servicetest.MessageBody("block_safe"))
+	if m := servicetest.WaitFinal(t, c.API, ok, 20*time.Second); m.State != "delivered" {
+		t.Errorf("safe-mode message = %+v, want delivered", m)
+	}
+	if m := servicetest.WaitFinal(t, c.API, blocked, 20*time.Second); m.State != "user_blocked" {
+		t.Errorf("safe-mode message = %+v, want user_blocked", m)
+	}
+	if got := servicetest.SumSeries(t, c.Scrape, `wxpush_callbacks_rejected_total{app="default",reason="bad_envelope"}`); got != 0 {
+		t.Errorf("%v sealed callbacks were refused", got)
+	}
+}

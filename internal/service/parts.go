@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -48,7 +49,7 @@ func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *p
 	}
 	m := metrics.New(reg, metrics.Labels{
 		Apps: cfg.AppNames(), States: states, Results: results,
-		Events: api.CallbackEvents, Outcome: api.CallbackOutcomes,
+		Events: api.CallbackEvents, Outcome: api.CallbackOutcomes, Rejects: api.CallbackRejectReasons,
 		APIs: []string{"token", "stable_token", "template/send"},
 	})
 	store := delivery.NewStore(rdb, delivery.Config{
@@ -67,10 +68,25 @@ func loadConfig(getenv func(string) string, stderr io.Writer) (config.Config, *s
 }
 
 // apiHandler builds the enqueuer's HTTP API.
-func (p *parts) apiHandler() http.Handler {
+func (p *parts) apiHandler() (http.Handler, error) {
 	apps := make([]api.CallbackApp, len(p.cfg.Apps))
 	for i, a := range p.cfg.Apps {
-		apps[i] = api.CallbackApp{Name: a.Name, Token: a.Token, MaxBacklog: a.MaxBacklog}
+		apps[i] = api.CallbackApp{Name: a.Name, AppID: a.AppID, Token: a.Token, PreviousToken: a.PreviousToken, MaxBacklog: a.MaxBacklog}
+		if a.AESKey.IsZero() {
+			continue
+		}
+		// During a rotation the previous generation keeps whichever half did not change.
+		cur := wechat.CallbackKeys{Token: a.Token.Reveal(), AESKey: a.AESKey.Reveal()}
+		var prev *wechat.CallbackKeys
+		if !a.PreviousToken.IsZero() || !a.PreviousAESKey.IsZero() {
+			prev = &wechat.CallbackKeys{Token: cmp.Or(a.PreviousToken.Reveal(), a.Token.Reveal()),
+				AESKey: cmp.Or(a.PreviousAESKey.Reveal(), a.AESKey.Reveal())}
+		}
+		keys, err := wechat.NewKeyring(a.AppID, cur, prev)
+		if err != nil {
+			return nil, fmt.Errorf("app %s: callback keys: %w", a.Name, err)
+		}
+		apps[i].Keys = keys
 	}
 	queue := asynq.NewClientFromRedisClient(p.rdb)
 	return api.New(api.Deps{
@@ -84,7 +100,7 @@ func (p *parts) apiHandler() http.Handler {
 		Gatherer:   p.reg,
 		Logger:     p.log,
 		Ready:      func(ctx context.Context) error { return redisconn.Ping(ctx, p.rdb) },
-	}).Handler()
+	}).Handler(), nil
 }
 
 // adminHandler serves a worker's /metrics, /healthz and /readyz.

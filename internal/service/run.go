@@ -34,13 +34,17 @@ func RunEnqueuer(ctx context.Context, getenv Env, stdout, stderr io.Writer) erro
 	}
 	defer rdb.Close()
 	p := newParts(cfg, log, rdb)
+	handler, err := p.apiHandler()
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("listen on WXPUSH_HTTP_ADDR %s: %w", cfg.HTTPAddr, err)
 	}
 	fmt.Fprintf(stdout, "wxpush enqueuer listening on http://%s\n", ln.Addr())
 	log.Info("enqueuer started", "addr", ln.Addr().String(), "apps", cfg.AppNames())
-	return serveHTTP(ctx, ln, p.apiHandler(), log)
+	return serveHTTP(ctx, ln, handler, log)
 }
 
 // RunWorker runs a worker until ctx is done. Without REDIS_URL it runs standalone

@@ -237,6 +237,9 @@ type Options struct {
 	// CallbackDelay is the simulator's delay before a result callback: zero =
 	// 50 ms, negative = none.
 	CallbackDelay time.Duration
+	// AESKey, when set, runs callbacks in safe mode: the simulator seals them
+	// and the app is configured with WECHAT_AES_KEY.
+	AESKey string
 }
 
 // Cluster is a running deployment: a real redis-server, the simulator, one
@@ -259,7 +262,7 @@ func Start(t testing.TB, o Options) *Cluster {
 	apiAddr := FreeAddr(t)
 	c.API = "http://" + apiAddr
 	cfg := wechatsim.Config{
-		Apps:          []wechatsim.App{{AppID: AppID, Secret: Secret, Token: Token, CallbackURL: c.API + "/wechat/callback/default"}},
+		Apps:          []wechatsim.App{{AppID: AppID, Secret: Secret, Token: Token, AESKey: o.AESKey, CallbackURL: c.API + "/wechat/callback/default"}},
 		CallbackDelay: 50 * time.Millisecond,
 		Latency:       o.Latency,
 	}
@@ -292,6 +295,9 @@ func Start(t testing.TB, o Options) *Cluster {
 		"REDIS_URL": c.Redis.URL(), "WECHAT_API_BASE": simSrv.URL,
 		"WECHAT_APP_ID": AppID, "WECHAT_APP_SECRET": Secret, "WECHAT_TOKEN": Token,
 		"WXPUSH_HTTP_ADDR": apiAddr, "WXPUSH_RETRY_BASE": "100ms", "WXPUSH_SHUTDOWN_TIMEOUT": "5s",
+	}
+	if o.AESKey != "" {
+		env["WECHAT_AES_KEY"] = o.AESKey
 	}
 	for k, v := range o.Env {
 		env[k] = v

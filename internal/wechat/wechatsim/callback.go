@@ -1,6 +1,8 @@
 package wechatsim
 
 import (
+	"github.com/wxpush/wxpush/internal/wechat"
+
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
@@ -71,7 +73,7 @@ func (s *Server) pushContext() (context.Context, context.CancelFunc) {
 func (s *Server) deliver(ctx context.Context, ev event) {
 	s.mu.Lock()
 	a := s.apps[ev.appID]
-	target, token, originalID := a.CallbackURL, a.Token, a.OriginalID
+	target, token, originalID, aesKey := a.CallbackURL, a.Token, a.OriginalID, a.AESKey
 	s.mu.Unlock()
 	if target == "" {
 		s.log.Debug("wechatsim: no callback URL, event dropped", "app", ev.appID, "msgid", ev.msgID)
@@ -84,6 +86,13 @@ func (s *Server) deliver(ctx context.Context, ev event) {
 	if err != nil {
 		s.log.Error("wechatsim: bad callback URL", "app", ev.appID, "err", err)
 		return
+	}
+	if aesKey != "" {
+		// Safe mode: the event travels sealed, signed by msg_signature.
+		if body, u, err = sealEvent(u, body, ev.appID, aesKey, token, timestamp, nonce, originalID); err != nil {
+			s.log.Error("wechatsim: cannot seal event", "app", ev.appID, "err", err)
+			return
+		}
 	}
 	for try := 1; try <= callbackTries; try++ {
 		s.mu.Lock()
@@ -171,4 +180,27 @@ func eventXML(originalID string, ev event) string {
 // sections because CDATA cannot escape it.
 func cdata(s string) string {
 	return "<![CDATA[" + strings.ReplaceAll(s, "]]>", "]]]]><![CDATA[>") + "]]>"
+}
+
+// sealEvent turns a plain push into a safe-mode one: the body becomes
+// <xml><ToUserName/><Encrypt/></xml> and the URL gains encrypt_type and
+// msg_signature.
+func sealEvent(target, body, appID, aesKey, token, timestamp, nonce, originalID string) (string, string, error) {
+	c, err := wechat.NewCipher(aesKey, appID)
+	if err != nil {
+		return "", "", err
+	}
+	enc, err := c.Seal([]byte(body))
+	if err != nil {
+		return "", "", err
+	}
+	u, err := url.Parse(target)
+	if err != nil {
+		return "", "", err
+	}
+	q := u.Query()
+	q.Set("encrypt_type", "aes")
+	q.Set("msg_signature", signature(token, timestamp, nonce, enc))
+	u.RawQuery = q.Encode()
+	return "<xml><ToUserName>" + cdata(originalID) + "</ToUserName><Encrypt>" + cdata(enc) + "</Encrypt></xml>", u.String(), nil
 }

@@ -58,6 +58,9 @@ type App struct {
 	CallbackURL string
 	// OriginalID is the gh_… ToUserName of events; "" = "gh_" + AppID.
 	OriginalID string
+	// AESKey (EncodingAESKey), when set, pushes events in safe mode: sealed
+	// and signed with msg_signature.
+	AESKey string
 }
 
 // Template is a private template of one app.
