@@ -33,6 +33,8 @@ type Metrics struct {
 	// RateLimitWaited the seconds waited in place (scope: app or recipient).
 	RateLimitWaits  *prometheus.CounterVec
 	RateLimitWaited *prometheus.CounterVec
+	// ConfigErrors counts configuration errors from WeChat that stopped an app.
+	ConfigErrors *prometheus.CounterVec
 }
 
 // Labels lists the known label values to initialise.
@@ -92,13 +94,18 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 			Help: "Seconds workers waited in place for rate-limit permits, by scope.",
 		}, []string{"app", "scope"}),
 	}
-	reg.MustRegister(m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
+	m.ConfigErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wxpush_app_config_errors_total",
+		Help: "WeChat configuration errors (wrong secret, IP not whitelisted, API not authorised) that stopped the app's sending.",
+	}, []string{"app"})
+	reg.MustRegister(m.ConfigErrors, m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
 		m.TokenFetches, m.RetriesWaited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector())
 
 	for _, app := range l.Apps {
 		m.Enqueued.WithLabelValues(app)
+		m.ConfigErrors.WithLabelValues(app)
 		for _, scope := range []string{"app", "recipient"} {
 			m.RateLimitWaits.WithLabelValues(app, scope)
 			m.RateLimitWaited.WithLabelValues(app, scope)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/ratelimit"
+	"github.com/wxpush/wxpush/internal/wechat"
 	"github.com/wxpush/wxpush/internal/wechat/wechatsim"
 )
 
@@ -132,5 +133,37 @@ func TestFanoutResumes(t *testing.T) {
 	}
 	if len(q.ids) != 4 {
 		t.Errorf("enqueued %v, want all four exactly once", q.ids)
+	}
+}
+
+// TestConfigErrorStopsApp: a wrong secret (40125 from the token endpoint) stops
+// the app: no fetch loop, no spent attempts, its next message waits without
+// calling WeChat at all.
+func TestConfigErrorStopsApp(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.handler.apps = func(app string) (wechat.Credentials, bool) {
+		return wechat.Credentials{App: app, AppID: testAppID, Secret: "wrong-secret"}, true
+	}
+	first, second := b.enqueue(t, "u1"), b.enqueue(t, "u2")
+	err := b.process(first)
+	if err == nil || IsFailure(err) {
+		t.Fatalf("config error: %v, want a wait that spends no attempt", err)
+	}
+	if d := (RetryPolicy{Base: time.Second, Cap: time.Minute}).RetryDelayFunc(0, err, nil); d < 59*time.Minute {
+		t.Errorf("stopped for %v, want about %v", d, ConfigStop)
+	}
+	if err := b.process(second); !errors.Is(err, errParked) {
+		t.Fatalf("next message of a stopped app: %v, want parked", err)
+	}
+	st := b.sim.Stats()
+	if st.TokenFetches[testAppID] != 0 || st.SendRequests != 0 {
+		t.Errorf("simulator stats %+v: a stopped app must not call WeChat again", st)
+	}
+	if got := testutil.ToFloat64(b.metrics.ConfigErrors.WithLabelValues("default")); got != 1 {
+		t.Errorf("config errors = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(b.metrics.Attempts.WithLabelValues("default", "config")); got != 1 {
+		t.Errorf("attempts{config} = %v, want 1", got)
 	}
 }

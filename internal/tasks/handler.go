@@ -216,6 +216,18 @@ func (h *Handler) failed(ctx context.Context, log *slog.Logger, id, app string, 
 		} else {
 			log.Warn("daily quota exhausted: app parked until the quota resets", "until", h.now().Add(wait))
 		}
+	case wechat.ClassConfig:
+		// Wrong secret, IP not whitelisted, API not authorised…: retrying cannot
+		// help and would burn the token endpoint's small daily quota. Stop the
+		// app; one attempt per ConfigStop re-checks, or an operator resumes it.
+		wait = ConfigStop
+		h.metrics.ConfigErrors.WithLabelValues(app).Inc()
+		if perr := h.store.Park(ctx, app, h.now().Add(wait)); perr != nil {
+			log.Error("could not stop the app", "err", perr)
+		} else {
+			log.Error("app stopped: WeChat reports a configuration error; fix it, then POST /v1/apps/"+app+"/resume",
+				"err", err, "recheck_at", h.now().Add(wait))
+		}
 	default:
 		if retried, max := h.retries(ctx); retried >= max {
 			log.Warn("retries exhausted", "err", err)
@@ -246,6 +258,10 @@ func (h *Handler) settle(ctx context.Context, log *slog.Logger, id, app string, 
 	log.Warn("message settled", "state", tr.State, "errcode", info.Code, "errmsg", info.Msg)
 	return fmt.Errorf("tasks: message %s: %w", to, asynq.SkipRetry)
 }
+
+// ConfigStop is how long an app is stopped after a configuration error before
+// one attempt checks again.
+const ConfigStop = time.Hour
 
 var (
 	errRateLimited = errors.New("tasks: rate limited: deferred")

@@ -11,6 +11,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/wechat"
 )
 
 // Records is the part of the delivery store Submitter needs.
@@ -177,6 +178,15 @@ func (s *Submitter) WakeApp(ctx context.Context, app string) (int, error) {
 	return woken, nil
 }
 
+// waitingForQuota recognises the tasks a park holds back: those deferred as
+// parked, and those whose own attempt hit the quota or a configuration error.
 func waitingForQuota(lastErr string) bool {
-	return strings.Contains(lastErr, errParked.Error()) || strings.Contains(lastErr, "errcode 45009")
+	if strings.Contains(lastErr, errParked.Error()) || strings.Contains(lastErr, "errcode 45009") {
+		return true
+	}
+	var code int
+	if _, after, ok := strings.Cut(lastErr, "errcode "); ok {
+		fmt.Sscanf(after, "%d", &code)
+	}
+	return code != 0 && wechat.ClassOf(code) == wechat.ClassConfig
 }
