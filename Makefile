@@ -30,3 +30,11 @@ lint: ## gofmt check and go vet
 .PHONY: bench
 bench: ## Measure and print wxpush's figures (private redis-server; a few minutes)
 	$(GO) test -run '^$$' -bench Figures -benchtime 1x -timeout 15m ./internal/bench
+
+FUZZTIME ?= 10s
+.PHONY: fuzz
+fuzz: ## Run each fuzz target for FUZZTIME (default 10s); crashers land in testdata/fuzz
+	$(GO) test -run '^$$' -fuzz '^FuzzParseEvent$$' -fuzztime $(FUZZTIME) ./internal/wechat
+	$(GO) test -run '^$$' -fuzz '^FuzzOpenEnvelope$$' -fuzztime $(FUZZTIME) ./internal/wechat
+	$(GO) test -run '^$$' -fuzz '^FuzzCreateMessage$$' -fuzztime $(FUZZTIME) ./internal/api
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRules$$' -fuzztime $(FUZZTIME) ./internal/wechat/wechatsim

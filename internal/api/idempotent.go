@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -60,7 +61,9 @@ func (s *Server) idempotent(limit int64, next http.HandlerFunc) http.Handler {
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		next(rec, r)
-		ctx := r.Context()
+		// The client may be gone by now (its own timeout): the outcome must be
+		// recorded anyway, or a retry would run the request a second time.
+		ctx := context.WithoutCancel(r.Context())
 		if rec.status == http.StatusTooManyRequests || rec.status >= 500 {
 			if err := s.idem.Abort(ctx, claim); err != nil {
 				s.log.Warn("could not release idempotency key", "err", err)

@@ -331,13 +331,8 @@ func (c *cancelOnWrite) WriteHeader(status int) {
 // accepted retries with the same key; it must get the first answer back, never
 // a second message.
 //
-// BUG: this fails. idempotent (idempotent.go, after next(rec, r)) completes the
-// key with r.Context(), which net/http cancels when the client disconnects, so
-// Complete fails and the key stays "pending": retries get 409
-// idempotency_in_progress, and once the 30 s claim lease ends the same key runs
-// again and a second message is sent. Fix: ctx :=
-// context.WithoutCancel(r.Context()) for Complete and Abort (as
-// Submitter.undo already does).
+// (Regression: the outcome was once recorded with the request context, which
+// net/http cancels when the client leaves, so a retry ran the request again.)
 func TestIdempotencyClientGone(t *testing.T) {
 	t.Parallel()
 	b := setup(t)

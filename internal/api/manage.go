@@ -67,15 +67,15 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	msgs, total, err := s.messages.ListDead(r.Context(), app, offset, limit)
+	page, err := s.messages.ListDead(r.Context(), app, offset, limit)
 	if err != nil {
 		s.log.Error("could not list dead messages", "app", app, "err", err)
 		writeError(w, errStorage)
 		return
 	}
-	resp := listResponse{Messages: msgs, Total: total}
-	if next := offset + len(msgs); int64(next) < total {
-		resp.NextOffset = &next
+	resp := listResponse{Messages: page.Messages, Total: page.Total}
+	if page.Next > 0 {
+		resp.NextOffset = &page.Next
 	}
 	writeJSON(w, http.StatusOK, resp)
 }

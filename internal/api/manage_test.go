@@ -374,13 +374,8 @@ func TestListDeadBadQuery(t *testing.T) {
 // entry in the app's dead index (Redis evicting a key that has a TTL, a
 // retention or clock that differs between processes). Following next_offset
 // must still visit every listed message once and end.
-//
-// BUG: this fails. handleList (manage.go) computes next_offset as offset +
-// len(msgs), but ListDead skips ids whose record is gone, so the offset falls
-// behind: with limit=1 the page holding the vanished id returns no message and
-// next_offset equal to its own offset, forever. Fix: have ListDead return how
-// many index entries it read (offset+len(ids)) and build next_offset from
-// that; optionally ZREM the ids whose record is missing.
+// (Regression: next_offset once counted the records found, not the index
+// entries read, and stalled on a vanished record.)
 func TestListDeadVanishedRecord(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -705,13 +700,8 @@ func TestResume(t *testing.T) {
 // TestResumeWakesEveryPage: a parked app with more waiting messages than one
 // page of asynq's retry listing (500) gets all of them woken.
 //
-// BUG: this fails (woken 700 of 1200). Submitter.WakeApp (tasks/submit.go)
-// pages through ListRetryTasks with asynq.Page(page) while RunTask removes the
-// tasks it wakes from that same retry set, so each later page starts 500
-// entries further into a set that has shrunk: the tasks that moved up into the
-// skipped range stay parked until the quota reset. Fix: collect the matching
-// task ids over all pages first, then RunTask them; or stay on the same page
-// number after a page where tasks were woken.
+// (Regression: waking while paging through the shrinking retry set once left
+// 500 of 1200 messages parked.)
 func TestResumeWakesEveryPage(t *testing.T) {
 	t.Parallel()
 	const n = 1200

@@ -244,6 +244,9 @@ func parseTime(field, v string) (time.Time, *apiError) {
 	return t, nil
 }
 
+// maxTTL bounds ttl: a message is pointless long after its event.
+const maxTTL = 30 * 24 * time.Hour
+
 // parseTTL reads ttl as a Go duration string ("10m") or a number of seconds.
 func parseTTL(raw json.RawMessage) (time.Duration, *apiError) {
 	var d time.Duration
@@ -251,6 +254,9 @@ func parseTTL(raw json.RawMessage) (time.Duration, *apiError) {
 	var str string
 	switch {
 	case json.Unmarshal(raw, &secs) == nil:
+		if secs > maxTTL.Seconds() {
+			return 0, badField("ttl", "invalid_ttl", fmt.Sprintf("ttl must be at most %s", maxTTL))
+		}
 		d = time.Duration(secs * float64(time.Second))
 	case json.Unmarshal(raw, &str) == nil:
 		var err error
@@ -262,6 +268,9 @@ func parseTTL(raw json.RawMessage) (time.Duration, *apiError) {
 	}
 	if d <= 0 {
 		return 0, badField("ttl", "invalid_ttl", "ttl must be positive")
+	}
+	if d > maxTTL {
+		return 0, badField("ttl", "invalid_ttl", fmt.Sprintf("ttl must be at most %s", maxTTL))
 	}
 	return d, nil
 }

@@ -34,7 +34,7 @@ type Messages interface {
 	Get(ctx context.Context, id string) (*delivery.Message, error)
 	ApplyCallback(ctx context.Context, app, msgID string, to delivery.State, raw string) (delivery.CallbackResult, error)
 	Cancel(ctx context.Context, id string) (delivery.Transition, error)
-	ListDead(ctx context.Context, app string, offset, limit int) ([]*delivery.Message, int64, error)
+	ListDead(ctx context.Context, app string, offset, limit int) (delivery.DeadPage, error)
 	Resume(ctx context.Context, app string) (bool, error)
 }
 

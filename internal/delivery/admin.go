@@ -42,35 +42,49 @@ func (s *Store) AppOf(ctx context.Context, id string) (string, error) {
 	return app, nil
 }
 
-// ListDead returns up to limit dead messages of app, newest first, starting after
-// offset, and how many there are in all. Dead messages leave the list when they
-// are requeued or pass their retention.
-func (s *Store) ListDead(ctx context.Context, app string, offset, limit int) ([]*Message, int64, error) {
+// DeadPage is one page of an app's dead messages.
+type DeadPage struct {
+	Messages []*Message
+	Total    int64 // dead messages of the app in all
+	Next     int   // offset of the next page; 0 when this is the last
+}
+
+// ListDead returns up to limit dead messages of app, newest first, starting at
+// offset. Dead messages leave the list when they are requeued or pass their
+// retention; an entry whose record has vanished is skipped.
+func (s *Store) ListDead(ctx context.Context, app string, offset, limit int) (DeadPage, error) {
 	key := deadKey(app)
-	var ids []string
-	var total int64
+	var page DeadPage
 	err := s.rdb.ZRemRangeByScore(ctx, key, "-inf", strconv.FormatInt(s.cfg.Now().Add(-s.cfg.Retention).UnixMilli(), 10)).Err()
 	if err != nil {
-		return nil, 0, fmt.Errorf("delivery: list dead: %w", err)
+		return page, fmt.Errorf("delivery: list dead: %w", err)
 	}
-	if ids, err = s.rdb.ZRevRange(ctx, key, int64(offset), int64(offset+limit-1)).Result(); err != nil {
-		return nil, 0, fmt.Errorf("delivery: list dead: %w", err)
+	ids, err := s.rdb.ZRevRange(ctx, key, int64(offset), int64(offset+limit-1)).Result()
+	if err != nil {
+		return page, fmt.Errorf("delivery: list dead: %w", err)
 	}
-	if total, err = s.rdb.ZCard(ctx, key).Result(); err != nil {
-		return nil, 0, fmt.Errorf("delivery: list dead: %w", err)
+	if page.Total, err = s.rdb.ZCard(ctx, key).Result(); err != nil {
+		return page, fmt.Errorf("delivery: list dead: %w", err)
 	}
-	out := make([]*Message, 0, len(ids))
+	page.Messages = make([]*Message, 0, len(ids))
 	for _, id := range ids {
 		m, err := s.Get(ctx, id)
 		if err == ErrNotFound {
+			// Leave the entry: removing it would shift the offsets of a client
+			// paging through the list. It goes with its retention.
 			continue
 		}
 		if err != nil {
-			return nil, 0, err
+			return page, err
 		}
-		out = append(out, m)
+		page.Messages = append(page.Messages, m)
 	}
-	return out, total, nil
+	// Paging follows the index, not the records found, so a vanished record
+	// cannot make a page repeat itself.
+	if next := offset + len(ids); len(ids) == limit && int64(next) < page.Total {
+		page.Next = next
+	}
+	return page, nil
 }
 
 // Park stops sending for app until the given time (the daily quota is spent).

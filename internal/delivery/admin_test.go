@@ -140,15 +140,15 @@ func TestDeadListAndRequeue(t *testing.T) {
 		b.store.Finish(b.ctx, id, "default", StateDead, &ErrorInfo{Code: -1, Msg: "system error"})
 		b.clock.Advance(time.Second)
 	}
-	msgs, total, err := b.store.ListDead(b.ctx, "default", 0, 2)
-	if err != nil || total != 3 || len(msgs) != 2 || msgs[0].ID != "d2" || msgs[1].ID != "d1" {
-		t.Fatalf("ListDead page 1 = %v (total %d), %v; want d2, d1 of 3", ids(msgs), total, err)
+	p1, err := b.store.ListDead(b.ctx, "default", 0, 2)
+	if err != nil || p1.Total != 3 || len(p1.Messages) != 2 || p1.Messages[0].ID != "d2" || p1.Messages[1].ID != "d1" || p1.Next != 2 {
+		t.Fatalf("ListDead page 1 = %v (total %d, next %d), %v; want d2, d1 of 3, next 2", ids(p1.Messages), p1.Total, p1.Next, err)
 	}
-	if msgs, _, _ := b.store.ListDead(b.ctx, "default", 2, 2); len(msgs) != 1 || msgs[0].ID != "d0" {
-		t.Errorf("ListDead page 2 = %v, want d0", ids(msgs))
+	if p2, _ := b.store.ListDead(b.ctx, "default", 2, 2); len(p2.Messages) != 1 || p2.Messages[0].ID != "d0" || p2.Next != 0 {
+		t.Errorf("ListDead page 2 = %v next %d, want d0 and no next page", ids(p2.Messages), p2.Next)
 	}
-	if msgs, total, _ := b.store.ListDead(b.ctx, "other", 0, 10); len(msgs) != 0 || total != 0 {
-		t.Errorf("another app's dead list = %v", ids(msgs))
+	if other, _ := b.store.ListDead(b.ctx, "other", 0, 10); len(other.Messages) != 0 || other.Total != 0 {
+		t.Errorf("another app's dead list = %v", ids(other.Messages))
 	}
 
 	q, err := b.store.Requeue(b.ctx, "d1", "default")
@@ -159,8 +159,8 @@ func TestDeadListAndRequeue(t *testing.T) {
 	if m.State != StateQueued || m.FinishedAt != nil || b.ttl(t, recordKey("d1")) != -1 {
 		t.Errorf("requeued record = %s finished %v ttl %v; want queued, no finish time, no expiry", m.State, m.FinishedAt, b.ttl(t, recordKey("d1")))
 	}
-	if _, total, _ := b.store.ListDead(b.ctx, "default", 0, 10); total != 2 {
-		t.Errorf("dead list holds %d after a requeue, want 2", total)
+	if p, _ := b.store.ListDead(b.ctx, "default", 0, 10); p.Total != 2 {
+		t.Errorf("dead list holds %d after a requeue, want 2", p.Total)
 	}
 	if _, err := b.store.Requeue(b.ctx, "d1", "default"); !errors.Is(err, ErrNotDead) {
 		t.Errorf("Requeue(queued) = %v, want ErrNotDead", err)
@@ -170,8 +170,8 @@ func TestDeadListAndRequeue(t *testing.T) {
 	}
 	// Dead entries leave the list with their retention.
 	b.clock.Advance(49 * time.Hour)
-	if _, total, _ := b.store.ListDead(b.ctx, "default", 0, 10); total != 0 {
-		t.Errorf("dead list holds %d past retention", total)
+	if p, _ := b.store.ListDead(b.ctx, "default", 0, 10); p.Total != 0 {
+		t.Errorf("dead list holds %d past retention", p.Total)
 	}
 }
 

@@ -148,10 +148,13 @@ func (s *Submitter) Requeue(ctx context.Context, id string) error {
 	return nil
 }
 
-// WakeApp runs now the app's messages that wait for a quota reset or a rate
-// limit (after an operator resumed the app). It returns how many it woke.
+// WakeApp runs now the app's messages that wait for a quota reset or a
+// configuration fix (after an operator resumed the app). It returns how many it
+// woke. The matching tasks are collected first: running one removes it from the
+// retry list, which would shift the pages under a paging loop.
 func (s *Submitter) WakeApp(ctx context.Context, app string) (int, error) {
-	woken := 0
+	type ref struct{ queue, id string }
+	var waiting []ref
 	for queue := range QueueWeights {
 		for page := 1; ; page++ {
 			infos, err := s.tasks.ListRetryTasks(queue, asynq.Page(page), asynq.PageSize(500))
@@ -159,20 +162,23 @@ func (s *Submitter) WakeApp(ctx context.Context, app string) (int, error) {
 				break
 			}
 			if err != nil {
-				return woken, fmt.Errorf("tasks: wake %s: %w", app, err)
+				return 0, fmt.Errorf("tasks: wake %s: %w", app, err)
 			}
 			for _, t := range infos {
 				p, perr := parseDeliverPayload(t.Payload)
-				if t.Type != TypeDeliver || perr != nil || p.App != app || !waitingForQuota(t.LastErr) {
-					continue
-				}
-				if err := s.tasks.RunTask(queue, t.ID); err == nil {
-					woken++
+				if t.Type == TypeDeliver && perr == nil && p.App == app && waitingForQuota(t.LastErr) {
+					waiting = append(waiting, ref{queue, t.ID})
 				}
 			}
 			if len(infos) < 500 {
 				break
 			}
+		}
+	}
+	woken := 0
+	for _, w := range waiting {
+		if err := s.tasks.RunTask(w.queue, w.id); err == nil {
+			woken++
 		}
 	}
 	return woken, nil

@@ -529,6 +529,7 @@ func TestCheckFailsOpen(t *testing.T) {
 			if !errors.Is(err, templates.ErrUnavailable) {
 				t.Fatalf("Check error = %v, want ErrUnavailable", err)
 			}
+			t.Logf("Check error: %v", err)
 			for _, secret := range []string{testSecret, "SECRET-CANARY-wrong-0d4c"} {
 				if strings.Contains(err.Error(), secret) {
 					t.Errorf("error leaks the secret: %v", err)
