@@ -59,12 +59,13 @@ func TestHighPriorityOvertakesBacklog(t *testing.T) {
 	}
 }
 
-// TestRateLimitAcrossWorkers: three workers share one per-app limit. The
-// simulator's arrival times carry each send's latency jitter (token read, HTTP,
-// scheduling), so two sends permitted 1 s apart can arrive a little closer: the
-// window bound checked here is limit + burst + 1. The exact bound on grant times
-// is TestWindowNeverAboveLimitPlusBurst in package ratelimit; the achieved rate
-// is a figure for make bench, not a test.
+// TestRateLimitAcrossWorkers: three workers share one per-app limit, so together
+// they send at the limit, not three times it: after the burst, n sends take at
+// least (n-burst-1)/limit seconds. (Slowness only lengthens that span, so the
+// check is safe on a loaded machine.) The simulator's arrival times carry each
+// send's latency jitter, so the per-window bound (limit + burst in any second)
+// is checked exactly on grant times in package ratelimit, and measured here only
+// for the log; the achieved rate against the limit is a figure for make bench.
 func TestRateLimitAcrossWorkers(t *testing.T) {
 	t.Parallel()
 	const limit, burst, n = 20, 5, 90
@@ -91,9 +92,11 @@ func TestRateLimitAcrossWorkers(t *testing.T) {
 		}
 		maxInWindow = max(maxInWindow, j-i)
 	}
-	t.Logf("%d sends over %v; busiest 1 s window: %d (limit %d/s, burst %d)", n, sends[n-1].Sub(sends[0]), maxInWindow, limit, burst)
-	if maxInWindow > limit+burst+1 {
-		t.Errorf("a 1 s window held %d sends, more than limit+burst+1 = %d", maxInWindow, limit+burst+1)
+	span := sends[n-1].Sub(sends[0])
+	t.Logf("%d sends over %v; busiest 1 s window: %d (limit %d/s, burst %d)", n, span, maxInWindow, limit, burst)
+	// 5 % allowance for the arrival jitter at both ends of the span.
+	if least := time.Duration(float64(n-burst-1) / limit * float64(time.Second) * 0.95); span < least {
+		t.Errorf("%d sends took %v, less than the %v the shared limit allows: the workers do not share it", n, span, least)
 	}
 	if got := servicetest.SumSeries(t, c.Scrape, `wxpush_send_attempts_total{app="default",result="ok"}`); got != n {
 		t.Errorf("attempts ok = %v, want %d (waiting must not fail or repeat sends)", got, n)
