@@ -57,8 +57,9 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	resp := batchResponse{Results: make([]batchResult, len(req.Messages))}
 	var valid []delivery.NewMessage
 	var at []int // index of each valid message in the request
+	sess := s.session()
 	for i, raw := range req.Messages {
-		m, e := s.parseMessage(raw, now)
+		m, e := s.parseMessage(r.Context(), raw, now, sess)
 		if e != nil {
 			e.Field = itemField(i, e.Field)
 			resp.Results[i].Error = e

@@ -57,7 +57,7 @@ func (s *Server) reject(w http.ResponseWriter, app, reason string, e *apiError) 
 }
 
 // callbackApp finds the app of a callback path.
-func (s *Server) callbackApp(w http.ResponseWriter, r *http.Request) (CallbackApp, bool) {
+func (s *Server) callbackApp(w http.ResponseWriter, r *http.Request) (App, bool) {
 	app, ok := s.apps[r.PathValue("app")]
 	if !ok {
 		s.reject(w, "", rejectUnknownApp, &apiError{Status: http.StatusNotFound, Code: "unknown_app", Field: "app", Message: "no such app"})
@@ -70,7 +70,7 @@ func encrypted(r *http.Request) bool { return r.URL.Query().Get("encrypt_type") 
 
 // verifyPlain checks the query signature against the app's current and previous
 // token (rotation); it writes the refusal and returns false when it fails.
-func (s *Server) verifyPlain(w http.ResponseWriter, r *http.Request, app CallbackApp) bool {
+func (s *Server) verifyPlain(w http.ResponseWriter, r *http.Request, app App) bool {
 	q := r.URL.Query()
 	sig, ts, nonce := q.Get("signature"), q.Get("timestamp"), q.Get("nonce")
 	if sig == "" || ts == "" || nonce == "" {
@@ -116,7 +116,7 @@ func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
 
 // openEnvelope checks msg_signature and decrypts an envelope with the app's
 // current or previous keys; it writes the refusal and returns false on failure.
-func (s *Server) openEnvelope(w http.ResponseWriter, r *http.Request, app CallbackApp, envelope string, echo bool) ([]byte, bool) {
+func (s *Server) openEnvelope(w http.ResponseWriter, r *http.Request, app App, envelope string, echo bool) ([]byte, bool) {
 	if app.Keys == nil {
 		s.reject(w, app.Name, rejectNoAESKey, &apiError{Status: http.StatusBadRequest, Code: "no_aes_key",
 			Message: "an encrypted callback arrived, but this app has no aes_key configured"})

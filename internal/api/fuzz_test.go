@@ -76,7 +76,7 @@ func FuzzCreateMessage(f *testing.F) {
 	reg := prometheus.NewRegistry()
 	h := api.New(api.Deps{
 		Submit:   fake,
-		Apps:     []api.CallbackApp{{Name: "default", Token: secret.Value(defaultToken)}, {Name: "shop", Token: secret.Value(shopToken)}},
+		Apps:     []api.App{{Name: "default", Token: secret.Value(defaultToken)}, {Name: "shop", Token: secret.Value(shopToken)}},
 		Metrics:  newMetrics(reg),
 		Gatherer: reg,
 		Logger:   logging.Discard(),

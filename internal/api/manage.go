@@ -143,3 +143,25 @@ func notFound(id string) *apiError {
 	return &apiError{Status: http.StatusNotFound, Code: "not_found", Field: "id",
 		Message: fmt.Sprintf("no message %q (never accepted, or past its retention)", id)}
 }
+
+// handleTemplates lists an app's templates (from the shared cache).
+func (s *Server) handleTemplates(w http.ResponseWriter, r *http.Request) {
+	app := r.PathValue("app")
+	if !s.hasApp(app) {
+		writeError(w, &apiError{Status: http.StatusNotFound, Code: "unknown_app", Field: "app",
+			Message: fmt.Sprintf("app %q is not configured", app)})
+		return
+	}
+	if s.templates == nil {
+		writeError(w, &apiError{Status: http.StatusNotFound, Code: "unsupported", Message: "template listing is not enabled on this server"})
+		return
+	}
+	list, err := s.templates.List(r.Context(), app)
+	if err != nil {
+		s.log.Warn("could not list templates", "app", app, "err", err)
+		writeError(w, &apiError{Status: http.StatusServiceUnavailable, Code: "templates_unavailable",
+			Message: "the template list could not be fetched from WeChat; retry later"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"app": app, "templates": list})
+}

@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/logging"
 	"github.com/wxpush/wxpush/internal/tasks"
+	"github.com/wxpush/wxpush/internal/templates"
 	"github.com/wxpush/wxpush/internal/wechat"
 )
 
@@ -142,7 +144,7 @@ func jsonKind(k string) string {
 
 // parseMessage validates a request and returns the record to create and the body
 // to send.
-func (s *Server) parseMessage(b []byte, now time.Time) (delivery.NewMessage, *apiError) {
+func (s *Server) parseMessage(ctx context.Context, b []byte, now time.Time, sess *templates.Session) (delivery.NewMessage, *apiError) {
 	var req messageRequest
 	if e := decodeStrict(b, &req, ""); e != nil {
 		return delivery.NewMessage{}, e
@@ -229,8 +231,44 @@ func (s *Server) parseMessage(b []byte, now time.Time) (delivery.NewMessage, *ap
 	if !m.ExpireAt.IsZero() && !m.SendAt.IsZero() && !m.ExpireAt.After(m.SendAt) {
 		return m, badField("expire_at", "before_send_at", "expire_at must be after send_at")
 	}
+	if e := s.checkTemplate(ctx, sess, req.App, &msg); e != nil {
+		return m, e
+	}
 	m.Body, _ = json.Marshal(&msg) // strings and maps of strings cannot fail
 	return m, nil
+}
+
+// checkTemplate refuses a message WeChat would answer with 40037 or 47003. When
+// the template list cannot be had it lets the message through (fail open,
+// counted): WeChat's own answer then settles it.
+func (s *Server) checkTemplate(ctx context.Context, sess *templates.Session, app string, msg *wechat.TemplateMessage) *apiError {
+	if sess == nil || !s.apps[app].ValidateTemplates {
+		return nil
+	}
+	data := make(map[string]string, len(msg.Data))
+	for k, v := range msg.Data {
+		data[k] = v.Value
+	}
+	p, err := sess.Check(ctx, app, msg.TemplateID, data)
+	switch {
+	case err != nil:
+		s.metrics.TemplateChecks.WithLabelValues(app, "skipped").Inc()
+		s.log.Warn("template list unavailable; accepting without validation", "app", app, "err", err)
+		return nil
+	case p != nil:
+		s.metrics.TemplateChecks.WithLabelValues(app, "rejected").Inc()
+		return badField(p.Field, p.Code, p.Message)
+	}
+	s.metrics.TemplateChecks.WithLabelValues(app, "ok").Inc()
+	return nil
+}
+
+// session returns a template-check session for one request, or nil.
+func (s *Server) session() *templates.Session {
+	if s.templates == nil {
+		return nil
+	}
+	return s.templates.Session()
 }
 
 func parseTime(field, v string) (time.Time, *apiError) {
@@ -286,7 +324,7 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	m, e := s.parseMessage(body, s.now())
+	m, e := s.parseMessage(r.Context(), body, s.now(), s.session())
 	if e != nil {
 		writeError(w, e)
 		return

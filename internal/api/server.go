@@ -18,6 +18,7 @@ import (
 	"github.com/wxpush/wxpush/internal/idempotency"
 	"github.com/wxpush/wxpush/internal/metrics"
 	"github.com/wxpush/wxpush/internal/secret"
+	"github.com/wxpush/wxpush/internal/templates"
 	"github.com/wxpush/wxpush/internal/wechat"
 )
 
@@ -46,8 +47,8 @@ type Idempotency interface {
 	Abort(ctx context.Context, c *idempotency.Claim) error
 }
 
-// CallbackApp is what the API needs to know of an app.
-type CallbackApp struct {
+// App is what the API needs to know of an app.
+type App struct {
 	Name  string
 	AppID string // checked inside encrypted envelopes
 	// Token signs callbacks; PreviousToken is still accepted during a rotation.
@@ -58,6 +59,16 @@ type CallbackApp struct {
 	// MaxBacklog: refuse new messages (429) while the app has this many
 	// unfinished ones; 0 = no limit.
 	MaxBacklog int
+	// ValidateTemplates checks a message's data against the app's template
+	// before accepting it (when Deps.Templates is set).
+	ValidateTemplates bool
+}
+
+// Templates checks messages against the apps' templates and lists them;
+// *templates.Cache provides it.
+type Templates interface {
+	Session() *templates.Session
+	List(ctx context.Context, app string) ([]wechat.Template, error)
 }
 
 // Deps are the Server's collaborators. Ready reports whether the process can serve
@@ -66,7 +77,8 @@ type Deps struct {
 	Submit     Submitter
 	Messages   Messages
 	Idem       Idempotency // nil: Idempotency-Key is refused
-	Apps       []CallbackApp
+	Templates  Templates   // nil: no template validation or listing
+	Apps       []App
 	DefaultApp string
 	APIKeys    []secret.Value
 	Metrics    *metrics.Metrics
@@ -81,7 +93,8 @@ type Server struct {
 	submit     Submitter
 	messages   Messages
 	idem       Idempotency
-	apps       map[string]CallbackApp
+	templates  Templates
+	apps       map[string]App
 	defaultApp string
 	apiKeys    []secret.Value
 	metrics    *metrics.Metrics
@@ -93,7 +106,7 @@ type Server struct {
 
 // New returns a Server.
 func New(d Deps) *Server {
-	s := &Server{submit: d.Submit, messages: d.Messages, idem: d.Idem, apps: map[string]CallbackApp{},
+	s := &Server{submit: d.Submit, messages: d.Messages, idem: d.Idem, templates: d.Templates, apps: map[string]App{},
 		defaultApp: d.DefaultApp, apiKeys: d.APIKeys, metrics: d.Metrics, gatherer: d.Gatherer,
 		log: d.Logger, ready: d.Ready, now: d.Now}
 	for _, a := range d.Apps {
@@ -123,6 +136,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("DELETE /v1/messages/{id}", s.auth(http.HandlerFunc(s.handleCancel)))
 	mux.Handle("POST /v1/messages/{id}/retry", s.auth(http.HandlerFunc(s.handleRetry)))
 	mux.Handle("POST /v1/apps/{app}/resume", s.auth(http.HandlerFunc(s.handleResume)))
+	mux.Handle("GET /v1/apps/{app}/templates", s.auth(http.HandlerFunc(s.handleTemplates)))
 	mux.HandleFunc("GET /wechat/callback/{app}", s.handleVerify)
 	mux.HandleFunc("POST /wechat/callback/{app}", s.handleCallback)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))

@@ -80,7 +80,7 @@ func setup(t *testing.T, opts ...func(*api.Deps)) *bundle {
 			asynq.NewInspectorFromRedisClient(rdb), 10),
 		Messages: store,
 		Idem:     idempotency.New(rdb, 0),
-		Apps: []api.CallbackApp{
+		Apps: []api.App{
 			{Name: "default", Token: secret.Value(defaultToken)},
 			{Name: "shop", Token: secret.Value(shopToken)},
 		},

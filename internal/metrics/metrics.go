@@ -35,6 +35,9 @@ type Metrics struct {
 	RateLimitWaited *prometheus.CounterVec
 	// ConfigErrors counts configuration errors from WeChat that stopped an app.
 	ConfigErrors *prometheus.CounterVec
+	// TemplateChecks counts template validations at enqueue: ok, rejected, or
+	// skipped (the list was unavailable; the message was accepted unchecked).
+	TemplateChecks *prometheus.CounterVec
 }
 
 // Labels lists the known label values to initialise.
@@ -98,7 +101,11 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 		Name: "wxpush_app_config_errors_total",
 		Help: "WeChat configuration errors (wrong secret, IP not whitelisted, API not authorised) that stopped the app's sending.",
 	}, []string{"app"})
-	reg.MustRegister(m.ConfigErrors, m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
+	m.TemplateChecks = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wxpush_template_checks_total",
+		Help: "Template validations of enqueued messages: ok, rejected, or skipped because the template list was unavailable.",
+	}, []string{"app", "result"})
+	reg.MustRegister(m.TemplateChecks, m.ConfigErrors, m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
 		m.TokenFetches, m.RetriesWaited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector())
@@ -106,6 +113,9 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 	for _, app := range l.Apps {
 		m.Enqueued.WithLabelValues(app)
 		m.ConfigErrors.WithLabelValues(app)
+		for _, r := range []string{"ok", "rejected", "skipped"} {
+			m.TemplateChecks.WithLabelValues(app, r)
+		}
 		for _, scope := range []string{"app", "recipient"} {
 			m.RateLimitWaits.WithLabelValues(app, scope)
 			m.RateLimitWaited.WithLabelValues(app, scope)

@@ -25,7 +25,7 @@ func TestHighPriorityOvertakesBacklog(t *testing.T) {
 	for b := 0; b < backlog/1000; b++ {
 		bodies := make([]string, 1000)
 		for i := range bodies {
-			bodies[i] = fmt.Sprintf(`{"touser":"low_%d_%d","template_id":"T1","priority":"low","data":{"k":{"value":"v"}}}`, b, i)
+			bodies[i] = fmt.Sprintf(`{"touser":"low_%d_%d","template_id":"T1","priority":"low","data":{"thing1":{"value":"v"}}}`, b, i)
 		}
 		wg.Add(1)
 		go func() { defer wg.Done(); servicetest.PostBatch(t, c.API, bodies) }()
@@ -40,7 +40,7 @@ func TestHighPriorityOvertakesBacklog(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	start := time.Now()
-	id := servicetest.PostMessage(t, c.API, `{"touser":"vip","template_id":"T1","priority":"high","data":{"k":{"value":"v"}}}`)
+	id := servicetest.PostMessage(t, c.API, `{"touser":"vip","template_id":"T1","priority":"high","data":{"thing1":{"value":"v"}}}`)
 	for {
 		m := servicetest.GetMessage(t, c.API, id)
 		if m.State == "sent" || m.State == "delivered" {
@@ -122,7 +122,7 @@ func TestCancelRace(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			time.Sleep(time.Duration(i%20) * 5 * time.Millisecond) // spread over the sending window
-			codes[i], _ = servicetest.Do(t, http.MethodDelete, c.API+"/v1/messages/"+id)
+			codes[i], _ = servicetest.Do(t, http.MethodDelete, c.API+"/v1/messages/"+id, "")
 		}()
 	}
 	wg.Wait()
@@ -159,7 +159,7 @@ func TestExpiryDuringRetries(t *testing.T) {
 	t.Parallel()
 	c := servicetest.Start(t, servicetest.Options{Workers: 1, Rules: "exp_*=system_busy, *=success"})
 	expireAt := time.Now().Add(1500 * time.Millisecond).UTC().Format(time.RFC3339Nano)
-	id := servicetest.PostMessage(t, c.API, fmt.Sprintf(`{"touser":"exp_1","template_id":"T1","expire_at":%q,"data":{"k":{"value":"v"}}}`, expireAt))
+	id := servicetest.PostMessage(t, c.API, fmt.Sprintf(`{"touser":"exp_1","template_id":"T1","expire_at":%q,"data":{"thing1":{"value":"v"}}}`, expireAt))
 	m := servicetest.WaitFinal(t, c.API, id, 30*time.Second)
 	if m.State != "expired" {
 		t.Fatalf("state = %s, want expired", m.State)
@@ -182,7 +182,7 @@ func TestDeadListAndRetry(t *testing.T) {
 	if m := servicetest.WaitFinal(t, c.API, id, 30*time.Second); m.State != "dead" || m.Attempts != 3 {
 		t.Fatalf("message = %+v, want dead after 3 attempts", m)
 	}
-	code, body := servicetest.Do(t, http.MethodGet, c.API+"/v1/messages?state=dead&app=default&limit=10")
+	code, body := servicetest.Do(t, http.MethodGet, c.API+"/v1/messages?state=dead&app=default&limit=10", "")
 	var list struct {
 		Messages []struct{ ID string }
 		Total    int
@@ -190,7 +190,7 @@ func TestDeadListAndRetry(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &list); code != http.StatusOK || err != nil || list.Total != 1 || list.Messages[0].ID != id {
 		t.Fatalf("dead list = %d %s", code, body)
 	}
-	if code, body := servicetest.Do(t, http.MethodPost, c.API+"/v1/messages/"+id+"/retry"); code != http.StatusAccepted {
+	if code, body := servicetest.Do(t, http.MethodPost, c.API+"/v1/messages/"+id+"/retry", ""); code != http.StatusAccepted {
 		t.Fatalf("retry = %d %s", code, body)
 	}
 	if m := servicetest.WaitFinal(t, c.API, id, 30*time.Second); m.State != "delivered" {
@@ -199,7 +199,7 @@ func TestDeadListAndRetry(t *testing.T) {
 	if p := c.Sim.Pair("dead_1", id); p.Requests != 4 || p.Accepted != 1 {
 		t.Errorf("simulator pair = %+v, want 4 requests with the same client_msg_id, 1 accepted", p)
 	}
-	if code, _ := servicetest.Do(t, http.MethodPost, c.API+"/v1/messages/"+id+"/retry"); code != http.StatusConflict {
+	if code, _ := servicetest.Do(t, http.MethodPost, c.API+"/v1/messages/"+id+"/retry", ""); code != http.StatusConflict {
 		t.Errorf("retry of a delivered message = %d, want 409", code)
 	}
 }
@@ -232,7 +232,7 @@ func TestQuotaParkAndResume(t *testing.T) {
 	if v := servicetest.SumSeries(t, c.Scrape[1:], `wxpush_send_attempts_total{app="default",result="quota"}`); v != 1 {
 		t.Errorf("quota attempts = %v, want 1", v)
 	}
-	code, body := servicetest.Do(t, http.MethodPost, c.API+"/v1/apps/default/resume")
+	code, body := servicetest.Do(t, http.MethodPost, c.API+"/v1/apps/default/resume", "")
 	if code != http.StatusOK || !strings.Contains(body, `"resumed":true`) {
 		t.Fatalf("resume = %d %s", code, body)
 	}
@@ -241,7 +241,61 @@ func TestQuotaParkAndResume(t *testing.T) {
 			t.Errorf("%s after resume = %+v, want delivered", id, m)
 		}
 	}
-	if code, _ := servicetest.Do(t, http.MethodPost, c.API+"/v1/apps/nope/resume"); code != http.StatusNotFound {
+	if code, _ := servicetest.Do(t, http.MethodPost, c.API+"/v1/apps/nope/resume", ""); code != http.StatusNotFound {
 		t.Errorf("resume of an unknown app = %d, want 404", code)
+	}
+}
+
+// TestTemplateValidation: the enqueuer checks a message against the app's
+// templates (fetched from WeChat and cached in Redis) and refuses, before
+// WeChat would answer 40037/47003, an unknown template, wrong keys or a value
+// over its category limit; GET /v1/apps/{app}/templates lists them.
+func TestTemplateValidation(t *testing.T) {
+	t.Parallel()
+	c := servicetest.Start(t, servicetest.Options{Workers: 1})
+	tests := []struct {
+		name, body, field, code string
+	}{
+		{"unknown template", `{"touser":"u","template_id":"T9","data":{"thing1":{"value":"v"}}}`, "template_id", "unknown_template"},
+		{"missing key", `{"touser":"u","template_id":"T1","data":{"thing2":{"value":"v"}}}`, "data", "missing_keys"},
+		{"thing over 20 characters", `{"touser":"u","template_id":"T1","data":{"thing1":{"value":"一二三四五六七八九十一二三四五六七八九十一"}}}`, "data.thing1.value", "value_too_long"},
+	}
+	for _, tt := range tests {
+		code, body := servicetest.Do(t, http.MethodPost, c.API+"/v1/messages", tt.body)
+		var e struct{ Error struct{ Code, Field string } }
+		json.Unmarshal([]byte(body), &e)
+		if code != http.StatusBadRequest || e.Error.Code != tt.code || e.Error.Field != tt.field {
+			t.Errorf("%s: %d %s; want 400 %s on %s", tt.name, code, body, tt.code, tt.field)
+		}
+	}
+	if st := c.Sim.Stats(); st.SendRequests != 0 {
+		t.Errorf("refused messages reached WeChat: %d sends", st.SendRequests)
+	}
+	id := servicetest.PostMessage(t, c.API, servicetest.MessageBody("tpl_ok"))
+	if m := servicetest.WaitFinal(t, c.API, id, 20*time.Second); m.State != "delivered" {
+		t.Errorf("valid message = %+v", m)
+	}
+	code, body := servicetest.Do(t, http.MethodGet, c.API+"/v1/apps/default/templates", "")
+	if code != http.StatusOK || !strings.Contains(body, `"template_id":"T1"`) {
+		t.Errorf("templates = %d %s", code, body)
+	}
+	if got := servicetest.SumSeries(t, c.Scrape, `wxpush_template_checks_total{app="default",result="rejected"}`); got != 3 {
+		t.Errorf("rejected template checks = %v, want 3", got)
+	}
+}
+
+// TestTemplateValidationFailsOpen: when the template list cannot be fetched, a
+// message is accepted unchecked (counted as skipped), and WeChat's own answer
+// settles it.
+func TestTemplateValidationFailsOpen(t *testing.T) {
+	t.Parallel()
+	c := servicetest.Start(t, servicetest.Options{Workers: 1})
+	c.FailTemplates.Store(true)
+	id := servicetest.PostMessage(t, c.API, servicetest.MessageBody("open_1"))
+	if m := servicetest.WaitFinal(t, c.API, id, 20*time.Second); m.State != "delivered" {
+		t.Errorf("message = %+v, want delivered", m)
+	}
+	if got := servicetest.SumSeries(t, c.Scrape, `wxpush_template_checks_total{app="default",result="skipped"}`); got != 1 {
+		t.Errorf("skipped template checks = %v, want 1", got)
 	}
 }

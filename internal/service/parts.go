@@ -24,6 +24,7 @@ import (
 	"github.com/wxpush/wxpush/internal/metrics"
 	"github.com/wxpush/wxpush/internal/redisconn"
 	"github.com/wxpush/wxpush/internal/tasks"
+	"github.com/wxpush/wxpush/internal/templates"
 	"github.com/wxpush/wxpush/internal/wechat"
 )
 
@@ -35,6 +36,9 @@ type parts struct {
 	reg     *prometheus.Registry
 	metrics *metrics.Metrics
 	store   *delivery.Store
+	client  *wechat.Client
+	tokens  *wechat.TokenStore
+	tpl     *templates.Cache
 }
 
 func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *parts {
@@ -56,7 +60,35 @@ func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *p
 		Retention: cfg.Retention, ConfirmTimeout: cfg.ConfirmTimeout, CallbackHold: cfg.CallbackHold,
 	})
 	reg.MustRegister(metrics.NewClusterCollector(store, cfg.AppNames()))
-	return &parts{cfg: cfg, log: log, rdb: rdb, reg: reg, metrics: m, store: store}
+	p := &parts{cfg: cfg, log: log, rdb: rdb, reg: reg, metrics: m, store: store}
+	p.client = p.wechatClient()
+	p.tokens = wechat.NewTokenStore(rdb, p.client, wechat.TokenStoreConfig{
+		OnFetch: func(app string, err error) { m.TokenFetches.WithLabelValues(app, resultOf(err)).Inc() },
+	})
+	p.tpl = templates.New(rdb, p.fetchTemplates, templates.Config{})
+	return p
+}
+
+// fetchTemplates lists an app's templates with its shared token; a token error
+// refreshes the token once, as a send does.
+func (p *parts) fetchTemplates(ctx context.Context, app string) ([]wechat.Template, error) {
+	cred, ok := credentials(p.cfg)(app)
+	if !ok {
+		return nil, fmt.Errorf("app %q is not configured", app)
+	}
+	for try := 0; ; try++ {
+		tok, err := p.tokens.Token(ctx, cred)
+		if err != nil {
+			return nil, err
+		}
+		list, err := p.client.PrivateTemplates(ctx, tok)
+		if err == nil || wechat.ClassOfError(err) != wechat.ClassToken || try > 0 {
+			return list, err
+		}
+		if err := p.tokens.Invalidate(ctx, app, tok); err != nil {
+			return nil, err
+		}
+	}
 }
 
 func loadConfig(getenv func(string) string, stderr io.Writer) (config.Config, *slog.Logger, error) {
@@ -69,9 +101,10 @@ func loadConfig(getenv func(string) string, stderr io.Writer) (config.Config, *s
 
 // apiHandler builds the enqueuer's HTTP API.
 func (p *parts) apiHandler() (http.Handler, error) {
-	apps := make([]api.CallbackApp, len(p.cfg.Apps))
+	apps := make([]api.App, len(p.cfg.Apps))
 	for i, a := range p.cfg.Apps {
-		apps[i] = api.CallbackApp{Name: a.Name, AppID: a.AppID, Token: a.Token, PreviousToken: a.PreviousToken, MaxBacklog: a.MaxBacklog}
+		apps[i] = api.App{Name: a.Name, AppID: a.AppID, Token: a.Token, PreviousToken: a.PreviousToken,
+			MaxBacklog: a.MaxBacklog, ValidateTemplates: a.ValidateTemplates}
 		if a.AESKey.IsZero() {
 			continue
 		}
@@ -93,6 +126,7 @@ func (p *parts) apiHandler() (http.Handler, error) {
 		Submit:     tasks.NewSubmitter(p.store, queue, asynq.NewInspectorFromRedisClient(p.rdb), p.cfg.MaxAttempts),
 		Messages:   p.store,
 		Idem:       idempotency.New(p.rdb, p.cfg.IdempotencyWindow),
+		Templates:  p.tpl,
 		Apps:       apps,
 		DefaultApp: config.DefaultApp,
 		APIKeys:    p.cfg.APIKeys,

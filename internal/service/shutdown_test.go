@@ -21,8 +21,9 @@ func TestWorkerDrainsOnShutdown(t *testing.T) {
 	t.Parallel()
 	redis := redistest.Start(t)
 	sim, err := wechatsim.New(wechatsim.Config{
-		Apps:    []wechatsim.App{{AppID: servicetest.AppID, Secret: servicetest.Secret, Token: servicetest.Token}},
-		Latency: 700 * time.Millisecond,
+		Apps:      []wechatsim.App{{AppID: servicetest.AppID, Secret: servicetest.Secret, Token: servicetest.Token}},
+		Templates: []wechatsim.Template{{AppID: servicetest.AppID, TemplateID: "T1", Content: "{{thing1.DATA}}"}},
+		Latency:   700 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)

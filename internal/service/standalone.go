@@ -53,7 +53,7 @@ func runStandalone(ctx context.Context, cfg config.Config, log *slog.Logger, std
 	if len(cfg.Apps) == 0 {
 		cfg.Apps = []config.App{{
 			Name: config.DefaultApp, AppID: "wxsim" + randomHex(6),
-			Secret: secret.Value(randomHex(16)), Token: secret.Value(randomHex(8)),
+			Secret: secret.Value(randomHex(16)), Token: secret.Value(randomHex(8)), ValidateTemplates: true,
 		}}
 	}
 	simNote := "WeChat API: " + cfg.WeChatAPIBase

@@ -26,12 +26,8 @@ const forwardInterval = 200 * time.Millisecond
 // runWorker runs the asynq server and the unconfirmed sweeper until ctx is done,
 // then drains in-flight sends for up to cfg.ShutdownTimeout.
 func (p *parts) runWorker(ctx context.Context) error {
-	client := p.wechatClient()
-	tokens := wechat.NewTokenStore(p.rdb, client, wechat.TokenStoreConfig{
-		OnFetch: func(app string, err error) { p.metrics.TokenFetches.WithLabelValues(app, resultOf(err)).Inc() },
-	})
 	handler := tasks.NewHandler(tasks.HandlerDeps{
-		Store: p.store, Sender: client, Tokens: tokens, Apps: credentials(p.cfg),
+		Store: p.store, Sender: p.client, Tokens: p.tokens, Apps: credentials(p.cfg), Templates: p.tpl,
 		Limiter: ratelimit.New(p.rdb, maxInlineWait), Limits: limits(p.cfg),
 		Metrics: p.metrics, Logger: p.log,
 	})

@@ -16,6 +16,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -215,9 +216,16 @@ func PostBatch(t testing.TB, api string, bodies []string) []string {
 	return ids
 }
 
-func Do(t testing.TB, method, url string) (int, string) {
+func Do(t testing.TB, method, url, body string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(method, url, nil)
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, _ := http.NewRequest(method, url, rd)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -253,6 +261,8 @@ type Cluster struct {
 	workers int
 	sendsMu sync.Mutex
 	sends   []time.Time // when the simulator received each template send
+	// FailTemplates makes the simulator's template list answer HTTP 500.
+	FailTemplates atomic.Bool
 }
 
 // Start runs a deployment until the test ends.
@@ -262,7 +272,10 @@ func Start(t testing.TB, o Options) *Cluster {
 	apiAddr := FreeAddr(t)
 	c.API = "http://" + apiAddr
 	cfg := wechatsim.Config{
-		Apps:          []wechatsim.App{{AppID: AppID, Secret: Secret, Token: Token, AESKey: o.AESKey, CallbackURL: c.API + "/wechat/callback/default"}},
+		Apps: []wechatsim.App{{AppID: AppID, Secret: Secret, Token: Token, AESKey: o.AESKey, CallbackURL: c.API + "/wechat/callback/default"}},
+		// The one template every test message uses (MessageBody), so that the
+		// enqueuer's template validation and the simulator agree.
+		Templates:     []wechatsim.Template{{AppID: AppID, TemplateID: "T1", Title: "发货通知", Content: "{{thing1.DATA}}"}},
 		CallbackDelay: 50 * time.Millisecond,
 		Latency:       o.Latency,
 	}
@@ -282,6 +295,10 @@ func Start(t testing.TB, o Options) *Cluster {
 	}
 	c.Sim = sim
 	simSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/cgi-bin/template/get_all_private_template" && c.FailTemplates.Load() {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
 		if r.URL.Path == "/cgi-bin/message/template/send" {
 			c.sendsMu.Lock()
 			c.sends = append(c.sends, time.Now())

@@ -31,6 +31,11 @@ type Limiter interface {
 	Wait(ctx context.Context, key string, lim ratelimit.Limit) (deferFor, waited time.Duration, err error)
 }
 
+// TemplateCache forgets an app's template list; *templates.Cache provides it.
+type TemplateCache interface {
+	Invalidate(ctx context.Context, app string) error
+}
+
 // Limits returns an app's send rate and per-recipient limit; zero Limits are off.
 type Limits func(app string) (perApp, perRecipient ratelimit.Limit)
 
@@ -63,6 +68,7 @@ type Handler struct {
 	apps    Apps
 	limiter Limiter
 	limits  Limits
+	tpl     TemplateCache
 	metrics *metrics.Metrics
 	log     *slog.Logger
 	now     func() time.Time
@@ -78,9 +84,12 @@ type HandlerDeps struct {
 	// Limiter and Limits apply rate limits; nil Limits means no limits.
 	Limiter Limiter
 	Limits  Limits
-	Metrics *metrics.Metrics
-	Logger  *slog.Logger
-	Now     func() time.Time
+	// Templates, when set, is told when WeChat says a template id is invalid
+	// (40037): the app's template set changed.
+	Templates TemplateCache
+	Metrics   *metrics.Metrics
+	Logger    *slog.Logger
+	Now       func() time.Time
 	// Retries reports how many failed attempts the task has had and its budget;
 	// nil reads them from asynq's task context.
 	Retries func(ctx context.Context) (retried, max int)
@@ -98,7 +107,7 @@ func NewHandler(d HandlerDeps) *Handler {
 		d.Limits = func(string) (ratelimit.Limit, ratelimit.Limit) { return ratelimit.Limit{}, ratelimit.Limit{} }
 	}
 	return &Handler{store: d.Store, sender: d.Sender, tokens: d.Tokens, apps: d.Apps,
-		limiter: d.Limiter, limits: d.Limits, metrics: d.Metrics, log: d.Logger, now: d.Now, retries: d.Retries}
+		limiter: d.Limiter, limits: d.Limits, tpl: d.Templates, metrics: d.Metrics, log: d.Logger, now: d.Now, retries: d.Retries}
 }
 
 func asynqRetries(ctx context.Context) (int, int) {
@@ -175,6 +184,12 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	class := wechat.ClassOfError(err)
 	h.metrics.Attempts.WithLabelValues(a.App, class.String()).Inc()
 	if class == wechat.ClassPermanent {
+		var apiErr *wechat.APIError
+		if h.tpl != nil && errors.As(err, &apiErr) && apiErr.Code == 40037 {
+			if ierr := h.tpl.Invalidate(ctx, a.App); ierr != nil {
+				log.Warn("could not invalidate the template cache", "err", ierr)
+			}
+		}
 		return h.settle(ctx, log, p.ID, a.App, delivery.StateRejected, errorInfo(err))
 	}
 	return h.failed(ctx, log, p.ID, a.App, class, err)

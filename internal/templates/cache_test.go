@@ -538,3 +538,48 @@ func TestCheckFailsOpen(t *testing.T) {
 		})
 	}
 }
+
+// TestSessionReadsOnce: a session checks many messages with one Redis read of
+// the list per app, and gives the same answers as Cache.Check.
+func TestSessionReadsOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c := b.cache(templates.Config{})
+	ctx := context.Background()
+	mustList(t, c)
+	var reads atomic.Int64
+	b.rdb.AddHook(countGets{&reads})
+	sess := c.Session()
+	good := map[string]string{"thing1": "年度体检", "time2": "2024-06-07 19:24", "name3": "黄先生"}
+	for i := 0; i < 50; i++ {
+		p, err := sess.Check(ctx, testApp, categoryID, good)
+		if err != nil || p != nil {
+			t.Fatalf("Session.Check(good) = %+v, %v", p, err)
+		}
+	}
+	if n := reads.Load(); n != 1 {
+		t.Errorf("50 checks read Redis %d times, want 1", n)
+	}
+	bad := map[string]string{"thing1": "x", "time2": "y", "name3": "z", "nope": "x"}
+	want, _ := c.Check(ctx, testApp, categoryID, bad)
+	got, _ := sess.Check(ctx, testApp, categoryID, bad)
+	if want == nil || got == nil || *got != *want {
+		t.Errorf("Session.Check = %+v, Cache.Check = %+v; want the same problem", got, want)
+	}
+	b.wantLists(t, 1)
+}
+
+type countGets struct{ n *atomic.Int64 }
+
+func (countGets) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h countGets) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if cmd.Name() == "get" || cmd.Name() == "mget" {
+			h.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (countGets) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
