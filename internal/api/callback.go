@@ -2,6 +2,7 @@ package api
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/wxpush/wxpush/internal/delivery"
@@ -20,7 +21,8 @@ const (
 
 // CallbackEvents and CallbackOutcomes are the label values to initialise.
 var (
-	CallbackEvents   = []string{wechat.EventTemplateSendJobFinish, eventOther}
+	CallbackEvents = []string{wechat.EventTemplateSendJobFinish, wechat.EventSubscribeMsgSent,
+		wechat.EventSubscribeMsgPopup, wechat.EventSubscribeMsgChange, eventOther}
 	CallbackOutcomes = []string{string(delivery.CallbackApplied), string(delivery.CallbackHeld),
 		string(delivery.CallbackDuplicate), string(delivery.CallbackLate), string(delivery.CallbackUnknown),
 		outcomeIgnored, outcomeUnrecognised}
@@ -184,30 +186,49 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, app.Name, rejectMalformed, &apiError{Status: http.StatusBadRequest, Code: "malformed_xml", Message: "the body is not a WeChat event XML document"})
 		return
 	}
-	if ev.Event != wechat.EventTemplateSendJobFinish {
+	switch ev.Event {
+	case wechat.EventTemplateSendJobFinish:
+		to, known := deliveryStates[wechat.ParseDeliveryStatus(ev.Status)]
+		if !known {
+			s.log.Warn("unrecognised template result status; left unchanged", "app", app.Name, "wechat_msgid", ev.MsgID, "status", ev.Status)
+			s.metrics.Callbacks.WithLabelValues(app.Name, ev.Event, outcomeUnrecognised).Inc()
+			break
+		}
+		if !s.applyResult(w, r, app.Name, ev.Event, ev.MsgID, to, ev.Status) {
+			return
+		}
+	case wechat.EventSubscribeMsgSent:
+		for _, res := range ev.SubscribeSent {
+			raw := fmt.Sprintf("%d %s", res.ErrorCode, res.ErrorStatus)
+			if !s.applyResult(w, r, app.Name, ev.Event, res.MsgID, deliveryStates[res.SubscribeDelivery()], raw) {
+				return
+			}
+		}
+	case wechat.EventSubscribeMsgPopup, wechat.EventSubscribeMsgChange:
+		// A user accepted or rejected a subscription: nothing to settle.
+		s.metrics.Callbacks.WithLabelValues(app.Name, ev.Event, outcomeIgnored).Inc()
+	default:
 		s.metrics.Callbacks.WithLabelValues(app.Name, eventOther, outcomeIgnored).Inc()
-		writeSuccess(w)
-		return
 	}
-	to, known := deliveryStates[wechat.ParseDeliveryStatus(ev.Status)]
-	if !known {
-		s.log.Warn("unrecognised template result status; left unchanged", "app", app.Name, "wechat_msgid", ev.MsgID, "status", ev.Status)
-		s.metrics.Callbacks.WithLabelValues(app.Name, ev.Event, outcomeUnrecognised).Inc()
-		writeSuccess(w)
-		return
-	}
-	res, err := s.messages.ApplyCallback(r.Context(), app.Name, ev.MsgID, to, ev.Status)
-	if err != nil {
-		s.log.Error("could not apply callback", "app", app.Name, "wechat_msgid", ev.MsgID, "err", err)
-		writeError(w, errStorage)
-		return
-	}
-	s.metrics.Callbacks.WithLabelValues(app.Name, ev.Event, string(res.Outcome)).Inc()
-	if res.Outcome == delivery.CallbackApplied {
-		s.metrics.Finished.WithLabelValues(app.Name, string(to)).Inc()
-	}
-	s.log.Info("template result", "app", app.Name, "msg_id", res.ID, "wechat_msgid", ev.MsgID, "status", ev.Status, "outcome", res.Outcome)
 	writeSuccess(w)
+}
+
+// applyResult settles the message WeChat reports on; it writes a 503 and
+// returns false when Redis fails, so that WeChat tries again (the store makes
+// the retry idempotent).
+func (s *Server) applyResult(w http.ResponseWriter, r *http.Request, app, event, msgID string, to delivery.State, raw string) bool {
+	res, err := s.messages.ApplyCallback(r.Context(), app, msgID, to, raw)
+	if err != nil {
+		s.log.Error("could not apply callback", "app", app, "wechat_msgid", msgID, "err", err)
+		writeError(w, errStorage)
+		return false
+	}
+	s.metrics.Callbacks.WithLabelValues(app, event, string(res.Outcome)).Inc()
+	if res.Outcome == delivery.CallbackApplied {
+		s.metrics.Finished.WithLabelValues(app, string(to)).Inc()
+	}
+	s.log.Info("delivery result", "app", app, "event", event, "msg_id", res.ID, "wechat_msgid", msgID, "status", raw, "outcome", res.Outcome)
+	return true
 }
 
 func writeSuccess(w http.ResponseWriter) {

@@ -234,6 +234,7 @@ type listReply struct {
 	Messages []struct {
 		ID        string `json:"id"`
 		App       string `json:"app"`
+		Kind      string `json:"kind"`
 		State     string `json:"state"`
 		Attempts  int    `json:"attempts"`
 		LastError *struct {

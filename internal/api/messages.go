@@ -40,7 +40,15 @@ type messageRequest struct {
 	ExpireAt    string                     `json:"expire_at"`
 	TTL         json.RawMessage            `json:"ttl"`
 	Priority    string                     `json:"priority"`
+	Kind        string                     `json:"kind"` // "template" (default) or "subscribe"
+	Page        string                     `json:"page"` // subscribe messages: the page opened on tap
 }
+
+// Message kinds.
+const (
+	kindTemplate  = "template"
+	kindSubscribe = tasks.KindSubscribe
+)
 
 type miniProgramRequest struct {
 	AppID    string `json:"appid"`
@@ -202,8 +210,26 @@ func (s *Server) parseMessage(ctx context.Context, b []byte, now time.Time, sess
 	if !ok {
 		return delivery.NewMessage{}, badField("priority", "invalid_priority", "priority must be high, normal or low")
 	}
+	var body any = &msg
+	switch req.Kind {
+	case "", kindTemplate:
+		if req.Page != "" {
+			return delivery.NewMessage{}, badField("page", "not_for_kind", "page is for subscribe messages; template messages take url or miniprogram")
+		}
+	case kindSubscribe:
+		sub, e := subscribeBody(&req, &msg)
+		if e != nil {
+			return delivery.NewMessage{}, e
+		}
+		body = sub
+	default:
+		return delivery.NewMessage{}, badField("kind", "invalid_kind", "kind must be template or subscribe")
+	}
 	m := delivery.NewMessage{ID: ulid.Make().String(), App: req.App, To: req.ToUser, Queue: queue,
 		MaxBacklog: s.apps[req.App].MaxBacklog}
+	if req.Kind == kindSubscribe {
+		m.Kind = kindSubscribe
+	}
 	var e *apiError
 	if m.SendAt, e = parseTime("send_at", req.SendAt); e != nil {
 		return m, e
@@ -231,11 +257,34 @@ func (s *Server) parseMessage(ctx context.Context, b []byte, now time.Time, sess
 	if !m.ExpireAt.IsZero() && !m.SendAt.IsZero() && !m.ExpireAt.After(m.SendAt) {
 		return m, badField("expire_at", "before_send_at", "expire_at must be after send_at")
 	}
-	if e := s.checkTemplate(ctx, sess, req.App, &msg); e != nil {
-		return m, e
+	if m.Kind == "" {
+		// Subscribe templates are another set (not in get_all_private_template).
+		if e := s.checkTemplate(ctx, sess, req.App, &msg); e != nil {
+			return m, e
+		}
 	}
-	m.Body, _ = json.Marshal(&msg) // strings and maps of strings cannot fail
+	m.Body, _ = json.Marshal(body) // strings and maps of strings cannot fail
 	return m, nil
+}
+
+// subscribeBody turns a validated request into a bizsend body. Subscribe
+// messages carry values only: colours and url are template-message fields.
+func subscribeBody(req *messageRequest, msg *wechat.TemplateMessage) (*wechat.SubscribeMessage, *apiError) {
+	switch {
+	case req.URL != "":
+		return nil, badField("url", "not_for_kind", "subscribe messages open a page (page or miniprogram), not a url")
+	case req.Color != "" || req.TopColor != "":
+		return nil, badField("color", "not_for_kind", "subscribe messages have no colours")
+	}
+	sub := &wechat.SubscribeMessage{ToUser: msg.ToUser, TemplateID: msg.TemplateID, Page: req.Page,
+		MiniProgram: msg.MiniProgram, Data: make(map[string]wechat.SubscribeValue, len(msg.Data))}
+	for k, v := range msg.Data {
+		if v.Color != "" {
+			return nil, badField("data."+k+".color", "not_for_kind", "subscribe messages have no colours")
+		}
+		sub.Data[k] = wechat.SubscribeValue{Value: v.Value}
+	}
+	return sub, nil
 }
 
 // checkTemplate refuses a message WeChat would answer with 40037 or 47003. When

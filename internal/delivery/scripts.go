@@ -46,11 +46,11 @@ return 1`)
 // settles one past its expiry as expired, defers one whose app is parked, and
 // otherwise counts the attempt and marks it in flight (so a cancel cannot race it).
 // KEYS: rec, backlog, parked. ARGV: now, expiry history entry, retention, in-flight deadline.
-// Returns {state, app, body, attempts} to proceed; {state, app} to stop;
+// Returns {state, app, body, attempts, kind} to proceed; {state, app} to stop;
 // {"expired", app, "changed"} when it expired the message; {"parked", app, until};
 // {} when missing.
 var beginScript = redis.NewScript(luaPrelude + `
-local v = redis.call("HMGET", KEYS[1], "state", "app", "body", "expire_ms")
+local v = redis.call("HMGET", KEYS[1], "state", "app", "body", "expire_ms", "kind")
 local st, app = v[1], v[2]
 if not st then return {} end
 if final[st] or st == "sent" then return {st, app} end
@@ -65,7 +65,7 @@ local parked = tonumber(redis.call("ZSCORE", KEYS[3], app))
 if parked and parked > now then return {"parked", app, tostring(parked)} end
 local n = redis.call("HINCRBY", KEYS[1], "attempts", 1)
 redis.call("HSET", KEYS[1], "inflight_ms", ARGV[4])
-return {st, app, v[3], n}`)
+return {st, app, v[3], n, v[5] or ""}`)
 
 // sentScript records WeChat's acceptance: state sent, the msgid and its index, and
 // the confirmation deadline. A callback held for this msgid is applied at once.

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -88,6 +89,7 @@ func NewStore(rdb redis.UniversalClient, cfg Config) *Store {
 type NewMessage struct {
 	ID       string
 	App      string
+	Kind     string // "" (template message) or "subscribe"
 	To       string // the recipient's openid (also in Body), for the task's rate limits
 	Queue    string
 	Body     []byte // the WeChat send body, JSON, without client_msg_id
@@ -153,6 +155,9 @@ func (s *Store) createArgs(m NewMessage) (State, []any) {
 		"app", m.App, "state", string(state), "queue", m.Queue, "body", m.Body,
 		"attempts", 0, "created_ms", now.UnixMilli(),
 		"hist", s.line(now, historyLine{Event: "enqueued", State: state}),
+	}
+	if m.Kind != "" {
+		args = append(args, "kind", m.Kind)
 	}
 	if !m.SendAt.IsZero() {
 		args = append(args, "send_ms", m.SendAt.UnixMilli())
@@ -240,6 +245,7 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 type Attempt struct {
 	State    State
 	App      string
+	Kind     string // "" (template message) or "subscribe"
 	Body     []byte
 	Attempts int  // attempts including this one
 	Proceed  bool // false: the message is sent, final or parked: do not send now
@@ -264,9 +270,10 @@ func (s *Store) Begin(ctx context.Context, id string) (Attempt, error) {
 	}
 	a := Attempt{State: State(str(res, 0)), App: str(res, 1)}
 	switch len(res) {
-	case 4:
+	case 5:
 		a.Body = []byte(str(res, 2))
 		a.Attempts = int(num(res, 3))
+		a.Kind = str(res, 4)
 		a.Proceed = true
 	case 3:
 		if a.State == "parked" {
@@ -422,6 +429,7 @@ func (s *Store) SweepUnconfirmed(ctx context.Context, limit int) ([]Settled, err
 type Message struct {
 	ID          string     `json:"id"`
 	App         string     `json:"app"`
+	Kind        string     `json:"kind"`
 	State       State      `json:"state"`
 	Queue       string     `json:"-"`
 	Body        []byte     `json:"-"` // the WeChat send body`
@@ -447,7 +455,7 @@ func (s *Store) Get(ctx context.Context, id string) (*Message, error) {
 		return nil, ErrNotFound
 	}
 	m := &Message{
-		ID: id, App: h["app"], State: State(h["state"]), Queue: h["queue"], Body: []byte(h["body"]),
+		ID: id, App: h["app"], Kind: cmp.Or(h["kind"], "template"), State: State(h["state"]), Queue: h["queue"], Body: []byte(h["body"]),
 		WeChatMsgID: h["msgid"], Status: h["wx_status"],
 		CreatedAt: msTime(h["created_ms"]), SendAt: optTime(h["send_ms"]), ExpireAt: optTime(h["expire_ms"]),
 		SentAt: optTime(h["sent_ms"]), FinishedAt: optTime(h["finished_ms"]),

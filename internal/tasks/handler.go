@@ -39,9 +39,10 @@ type TemplateCache interface {
 // Limits returns an app's send rate and per-recipient limit; zero Limits are off.
 type Limits func(app string) (perApp, perRecipient ratelimit.Limit)
 
-// Sender sends a template message with an access token.
+// Sender sends template and subscribe messages with an access token.
 type Sender interface {
 	SendTemplate(ctx context.Context, accessToken string, msg *wechat.TemplateMessage) (int64, error)
+	SendSubscribe(ctx context.Context, accessToken string, msg *wechat.SubscribeMessage) (int64, error)
 }
 
 // Tokens hands out the shared access token of an app.
@@ -159,14 +160,13 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if !ok {
 		return h.failed(ctx, log, p.ID, a.App, wechat.ClassConfig, fmt.Errorf("tasks: app %q is not configured", a.App))
 	}
-	var msg wechat.TemplateMessage
-	if err := json.Unmarshal(a.Body, &msg); err != nil {
+	call, toUser, err := h.sendCall(a, p.ID)
+	if err != nil {
 		return h.settle(ctx, log, p.ID, a.App, delivery.StateRejected, &delivery.ErrorInfo{Msg: "stored body is not valid JSON"})
 	}
-	msg.ClientMsgID = p.ID
-	log = log.With("touser", logging.MaskOpenID(msg.ToUser), "attempt", a.Attempts)
+	log = log.With("touser", logging.MaskOpenID(toUser), "attempt", a.Attempts)
 
-	msgID, err := h.send(ctx, cred, &msg)
+	msgID, err := h.send(ctx, cred, call)
 	if err == nil {
 		h.metrics.Attempts.WithLabelValues(a.App, metrics.ResultOK).Inc()
 		tr, err := h.store.MarkSent(ctx, p.ID, a.App, msgID)
@@ -198,13 +198,13 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 // send gets the shared token and sends; a token error invalidates the token (only
 // if it is still the one that failed) and retries once at once, which is not
 // counted as a failed attempt.
-func (h *Handler) send(ctx context.Context, cred wechat.Credentials, msg *wechat.TemplateMessage) (int64, error) {
+func (h *Handler) send(ctx context.Context, cred wechat.Credentials, call sendFunc) (int64, error) {
 	for try := 0; ; try++ {
 		token, err := h.tokens.Token(ctx, cred)
 		if err != nil {
 			return 0, err
 		}
-		id, err := h.sender.SendTemplate(ctx, token, msg)
+		id, err := call(ctx, token)
 		if err == nil || wechat.ClassOfError(err) != wechat.ClassToken || try > 0 {
 			return id, err
 		}
@@ -213,6 +213,31 @@ func (h *Handler) send(ctx context.Context, cred wechat.Credentials, msg *wechat
 		}
 	}
 }
+
+// sendFunc sends one message with an access token.
+type sendFunc func(ctx context.Context, token string) (int64, error)
+
+// sendCall decodes the stored body for the message's kind. A template message
+// carries its id as client_msg_id on every attempt; the subscribe API has no
+// such field.
+func (h *Handler) sendCall(a delivery.Attempt, id string) (sendFunc, string, error) {
+	if a.Kind == KindSubscribe {
+		var sub wechat.SubscribeMessage
+		if err := json.Unmarshal(a.Body, &sub); err != nil {
+			return nil, "", err
+		}
+		return func(ctx context.Context, tok string) (int64, error) { return h.sender.SendSubscribe(ctx, tok, &sub) }, sub.ToUser, nil
+	}
+	var msg wechat.TemplateMessage
+	if err := json.Unmarshal(a.Body, &msg); err != nil {
+		return nil, "", err
+	}
+	msg.ClientMsgID = id
+	return func(ctx context.Context, tok string) (int64, error) { return h.sender.SendTemplate(ctx, tok, &msg) }, msg.ToUser, nil
+}
+
+// KindSubscribe marks a subscribe message (bizsend) in the delivery store.
+const KindSubscribe = "subscribe"
 
 // failed handles an attempt that may be retried: throttling waits without spending
 // the budget; other failures retry with backoff until the budget is spent, then the

@@ -56,6 +56,36 @@ type Event struct {
 	Status string `xml:"Status"`
 	// Encrypt is the base64 ciphertext present in compatible and safe modes.
 	Encrypt string `xml:"Encrypt"`
+	// SubscribeSent lists the results of subscribe_msg_sent_event (one event
+	// may carry several).
+	SubscribeSent []SubscribeResult `xml:"SubscribeMsgSentEvent>List"`
+}
+
+// SubscribeResult is one subscribe message's delivery result.
+type SubscribeResult struct {
+	TemplateID  string `xml:"TemplateId"`
+	MsgID       string `xml:"MsgID"` // canonical decimal, like Event.MsgID
+	ErrorCode   int    `xml:"ErrorCode"`
+	ErrorStatus string `xml:"ErrorStatus"`
+}
+
+// Subscribe message events (wechat-protocol.md §6).
+const (
+	EventSubscribeMsgSent   = "subscribe_msg_sent_event"
+	EventSubscribeMsgPopup  = "subscribe_msg_popup_event"
+	EventSubscribeMsgChange = "subscribe_msg_change_event"
+)
+
+// SubscribeDelivery classifies a subscribe result: ErrorCode 0 is success,
+// 43101 means the user refused (no subscription), anything else a failure.
+func (r SubscribeResult) SubscribeDelivery() DeliveryStatus {
+	switch r.ErrorCode {
+	case 0:
+		return DeliverySuccess
+	case 43101:
+		return DeliveryUserBlock
+	}
+	return DeliverySystemFailed
 }
 
 // EventTemplateSendJobFinish is the Event of a template message delivery result.
@@ -154,6 +184,19 @@ func ParseEvent(body []byte) (*Event, error) {
 		ev.MsgID = strconv.FormatUint(id, 10)
 		if strings.TrimSpace(ev.Status) == "" {
 			return nil, malformed("%s without Status", ev.Event)
+		}
+	}
+	if ev.Event == EventSubscribeMsgSent {
+		if len(ev.SubscribeSent) == 0 {
+			return nil, malformed("%s without results", ev.Event)
+		}
+		for i := range ev.SubscribeSent {
+			r := &ev.SubscribeSent[i]
+			id, err := strconv.ParseUint(strings.TrimSpace(r.MsgID), 10, 64)
+			if err != nil {
+				return nil, malformed("%s List[%d] MsgID %q is not a decimal id", ev.Event, i, r.MsgID)
+			}
+			r.MsgID = strconv.FormatUint(id, 10)
 		}
 	}
 	return &ev, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -172,7 +173,7 @@ func TestParseEventSamples(t *testing.T) {
 				MsgID:        tt.wantMsgID,
 				Status:       tt.wantStatus,
 			}
-			if *ev != want {
+			if !reflect.DeepEqual(*ev, want) {
 				t.Errorf("ParseEvent =\n%+v\nwant\n%+v", *ev, want)
 			}
 			if got := wechat.ParseDeliveryStatus(ev.Status); got != tt.wantClass {
@@ -334,7 +335,7 @@ func TestParseEventAccepts(t *testing.T) {
 			if err != nil {
 				t.Fatalf("ParseEvent(%q): %v", tt.body, err)
 			}
-			if *ev != tt.want {
+			if !reflect.DeepEqual(*ev, tt.want) {
 				t.Errorf("ParseEvent =\n%+v\nwant\n%+v", *ev, tt.want)
 			}
 		})

@@ -22,6 +22,7 @@ const (
 	apiToken        = "token"
 	apiStableToken  = "stable_token"
 	apiTemplateSend = "template/send"
+	apiSubscribe    = "subscribe/bizsend"
 )
 
 // maxReplyBytes bounds a WeChat reply; real ones are a few hundred bytes.
@@ -176,6 +177,33 @@ func (c *Client) SendTemplate(ctx context.Context, accessToken string, msg *Temp
 	var reply sendReply
 	path := "/cgi-bin/message/template/send?access_token=" + url.QueryEscape(accessToken)
 	if err := c.call(ctx, apiTemplateSend, http.MethodPost, path, msg, &reply); err != nil {
+		return 0, err
+	}
+	return reply.id, nil
+}
+
+// SubscribeMessage is the body of a subscribe message send (bizsend,
+// wechat-protocol.md §6): values only, no colours, and no client_msg_id.
+type SubscribeMessage struct {
+	ToUser      string                    `json:"touser"`
+	TemplateID  string                    `json:"template_id"`
+	Page        string                    `json:"page,omitempty"`
+	MiniProgram *MiniProgram              `json:"miniprogram,omitempty"`
+	Data        map[string]SubscribeValue `json:"data"`
+}
+
+// SubscribeValue is one data value of a subscribe message.
+type SubscribeValue struct {
+	Value string `json:"value"`
+}
+
+// SendSubscribe sends a subscribe message. Whether WeChat's reply carries a
+// msgid is not documented: without one it returns 0, and the message cannot be
+// matched to its result event.
+func (c *Client) SendSubscribe(ctx context.Context, accessToken string, msg *SubscribeMessage) (int64, error) {
+	var reply sendReply
+	path := "/cgi-bin/message/subscribe/bizsend?access_token=" + url.QueryEscape(accessToken)
+	if err := c.call(ctx, apiSubscribe, http.MethodPost, path, msg, &reply); err != nil {
 		return 0, err
 	}
 	return reply.id, nil

@@ -163,8 +163,11 @@ func signedURL(target, token, timestamp, nonce, openID string) (string, error) {
 }
 
 // eventXML renders the TEMPLATESENDJOBFINISH event exactly as WeChat does,
-// MsgID with a capital ID.
+// MsgID with a capital ID, or the subscribe_msg_sent_event of a subscribe send.
 func eventXML(originalID string, ev event) string {
+	if ev.sub != nil {
+		return subscribeEventXML(originalID, ev)
+	}
 	return "<xml>\n" +
 		"<ToUserName>" + cdata(originalID) + "</ToUserName>\n" +
 		"<FromUserName>" + cdata(ev.openID) + "</FromUserName>\n" +

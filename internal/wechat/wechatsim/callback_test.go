@@ -29,6 +29,7 @@ func TestOutcomes(t *testing.T) {
 		{outcome: OutcomeCallbackFirst, status: 200, callbacks: []string{"success"}, pushed: 1, accepted: 1},
 		{outcome: OutcomeSystemBusy, status: 200, code: -1, errmsg: "system error rid: "},
 		{outcome: OutcomeNotFollowing, status: 200, code: 43004, errmsg: "require subscribe rid: "},
+		{outcome: OutcomeUserRefused, status: 200, code: 43101, errmsg: "user refuse to accept the msg rid: "},
 		{outcome: OutcomeFrequencyLimit, status: 200, code: 45011},
 		{outcome: OutcomeDailyQuota, status: 200, code: 45009},
 		{outcome: OutcomeTokenInvalid, status: 200, code: 40001},

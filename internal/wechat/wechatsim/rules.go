@@ -10,8 +10,10 @@ import (
 // Outcome is what the simulator does with a valid send.
 type Outcome string
 
-// The outcomes a Rule can choose. Those answered errcode 0 are "accepted";
-// the callback they push (if any) is noted beside each.
+// The outcomes a Rule can choose, for template and subscribe sends alike.
+// Those answered errcode 0 are "accepted"; the callback they push (if any) is
+// noted beside each as the template Status; subscribeResult has the
+// subscribe event's ErrorCode and ErrorStatus.
 const (
 	OutcomeSuccess           Outcome = "success"            // errcode 0; callback Status "success"
 	OutcomeUserBlock         Outcome = "user_block"         // errcode 0; callback Status "failed:user block"
@@ -33,6 +35,10 @@ const (
 	// answers HTTP 500: the "send may have happened" case of a transport error,
 	// which only client_msg_id protects against.
 	OutcomeReplyLost Outcome = "reply_lost"
+	// OutcomeUserRefused answers errcode 43101 "user refuse to accept the
+	// msg": the user never subscribed to the template or refused it, the
+	// everyday refusal of subscribe sends. Nothing is sent.
+	OutcomeUserRefused Outcome = "user_refused"
 )
 
 // outcomes lists every Outcome in the order error messages show them.
@@ -41,6 +47,7 @@ var outcomes = []Outcome{
 	OutcomeDuplicateCallback, OutcomeCallbackFirst, OutcomeSystemBusy,
 	OutcomeNotFollowing, OutcomeFrequencyLimit, OutcomeDailyQuota,
 	OutcomeTokenInvalid, OutcomeHTTP500, OutcomeHang, OutcomeReplyLost,
+	OutcomeUserRefused,
 }
 
 func (o Outcome) valid() bool {

@@ -25,7 +25,9 @@ type sendRequest struct {
 
 type dataValue struct {
 	Value *string `json:"value"`
-	Color string  `json:"color"`
+	// Color is a pointer so that a subscribe send, which takes values only,
+	// can tell a color given from none.
+	Color *string `json:"color"`
 }
 
 type sendBody struct {
@@ -44,12 +46,15 @@ type recentEntry struct {
 	at  time.Time
 }
 
-// event is one result callback to push.
+// event is one result callback to push: a TEMPLATESENDJOBFINISH, or a
+// subscribe_msg_sent_event when sub is set.
 type event struct {
-	appID   string
-	openID  string
-	msgID   int64
+	appID  string
+	openID string
+	msgID  int64
+	// status is the TEMPLATESENDJOBFINISH Status.
 	status  string
+	sub     *subscribeResult
 	copies  int
 	created time.Time
 }
@@ -71,7 +76,7 @@ func (s *Server) handleSend(r *http.Request) reply {
 		s.pair(req.ToUser, req.ClientMsgID).Requests++
 		s.mu.Unlock()
 	}
-	if rep, ok := checkSend(a, &req); !ok {
+	if rep, ok := checkMessage(a, req.ToUser, req.TemplateID, req.Data, false); !ok {
 		return rep
 	}
 
@@ -89,24 +94,37 @@ func (s *Server) handleSend(r *http.Request) reply {
 	}
 	s.mu.Unlock()
 	s.log.Debug("wechatsim: send", "app", a.AppID, "touser", req.ToUser, "client_msg_id", req.ClientMsgID, "outcome", outcome, "msgid", msgID)
+	s.schedule(ev, outcome)
+	return s.outcomeReply(r, outcome, msgID)
+}
 
-	if ev != nil {
-		if outcome == OutcomeCallbackFirst {
-			// The callback, retries included, completes before the sender
-			// learns the msgid: the race receivers must survive.
-			if s.reserve() {
-				s.push(*ev, 0)
-			}
-		} else if s.reserve() {
-			go s.push(*ev, s.callbackDelay)
-		}
+// schedule starts pushing ev, if any, as outcome says: in the background
+// after the callback delay, or for OutcomeCallbackFirst right now.
+func (s *Server) schedule(ev *event, outcome Outcome) {
+	if ev == nil {
+		return
 	}
+	if outcome == OutcomeCallbackFirst {
+		// The callback, retries included, completes before the sender
+		// learns the msgid: the race receivers must survive.
+		if s.reserve() {
+			s.push(*ev, 0)
+		}
+	} else if s.reserve() {
+		go s.push(*ev, s.callbackDelay)
+	}
+}
 
+// outcomeReply is the API reply of a valid send with outcome; msgID is the
+// message's, for the outcomes answered errcode 0.
+func (s *Server) outcomeReply(r *http.Request, outcome Outcome, msgID int64) reply {
 	switch outcome {
 	case OutcomeSystemBusy:
 		return apiError(-1, "system error")
 	case OutcomeNotFollowing:
 		return apiError(43004, "require subscribe")
+	case OutcomeUserRefused:
+		return apiError(43101, "user refuse to accept the msg")
 	case OutcomeFrequencyLimit:
 		return apiError(45011, "api minute-quota reach limit  mustslower  retry next minute")
 	case OutcomeDailyQuota:
@@ -162,25 +180,26 @@ func (s *Server) expireRecent(now time.Time) {
 	}
 }
 
-// checkSend validates a send in WeChat's order of checks.
-func checkSend(a *app, req *sendRequest) (reply, bool) {
-	if req.ToUser == "" {
+// checkMessage validates a template or subscribe send in WeChat's order of
+// checks. valuesOnly (subscribe sends) refuses a color in a data item.
+func checkMessage(a *app, toUser, templateID string, data map[string]json.RawMessage, valuesOnly bool) (reply, bool) {
+	if toUser == "" {
 		return apiError(40003, "invalid openid"), false
 	}
-	if req.TemplateID == "" {
+	if templateID == "" {
 		return apiError(40037, "invalid template_id"), false
 	}
-	tmpl, known := a.templates[req.TemplateID]
+	tmpl, known := a.templates[templateID]
 	if a.templates != nil && !known {
 		return apiError(40037, "invalid template_id"), false
 	}
-	if len(req.Data) == 0 {
+	if len(data) == 0 {
 		return apiError(47003, "argument invalid! data is empty"), false
 	}
-	values := make(map[string]string, len(req.Data))
-	for _, key := range sortedKeys(req.Data) {
+	values := make(map[string]string, len(data))
+	for _, key := range sortedKeys(data) {
 		var v dataValue
-		if err := json.Unmarshal(req.Data[key], &v); err != nil {
+		if err := json.Unmarshal(data[key], &v); err != nil || (valuesOnly && v.Color != nil) {
 			return apiError(47001, "data format error"), false
 		}
 		if v.Value == nil {

@@ -149,7 +149,7 @@ func New(cfg Config) (*Server, error) {
 		rules:           newRuleStates(cfg.Rules),
 		nextMsgID:       cmpOr(cfg.MsgIDBase, defaultMsgIDBase),
 		recent:          make(map[dedupKey]int64),
-		stats:           counters{tokenFetches: make(map[string]int)},
+		stats:           counters{tokenFetches: make(map[string]int), subscribeSends: make(map[string]int)},
 		pairs:           make(map[PairKey]*PairStats),
 	}
 	if s.client == nil {
@@ -262,6 +262,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.Handle("GET /cgi-bin/token", s.api(s.handleToken))
 	mux.Handle("POST /cgi-bin/stable_token", s.api(s.handleStableToken))
 	mux.Handle("POST /cgi-bin/message/template/send", s.api(s.handleSend))
+	mux.Handle("POST /cgi-bin/message/subscribe/bizsend", s.api(s.handleSubscribeSend))
 	mux.Handle("GET /cgi-bin/template/get_all_private_template", s.api(s.handleTemplates))
 	mux.HandleFunc("GET /sim/stats", s.handleSimStats)
 	mux.HandleFunc("GET /sim/pair", s.handleSimPair)

@@ -14,10 +14,16 @@ type Stats struct {
 	SendRequests int `json:"send_requests"`
 	// Accepted counts sends answered errcode 0, de-duplicated repeats included.
 	Accepted int `json:"accepted"`
-	// Pushed counts messages the users actually got.
+	// Pushed counts template messages the users actually got.
 	Pushed int `json:"pushed"`
-	// CallbacksPushed counts callback events the receiver acknowledged (2xx)
-	// within three tries; CallbacksFailed those it never did.
+	// SubscribeRequests counts every subscribe bizsend request, valid or not;
+	// SubscribeAccepted those answered errcode 0. Subscribe sends count in
+	// none of the template fields above, nor in Pair.
+	SubscribeRequests int `json:"subscribe_requests"`
+	SubscribeAccepted int `json:"subscribe_accepted"`
+	// CallbacksPushed counts callback events (template and subscribe) the
+	// receiver acknowledged (2xx) within three tries; CallbacksFailed those it
+	// never did.
 	CallbacksPushed int `json:"callbacks_pushed"`
 	CallbacksFailed int `json:"callbacks_failed"`
 	// CallbackAttempts counts callback HTTP requests, retries included.
@@ -49,6 +55,11 @@ type counters struct {
 	callbacksPushed  int
 	callbacksFailed  int
 	callbackAttempts int
+
+	subscribeRequests int
+	subscribeAccepted int
+	// subscribeSends counts accepted bizsends by openid.
+	subscribeSends map[string]int
 }
 
 // Stats returns a snapshot.
@@ -64,6 +75,9 @@ func (s *Server) Stats() Stats {
 		CallbacksFailed:  s.stats.callbacksFailed,
 		CallbackAttempts: s.stats.callbackAttempts,
 		Duplicates:       []PairKey{},
+
+		SubscribeRequests: s.stats.subscribeRequests,
+		SubscribeAccepted: s.stats.subscribeAccepted,
 	}
 	for key, p := range s.pairs {
 		if key.ClientMsgID != "" && p.Accepted > 1 {
@@ -89,6 +103,14 @@ func (s *Server) Pair(openID, clientMsgID string) PairStats {
 		return *p
 	}
 	return PairStats{}
+}
+
+// SubscribeSends returns how many subscribe bizsends to openID were answered
+// errcode 0. Each is a distinct message: bizsend has no de-duplication.
+func (s *Server) SubscribeSends(openID string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats.subscribeSends[openID]
 }
 
 // pair returns the live counts of a pair, creating them. The caller holds s.mu.
