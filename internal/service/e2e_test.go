@@ -143,3 +143,29 @@ func TestEndToEndSafeMode(t *testing.T) {
 		t.Errorf("%v sealed callbacks were refused", got)
 	}
 }
+
+// TestEndToEndSubscribe: subscribe messages travel the same pipeline (bizsend)
+// and are settled by subscribe_msg_sent_event.
+func TestEndToEndSubscribe(t *testing.T) {
+	t.Parallel()
+	c := servicetest.Start(t, servicetest.Options{Workers: 1, Rules: "block_*=user_block, refuse_*=user_refused, *=success"})
+	body := func(openID string) string {
+		return `{"kind":"subscribe","touser":"` + openID + `","template_id":"T1","page":"pages/order","data":{"thing1":{"value":"已发货"}}}`
+	}
+	want := map[string]string{"sub_ok": "delivered", "block_sub": "user_blocked", "refuse_sub": "rejected"}
+	ids := map[string]string{}
+	for openID := range want {
+		ids[openID] = servicetest.PostMessage(t, c.API, body(openID))
+	}
+	for openID, state := range want {
+		if m := servicetest.WaitFinal(t, c.API, ids[openID], 20*time.Second); m.State != state {
+			t.Errorf("%s = %+v, want %s", openID, m, state)
+		}
+	}
+	if n := c.Sim.SubscribeSends("sub_ok"); n != 1 {
+		t.Errorf("subscribe sends to sub_ok = %d, want 1", n)
+	}
+	if st := c.Sim.Stats(); st.SendRequests != 0 {
+		t.Errorf("a subscribe message went to the template API (%d sends)", st.SendRequests)
+	}
+}
