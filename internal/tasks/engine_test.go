@@ -167,3 +167,44 @@ func TestConfigErrorStopsApp(t *testing.T) {
 		t.Errorf("attempts{config} = %v, want 1", got)
 	}
 }
+
+type fakeTemplates struct{ invalidated []string }
+
+func (f *fakeTemplates) Invalidate(_ context.Context, app string) error {
+	f.invalidated = append(f.invalidated, app)
+	return nil
+}
+
+type fixedSender struct{ err error }
+
+func (s fixedSender) SendTemplate(context.Context, string, *wechat.TemplateMessage) (int64, error) {
+	return 0, s.err
+}
+func (s fixedSender) SendSubscribe(context.Context, string, *wechat.SubscribeMessage) (int64, error) {
+	return 0, s.err
+}
+
+// TestInvalidTemplateRefreshesCache: WeChat's 40037 means the app's template set
+// changed: the message is rejected and the template cache invalidated.
+func TestInvalidTemplateRefreshesCache(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	tpl := &fakeTemplates{}
+	b.handler.tpl = tpl
+	b.handler.sender = fixedSender{err: &wechat.APIError{API: "template/send", Code: 40037, Msg: "invalid template_id rid: 1"}}
+	id := b.enqueue(t, "u1")
+	if err := b.process(id); !errors.Is(err, asynq.SkipRetry) {
+		t.Fatalf("40037: %v, want a settled rejection", err)
+	}
+	if m := b.record(t, id); m.State != delivery.StateRejected || m.LastError == nil || m.LastError.Code != 40037 {
+		t.Errorf("record = %+v", m)
+	}
+	if len(tpl.invalidated) != 1 || tpl.invalidated[0] != "default" {
+		t.Errorf("template cache invalidations = %v, want [default]", tpl.invalidated)
+	}
+	b.handler.sender = fixedSender{err: &wechat.APIError{API: "template/send", Code: 43004, Msg: "require subscribe"}}
+	b.process(b.enqueue(t, "u2"))
+	if len(tpl.invalidated) != 1 {
+		t.Errorf("another permanent error invalidated the template cache: %v", tpl.invalidated)
+	}
+}
