@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -90,5 +91,36 @@ wxpush_cluster_state_up 1
 	}
 	if v, _ := testutil.GatherAndCount(down, "wxpush_cluster_state_up"); v != 1 {
 		t.Errorf("up gauge missing when Redis is down")
+	}
+}
+
+type fakeInspector map[string]*asynq.QueueInfo
+
+func (f fakeInspector) GetQueueInfo(q string) (*asynq.QueueInfo, error) {
+	if info, ok := f[q]; ok {
+		return info, nil
+	}
+	return nil, errors.New("queue not found")
+}
+
+func TestQueueCollector(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewQueueCollector(fakeInspector{
+		"high": {Pending: 3, Active: 1, Latency: 1500 * time.Millisecond},
+	}, []string{"high", "low"}))
+	want := `
+# HELP wxpush_queue_latency_seconds Age of the oldest pending task of an asynq queue; cluster-wide.
+# TYPE wxpush_queue_latency_seconds gauge
+wxpush_queue_latency_seconds{queue="high"} 1.5
+wxpush_queue_latency_seconds{queue="low"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "wxpush_queue_latency_seconds"); err != nil {
+		t.Error(err)
+	}
+	if n, _ := testutil.GatherAndCount(reg, "wxpush_queue_tasks"); n != 10 {
+		t.Errorf("queue task series = %d, want 5 states × 2 queues", n)
+	}
+	if problems, _ := testutil.GatherAndLint(reg); len(problems) != 0 {
+		t.Errorf("promlint: %v", problems)
 	}
 }

@@ -59,7 +59,8 @@ func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *p
 	store := delivery.NewStore(rdb, delivery.Config{
 		Retention: cfg.Retention, ConfirmTimeout: cfg.ConfirmTimeout, CallbackHold: cfg.CallbackHold,
 	})
-	reg.MustRegister(metrics.NewClusterCollector(store, cfg.AppNames()))
+	reg.MustRegister(metrics.NewClusterCollector(store, cfg.AppNames()),
+		metrics.NewQueueCollector(asynq.NewInspectorFromRedisClient(rdb), []string{tasks.QueueHigh, tasks.QueueNormal, tasks.QueueLow}))
 	p := &parts{cfg: cfg, log: log, rdb: rdb, reg: reg, metrics: m, store: store}
 	p.client = p.wechatClient()
 	p.tokens = wechat.NewTokenStore(rdb, p.client, wechat.TokenStoreConfig{
