@@ -10,8 +10,6 @@ package templates
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wxpush/wxpush/internal/redislock"
 	"github.com/wxpush/wxpush/internal/wechat"
 )
 
@@ -209,25 +208,17 @@ func (c *Cache) read(ctx context.Context, app string) (*entry, *failure, error) 
 	return e, f, nil
 }
 
-// releaseScript deletes the lock only if we still own it.
-var releaseScript = redis.NewScript(`
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-  return redis.call("DEL", KEYS[1])
-end
-return 0`)
-
 // tryRefresh fetches and stores the app's list if it wins the app's lock; won is
 // false when another process holds the lock.
 func (c *Cache) tryRefresh(ctx context.Context, app string, maxAge time.Duration) (e *entry, won bool, err error) {
-	owner := randomHex(16)
-	ok, err := c.rdb.SetNX(ctx, lockKey(app), owner, c.cfg.LockLease).Result()
+	lock, err := redislock.TryAcquire(ctx, c.rdb, lockKey(app), c.cfg.LockLease)
 	if err != nil {
 		return nil, false, fmt.Errorf("lock: %w", err)
 	}
-	if !ok {
+	if lock == nil {
 		return nil, false, nil
 	}
-	defer releaseScript.Run(context.WithoutCancel(ctx), c.rdb, []string{lockKey(app)}, owner)
+	defer lock.Release(ctx)
 
 	// Another process may have stored a list, or failed, between our read and our lock.
 	e, f, err := c.read(ctx, app)
@@ -277,10 +268,4 @@ func (c *Cache) storeFailure(ctx context.Context, app string, f failure) {
 		return
 	}
 	c.rdb.Set(ctx, failedKey(app), b, c.cfg.RetryAfter)
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }

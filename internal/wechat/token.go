@@ -2,8 +2,6 @@ package wechat
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -11,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wxpush/wxpush/internal/redislock"
 )
 
 // TokenFetcher gets a fresh token from WeChat; *Client provides it.
@@ -172,13 +172,6 @@ if redis.call("HGET", KEYS[1], "token") == ARGV[1] then
 end
 return 0`)
 
-// releaseScript deletes the lock only if we still own it.
-var releaseScript = redis.NewScript(`
-if redis.call("GET", KEYS[1]) == ARGV[1] then
-  return redis.call("DEL", KEYS[1])
-end
-return 0`)
-
 func (s *TokenStore) read(ctx context.Context, app string) (Token, bool, error) {
 	vals, err := s.rdb.HMGet(ctx, tokenKey(app), "token", "expires_ms").Result()
 	if err != nil {
@@ -196,15 +189,14 @@ func (s *TokenStore) read(ctx context.Context, app string) (Token, bool, error) 
 // tryRefresh fetches and stores a new token if it wins the app's lock. It returns
 // a zero Token when another process holds the lock.
 func (s *TokenStore) tryRefresh(ctx context.Context, cred Credentials) (Token, error) {
-	owner := randomHex(16)
-	ok, err := s.rdb.SetNX(ctx, lockKey(cred.App), owner, s.cfg.LockLease).Result()
+	lock, err := redislock.TryAcquire(ctx, s.rdb, lockKey(cred.App), s.cfg.LockLease)
 	if err != nil {
 		return Token{}, fmt.Errorf("wechat: token lock: %w", err)
 	}
-	if !ok {
+	if lock == nil {
 		return Token{}, nil
 	}
-	defer releaseScript.Run(context.WithoutCancel(ctx), s.rdb, []string{lockKey(cred.App)}, owner)
+	defer lock.Release(ctx)
 
 	// Someone may have stored a fresh token between our read and our lock.
 	if tok, found, err := s.read(ctx, cred.App); err == nil && found && tok.ExpiresAt.Sub(s.cfg.Now()) > s.cfg.RefreshBefore {
@@ -244,10 +236,4 @@ func (s *TokenStore) remember(app string, tok Token, now time.Time, gen uint64) 
 		s.local[app] = localToken{token: tok, refresh: refresh}
 	}
 	s.mu.Unlock()
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
 }
