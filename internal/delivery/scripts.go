@@ -9,15 +9,35 @@ import "github.com/redis/go-redis/v9"
 const luaPrelude = `
 local final = {delivered=true, user_blocked=true, wechat_failed=true, rejected=true,
   dead=true, expired=true, canceled=true, unconfirmed=true}
+-- History entries live in fields h1..hN (hn counts them), each a short JSON
+-- object, so that a delivered message's record keeps only small values.
 local function hist(rec, entry)
-  local h = redis.call("HGET", rec, "hist")
-  if h and h ~= "" then h = h .. "\n" .. entry else h = entry end
-  redis.call("HSET", rec, "hist", h)
+  local n = redis.call("HINCRBY", rec, "hn", 1)
+  redis.call("HSET", rec, "h" .. n, entry)
 end
 local function settle(rec, backlog, app, to, now, retention)
   redis.call("HSET", rec, "state", to, "finished_ms", now)
   redis.call("HDEL", rec, "inflight_ms")
   if redis.call("HINCRBY", backlog, app, -1) <= 0 then redis.call("HDEL", backlog, app) end
+  redis.call("PEXPIRE", rec, retention)
+end
+-- compact rewrites a settled record without its send body, unless it may be
+-- requeued (dead) or shows why it was refused (rejected). Redis keeps a hash in
+-- its compact encoding only while every value is short, and never converts back
+-- by itself: rewriting the hash is what returns the memory.
+local keepBody = {dead=true, rejected=true}
+local function compact(rec, to, retention)
+  if keepBody[to] then return end
+  local all = redis.call("HGETALL", rec)
+  local kept = {}
+  for i = 1, #all, 2 do
+    if all[i] ~= "body" and all[i] ~= "inflight_ms" then
+      kept[#kept + 1] = all[i]
+      kept[#kept + 1] = all[i + 1]
+    end
+  end
+  redis.call("DEL", rec)
+  redis.call("HSET", rec, unpack(kept))
   redis.call("PEXPIRE", rec, retention)
 end
 `
@@ -59,6 +79,7 @@ local exp = tonumber(v[4])
 if exp and exp > 0 and now >= exp then
   settle(KEYS[1], KEYS[2], app, "expired", ARGV[1], ARGV[3])
   hist(KEYS[1], ARGV[2])
+  compact(KEYS[1], "expired", ARGV[3])
   return {"expired", app, "changed"}
 end
 local parked = tonumber(redis.call("ZSCORE", KEYS[3], app))
@@ -97,8 +118,9 @@ if held then
   local to, raw = string.sub(held, 1, sep - 1), string.sub(held, sep + 1)
   settle(KEYS[1], KEYS[5], app, to, ARGV[3], ARGV[7])
   redis.call("HSET", KEYS[1], "wx_status", raw)
-  hist(KEYS[1], cjson.encode({at = tonumber(ARGV[3]), event = "callback", state = to, status = raw, note = "held until the msgid was stored"}))
+  hist(KEYS[1], cjson.encode({t = tonumber(ARGV[3]), e = "callback", s = to, n = "held"}))
   redis.call("DEL", KEYS[3])
+  compact(KEYS[1], to, ARGV[7])
   return {to, "changed", app}
 end
 redis.call("ZADD", KEYS[4], ARGV[6], ARGV[1])
@@ -107,7 +129,8 @@ return {"sent", "changed", app}`)
 // callbackScript applies a TEMPLATESENDJOBFINISH result. Unknown msgids are held
 // for a while: the sender may not have stored the msgid yet.
 // KEYS: index, held, sentz, backlog. ARGV: state, raw status, now, hold ttl,
-// retention, history entry, record key prefix.
+// retention, history entry, record key prefix, history entry of a late result
+// (with the raw status, which the record's wx_status does not hold then).
 // Returns {outcome, id, app, state}.
 var callbackScript = redis.NewScript(luaPrelude + `
 local id = redis.call("GET", KEYS[1])
@@ -127,13 +150,14 @@ if st == "sent" then
   redis.call("HSET", rec, "wx_status", ARGV[2])
   hist(rec, ARGV[6])
   redis.call("ZREM", KEYS[3], id)
+  compact(rec, ARGV[1], ARGV[5])
   return {"applied", id, app, ARGV[1]}
 end
 if st == "unconfirmed" and not v[3] then
   -- The result came after we gave up waiting: keep it in the record, but a final
   -- state is final.
   redis.call("HSET", rec, "wx_status", ARGV[2])
-  hist(rec, ARGV[6])
+  hist(rec, ARGV[8])
   return {"late", id, app, st}
 end
 return {"duplicate", id, app or "", st}`)
@@ -175,6 +199,7 @@ if ARGV[1] == "dead" then
   redis.call("ZADD", KEYS[4], ARGV[2], ARGV[7])
   redis.call("ZREMRANGEBYSCORE", KEYS[4], "-inf", tonumber(ARGV[2]) - tonumber(ARGV[6]))
 end
+compact(KEYS[1], ARGV[1], ARGV[6])
 return {ARGV[1], "changed", app}`)
 
 // requeueScript puts a dead message back in the queue with its id.

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -117,15 +116,17 @@ type Event struct {
 	Note    string    `json:"note,omitempty"`
 }
 
-// historyLine is Event as stored: times in Unix ms, so Lua can write them too.
+// historyLine is Event as stored: Unix ms and one-letter keys, so a typical
+// entry stays under Redis's 64-byte limit for compact hash values, and Lua can
+// write one too.
 type historyLine struct {
-	At      int64  `json:"at"`
-	Event   string `json:"event"`
-	State   State  `json:"state,omitempty"`
-	ErrCode int    `json:"errcode,omitempty"`
-	ErrMsg  string `json:"errmsg,omitempty"`
-	Status  string `json:"status,omitempty"`
-	Note    string `json:"note,omitempty"`
+	At      int64  `json:"t"`
+	Event   string `json:"e"`
+	State   State  `json:"s,omitempty"`
+	ErrCode int    `json:"c,omitempty"`
+	ErrMsg  string `json:"m,omitempty"`
+	Status  string `json:"st,omitempty"`
+	Note    string `json:"n,omitempty"`
 }
 
 func (s *Store) line(now time.Time, ev historyLine) string {
@@ -154,7 +155,7 @@ func (s *Store) createArgs(m NewMessage) (State, []any) {
 	args := []any{m.App, m.MaxBacklog,
 		"app", m.App, "state", string(state), "queue", m.Queue, "body", m.Body,
 		"attempts", 0, "created_ms", now.UnixMilli(),
-		"hist", s.line(now, historyLine{Event: "enqueued", State: state}),
+		"hn", 1, "h1", s.line(now, historyLine{Event: "enqueued", State: state}),
 	}
 	if m.Kind != "" {
 		args = append(args, "kind", m.Kind)
@@ -303,7 +304,7 @@ func (s *Store) MarkSent(ctx context.Context, id, app string, msgID int64) (Tran
 	res, err := sentScript.Run(ctx, s.rdb,
 		[]string{recordKey(id), indexKey(app, mid), heldKey(app, mid), sentKey, backlogKey},
 		id, mid, now.UnixMilli(),
-		s.line(now, historyLine{Event: "sent", State: StateSent, Note: "msgid " + mid}),
+		s.line(now, historyLine{Event: "sent", State: StateSent}),
 		(s.cfg.ConfirmTimeout + s.cfg.Retention).Milliseconds(),
 		now.Add(s.cfg.ConfirmTimeout).UnixMilli(),
 		s.cfg.Retention.Milliseconds()).Slice()
@@ -388,7 +389,8 @@ func (s *Store) ApplyCallback(ctx context.Context, app, msgID string, to State, 
 	res, err := callbackScript.Run(ctx, s.rdb,
 		[]string{indexKey(app, msgID), heldKey(app, msgID), sentKey, backlogKey},
 		string(to), raw, now.UnixMilli(), s.cfg.CallbackHold.Milliseconds(), s.cfg.Retention.Milliseconds(),
-		s.line(now, historyLine{Event: "callback", State: to, Status: raw}), recordPrefix).Slice()
+		s.line(now, historyLine{Event: "callback", State: to}), recordPrefix,
+		s.line(now, historyLine{Event: "late callback", State: to, Status: raw})).Slice()
 	if err != nil {
 		return CallbackResult{}, fmt.Errorf("delivery: apply callback: %w", err)
 	}
@@ -466,9 +468,10 @@ func (s *Store) Get(ctx context.Context, id string) (*Message, error) {
 		code, _ := strconv.Atoi(c)
 		m.LastError = &ErrorInfo{Code: code, Msg: h["err_msg"]}
 	}
-	for _, l := range strings.Split(h["hist"], "\n") {
+	n, _ := strconv.Atoi(h["hn"])
+	for i := 1; i <= n; i++ {
 		var hl historyLine
-		if l == "" || json.Unmarshal([]byte(l), &hl) != nil {
+		if json.Unmarshal([]byte(h["h"+strconv.Itoa(i)]), &hl) != nil {
 			continue
 		}
 		m.History = append(m.History, Event{At: time.UnixMilli(hl.At).UTC(), Event: hl.Event, State: hl.State,

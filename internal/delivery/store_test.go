@@ -398,3 +398,38 @@ func TestRedisDown(t *testing.T) {
 		t.Errorf("Get with Redis down = %v, want a storage error, not ErrNotFound", err)
 	}
 }
+
+// TestSettledRecordIsCompact: a delivered record drops its send body and keeps
+// Redis's compact hash encoding (memory per retained message); a dead one keeps
+// its body, which a requeue needs, and so does a rejected one.
+func TestSettledRecordIsCompact(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	long := func(m *NewMessage) {
+		m.Body = []byte(`{"touser":"oia2TjuEGTNoeX76QEjQNrcURxG8","template_id":"ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY","data":{"User":{"value":"黄先生"}}}`)
+	}
+	b.create(t, "ok", long)
+	b.store.Begin(b.ctx, "ok")
+	b.store.MarkSent(b.ctx, "ok", "default", 9007199254740993)
+	b.store.ApplyCallback(b.ctx, "default", "9007199254740993", StateDelivered, "success")
+	m, _ := b.store.Get(b.ctx, "ok")
+	if len(m.Body) != 0 || m.State != StateDelivered || len(m.History) != 3 || m.WeChatMsgID != "9007199254740993" {
+		t.Errorf("delivered record = %+v (body %d bytes); want no body, its history and msgid", m, len(m.Body))
+	}
+	if enc, _ := b.rdb.ObjectEncoding(b.ctx, recordKey("ok")).Result(); enc != "listpack" && enc != "ziplist" {
+		t.Errorf("delivered record encoding = %q, want the compact listpack", enc)
+	}
+	if d := b.ttl(t, recordKey("ok")); d <= 0 {
+		t.Errorf("compacted record lost its retention TTL (%v)", d)
+	}
+
+	for _, to := range []State{StateDead, StateRejected} {
+		id := "keep-" + string(to)
+		b.create(t, id, long)
+		b.store.Begin(b.ctx, id)
+		b.store.Finish(b.ctx, id, "default", to, &ErrorInfo{Code: -1, Msg: "system error"})
+		if m, _ := b.store.Get(b.ctx, id); len(m.Body) == 0 {
+			t.Errorf("%s record lost its body", to)
+		}
+	}
+}
