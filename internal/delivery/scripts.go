@@ -91,7 +91,8 @@ return {st, app, v[3], n, v[5] or ""}`)
 // sentScript records WeChat's acceptance: state sent, the msgid and its index, and
 // the confirmation deadline. A callback held for this msgid is applied at once.
 // KEYS: rec, index, held, sentz, backlog.
-// ARGV: id, msgid, now, history entry, index ttl, confirm deadline, retention.
+// ARGV: id, msgid, now, history entry, index ttl, confirm deadline, retention,
+// index ttl once settled.
 // Returns {state, "changed"|"", app}.
 var sentScript = redis.NewScript(luaPrelude + `
 local v = redis.call("HMGET", KEYS[1], "state", "app")
@@ -121,6 +122,7 @@ if held then
   hist(KEYS[1], cjson.encode({t = tonumber(ARGV[3]), e = "callback", s = to, n = "held"}))
   redis.call("DEL", KEYS[3])
   compact(KEYS[1], to, ARGV[7])
+  redis.call("PEXPIRE", KEYS[2], ARGV[8])
   return {to, "changed", app}
 end
 redis.call("ZADD", KEYS[4], ARGV[6], ARGV[1])
@@ -151,6 +153,9 @@ if st == "sent" then
   hist(rec, ARGV[6])
   redis.call("ZREM", KEYS[3], id)
   compact(rec, ARGV[1], ARGV[5])
+  -- Once settled, the index only catches WeChat's repeats of this callback,
+  -- which come within minutes: keep it for the hold, not the whole retention.
+  redis.call("PEXPIRE", KEYS[1], ARGV[4])
   return {"applied", id, app, ARGV[1]}
 end
 if st == "unconfirmed" and not v[3] then

@@ -307,7 +307,7 @@ func (s *Store) MarkSent(ctx context.Context, id, app string, msgID int64) (Tran
 		s.line(now, historyLine{Event: "sent", State: StateSent}),
 		(s.cfg.ConfirmTimeout + s.cfg.Retention).Milliseconds(),
 		now.Add(s.cfg.ConfirmTimeout).UnixMilli(),
-		s.cfg.Retention.Milliseconds()).Slice()
+		s.cfg.Retention.Milliseconds(), s.cfg.CallbackHold.Milliseconds()).Slice()
 	if err != nil {
 		return Transition{}, fmt.Errorf("delivery: mark sent: %w", err)
 	}

@@ -433,3 +433,23 @@ func TestSettledRecordIsCompact(t *testing.T) {
 		}
 	}
 }
+
+// TestIndexOutlivesRepeatsOnly: once a message is settled its msgid index is
+// kept for the callback hold (WeChat's repeats), not the whole retention.
+func TestIndexOutlivesRepeatsOnly(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.create(t, "m1")
+	b.store.Begin(b.ctx, "m1")
+	b.store.MarkSent(b.ctx, "m1", "default", 77)
+	if d := b.ttl(t, indexKey("default", "77")); d <= 47*time.Hour {
+		t.Fatalf("index of a sent message expires in %v; it must last the confirmation wait and retention", d)
+	}
+	b.store.ApplyCallback(b.ctx, "default", "77", StateDelivered, "success")
+	if d := b.ttl(t, indexKey("default", "77")); d <= 0 || d > time.Hour {
+		t.Errorf("index of a settled message expires in %v, want within the 1 h hold", d)
+	}
+	if res, _ := b.store.ApplyCallback(b.ctx, "default", "77", StateDelivered, "success"); res.Outcome != CallbackDuplicate {
+		t.Errorf("a repeat within the hold = %s, want duplicate", res.Outcome)
+	}
+}
