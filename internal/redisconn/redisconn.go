@@ -1,7 +1,11 @@
 // Package redisconn turns REDIS_URL into the one go-redis client a process shares
 // between wxpush's stores and asynq. It supports redis:// and rediss:// (TLS, with
 // ACL user and password in the URL); anything else is refused with a reason rather
-// than silently falling back to a local Redis.
+// than silently falling back to a local Redis. Check reads the Redis settings
+// that can lose accepted messages (eviction, persistence) and judges them, so
+// that a process refuses an unsafe Redis at startup instead of losing messages
+// later. Nothing this package returns or logs quotes REDIS_URL, which may hold a
+// password.
 package redisconn
 
 import (

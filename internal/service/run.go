@@ -33,6 +33,13 @@ func RunEnqueuer(ctx context.Context, getenv Env, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer rdb.Close()
+	// The enqueuer starts without Redis (it answers 503 until Redis is back), so
+	// the settings are checked only when Redis answers now.
+	if err := redisconn.Ping(ctx, rdb); err != nil {
+		log.Warn("redis configuration check skipped: redis unreachable at startup", "err", err)
+	} else if err := redisconn.StartupCheck(ctx, rdb, log); err != nil {
+		return fmt.Errorf("REDIS_URL: %w", err)
+	}
 	p := newParts(cfg, log, rdb)
 	handler, err := p.apiHandler()
 	if err != nil {
@@ -67,6 +74,9 @@ func RunWorker(ctx context.Context, getenv Env, stdout, stderr io.Writer) error 
 	}
 	defer rdb.Close()
 	if err := redisconn.Ping(ctx, rdb); err != nil {
+		return fmt.Errorf("REDIS_URL: %w", err)
+	}
+	if err := redisconn.StartupCheck(ctx, rdb, log); err != nil {
 		return fmt.Errorf("REDIS_URL: %w", err)
 	}
 	p := newParts(cfg, log, rdb)

@@ -45,16 +45,16 @@ func FreeAddr(t testing.TB) string {
 }
 
 // process runs one wxpush process function until the test ends; the test fails
-// if it returns an error.
-func Run(t testing.TB, name string, run func(context.Context, service.Env, io.Writer, io.Writer) error, env map[string]string) {
+// if it returns an error. It returns a reader of the process's logs so far.
+func Run(t testing.TB, name string, run func(context.Context, service.Env, io.Writer, io.Writer) error, env map[string]string) (logs func() string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	logs := &logSink{}
-	go func() { done <- run(ctx, func(k string) string { return env[k] }, io.Discard, logs) }()
+	sink := &logSink{}
+	go func() { done <- run(ctx, func(k string) string { return env[k] }, io.Discard, sink) }()
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("%s logs:\n%s", name, logs.String())
+			t.Logf("%s logs:\n%s", name, sink.String())
 		}
 		cancel()
 		select {
@@ -66,6 +66,7 @@ func Run(t testing.TB, name string, run func(context.Context, service.Env, io.Wr
 			t.Errorf("%s did not stop within 30 s of cancel", name)
 		}
 	})
+	return sink.String
 }
 
 // logSink keeps a process's logs for the failure message; safe for concurrent use.
@@ -258,6 +259,7 @@ type Cluster struct {
 	API     string   // enqueuer base URL
 	Scrape  []string // every process's /metrics
 	env     map[string]string
+	logs    map[string]func() string // process name → its logs so far
 	workers int
 	sendsMu sync.Mutex
 	sends   []time.Time // when the simulator received each template send
@@ -320,7 +322,7 @@ func Start(t testing.TB, o Options) *Cluster {
 		env[k] = v
 	}
 	c.env = env
-	Run(t, "enqueuer", service.RunEnqueuer, env)
+	c.logs = map[string]func() string{"enqueuer": Run(t, "enqueuer", service.RunEnqueuer, env)}
 	c.Scrape = append(c.Scrape, c.API+"/metrics")
 	for i := 0; i < o.Workers; i++ {
 		c.AddWorker(t)
@@ -347,9 +349,20 @@ func (c *Cluster) AddWorker(t testing.TB) {
 	t.Helper()
 	env := c.Env(t)
 	c.workers++
-	Run(t, fmt.Sprintf("worker %d", c.workers), service.RunWorker, env)
+	name := fmt.Sprintf("worker %d", c.workers)
+	c.logs[name] = Run(t, name, service.RunWorker, env)
 	WaitHTTP(t, "http://"+env["WXPUSH_ADMIN_ADDR"]+"/healthz")
 	c.Scrape = append(c.Scrape, "http://"+env["WXPUSH_ADMIN_ADDR"]+"/metrics")
+}
+
+// Logs returns every process's logs so far, by process name ("enqueuer",
+// "worker 1", …). Call it from the test's goroutine, as AddWorker is.
+func (c *Cluster) Logs() map[string]string {
+	logs := make(map[string]string, len(c.logs))
+	for name, read := range c.logs {
+		logs[name] = read()
+	}
+	return logs
 }
 
 // SendTimes returns when the simulator received each send.
