@@ -62,7 +62,9 @@ type origin struct {
 
 // Config is everything a wxpush process needs.
 type Config struct {
-	// RedisURL is redis://[user:pass@]host:port/db or rediss://…; empty = standalone mode.
+	// RedisURL is redis://[user:pass@]host:port/db, rediss://… (TLS) or
+	// redis-sentinel://[user:pass@]host:port[,host:port…]/master[/db]; empty =
+	// standalone mode.
 	RedisURL      string
 	WeChatAPIBase string // empty = the real WeChat host
 	HTTPAddr      string // enqueuer: API, callback, metrics

@@ -28,13 +28,19 @@ func (c Config) Validate() error {
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	name := c.tuningName
 
-	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") {
+	if c.RedisURL != "" {
 		// The URL may hold a password: name only its scheme.
 		scheme, _, found := strings.Cut(c.RedisURL, "://")
 		if !found {
 			scheme = ""
 		}
-		bad("%s: scheme must be redis:// or rediss:// (got %q)", name("redis_url"), scheme)
+		switch scheme {
+		case "redis", "rediss", "redis-sentinel":
+		case "redis-cluster":
+			bad("%s: Redis Cluster is not supported (wxpush's scripts span hash slots); use redis-sentinel:// for failover", name("redis_url"))
+		default:
+			bad("%s: scheme must be redis://, rediss:// or redis-sentinel:// (got %q)", name("redis_url"), scheme)
+		}
 	}
 	if c.WeChatAPIBase != "" && !strings.HasPrefix(c.WeChatAPIBase, "http://") && !strings.HasPrefix(c.WeChatAPIBase, "https://") {
 		bad("%s: %q must be an http(s) URL", name("wechat_api_base"), c.WeChatAPIBase)

@@ -1,7 +1,8 @@
 // Package redisconn turns REDIS_URL into the one go-redis client a process shares
 // between wxpush's stores and asynq. It supports redis:// and rediss:// (TLS, with
-// ACL user and password in the URL); anything else is refused with a reason rather
-// than silently falling back to a local Redis. Check reads the Redis settings
+// ACL user and password in the URL) and redis-sentinel:// (a primary found and
+// followed through Sentinel); anything else, Redis Cluster included, is refused
+// with a reason rather than silently falling back to a local Redis. Check reads the Redis settings
 // that can lose accepted messages (eviction, persistence) and judges them, so
 // that a process refuses an unsafe Redis at startup instead of losing messages
 // later. Nothing this package returns or logs quotes REDIS_URL, which may hold a
@@ -12,28 +13,89 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	neturl "net/url"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// Open parses url and returns a client; it does not dial.
+// Timeouts shared by every form: a request that fails fast answers 503, and
+// retries are the caller's business.
+const (
+	dialTimeout  = 2 * time.Second
+	readTimeout  = 3 * time.Second
+	writeTimeout = 3 * time.Second
+	maxRetries   = 1
+)
+
+// Open parses url and returns a client; it does not dial. Forms:
+//
+//	redis://[user:pass@]host:port/db
+//	rediss://[user:pass@]host:port/db                  (TLS)
+//	redis-sentinel://[user:pass@]host:port[,host:port…]/master[/db]
+//
+// In the Sentinel form user:pass authenticate to the Redis primary and replicas;
+// sentinels configured with a password take it from the query ?sentinel_password=.
 func Open(url string) (redis.UniversalClient, error) {
-	if !strings.HasPrefix(url, "redis://") && !strings.HasPrefix(url, "rediss://") {
-		return nil, errors.New("redisconn: REDIS_URL must start with redis:// or rediss://")
+	switch {
+	case strings.HasPrefix(url, "redis://"), strings.HasPrefix(url, "rediss://"):
+		opt, err := redis.ParseURL(url)
+		if err != nil {
+			// go-redis errors may quote the URL, which can hold a password.
+			return nil, errors.New("redisconn: REDIS_URL is not a valid redis URL (redis://[user:pass@]host:port/db)")
+		}
+		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.MaxRetries = dialTimeout, readTimeout, writeTimeout, maxRetries
+		return redis.NewClient(opt), nil
+	case strings.HasPrefix(url, "redis-sentinel://"):
+		opt, err := parseSentinel(url)
+		if err != nil {
+			return nil, err
+		}
+		return redis.NewFailoverClient(opt), nil
+	case strings.HasPrefix(url, "redis-cluster://"):
+		return nil, errors.New("redisconn: REDIS_URL: Redis Cluster is not supported: wxpush's transition scripts " +
+			"touch keys in more than one hash slot; use a single primary, with Sentinel for failover (redis-sentinel://)")
 	}
-	opt, err := redis.ParseURL(url)
+	return nil, errors.New("redisconn: REDIS_URL must start with redis://, rediss:// or redis-sentinel://")
+}
+
+// parseSentinel reads redis-sentinel://[user:pass@]h1:p1,h2:p2/master[/db].
+func parseSentinel(raw string) (*redis.FailoverOptions, error) {
+	bad := func(why string) error {
+		return fmt.Errorf("redisconn: REDIS_URL: %s (want redis-sentinel://[user:pass@]host:port[,host:port…]/master[/db])", why)
+	}
+	u, err := neturl.Parse(raw)
 	if err != nil {
-		// go-redis errors may quote the URL, which can hold a password.
-		return nil, errors.New("redisconn: REDIS_URL is not a valid redis URL (redis://[user:pass@]host:port/db)")
+		return nil, bad("not a URL")
 	}
-	opt.DialTimeout = 2 * time.Second
-	opt.ReadTimeout = 3 * time.Second
-	opt.WriteTimeout = 3 * time.Second
-	// Retries are the caller's business: a request that fails fast answers 503.
-	opt.MaxRetries = 1
-	return redis.NewClient(opt), nil
+	opt := &redis.FailoverOptions{
+		DialTimeout: dialTimeout, ReadTimeout: readTimeout, WriteTimeout: writeTimeout, MaxRetries: maxRetries,
+		SentinelPassword: u.Query().Get("sentinel_password"),
+	}
+	for _, addr := range strings.Split(u.Host, ",") {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, bad("each sentinel needs host:port")
+		}
+		opt.SentinelAddrs = append(opt.SentinelAddrs, addr)
+	}
+	parts := strings.Split(strings.Trim(u.Path, "/"), "/")
+	if parts[0] == "" || len(parts) > 2 {
+		return nil, bad("name the master after the sentinels")
+	}
+	opt.MasterName = parts[0]
+	if len(parts) == 2 {
+		if opt.DB, err = strconv.Atoi(parts[1]); err != nil || opt.DB < 0 {
+			return nil, bad("the database must be a number")
+		}
+	}
+	if u.User != nil {
+		opt.Username = u.User.Username()
+		opt.Password, _ = u.User.Password()
+	}
+	return opt, nil
 }
 
 // Ping checks that Redis answers.

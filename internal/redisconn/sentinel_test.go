@@ -1,0 +1,119 @@
+package redisconn
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wxpush/wxpush/internal/redistest"
+)
+
+func TestOpenForms(t *testing.T) {
+	tests := []struct {
+		name, url, wantErr string
+	}{
+		{"plain", "redis://127.0.0.1:6379/0", ""},
+		{"tls with acl user", "rediss://user:pw@127.0.0.1:6380/1", ""},
+		{"sentinel", "redis-sentinel://a:26379,b:26379/mymaster/2", ""},
+		{"sentinel with auth", "redis-sentinel://u:secretpw@a:26379/mymaster?sentinel_password=x", ""},
+		{"sentinel without master", "redis-sentinel://a:26379", "name the master"},
+		{"sentinel without port", "redis-sentinel://a/mymaster", "host:port"},
+		{"sentinel bad db", "redis-sentinel://a:1/m/x", "database must be a number"},
+		{"cluster refused", "redis-cluster://a:7000,b:7001", "Redis Cluster is not supported"},
+		{"unknown scheme", "http://user:secretpw@x", "must start with"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Open(tt.url)
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Open(%s) = %v", tt.url, err)
+				}
+				c.Close()
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Open(%s) error = %v, want %q", tt.url, err, tt.wantErr)
+			}
+			if strings.Contains(err.Error(), "secretpw") {
+				t.Errorf("error reveals the password: %v", err)
+			}
+		})
+	}
+	opt, err := parseSentinel("redis-sentinel://u:pw@a:1,b:2/mymaster/3?sentinel_password=sp")
+	if err != nil || opt.MasterName != "mymaster" || opt.DB != 3 || len(opt.SentinelAddrs) != 2 ||
+		opt.Username != "u" || opt.Password != "pw" || opt.SentinelPassword != "sp" {
+		t.Errorf("parseSentinel = %+v, %v", opt, err)
+	}
+}
+
+// startSentinel runs redis-server in sentinel mode watching the primary at addr.
+func startSentinel(t *testing.T, primary string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	host, pport, _ := net.SplitHostPort(primary)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "sentinel.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor mymaster %s %s 1\n", port, dir, host, pport)), 0o600)
+	cmd := exec.Command("redis-server", conf, "--sentinel")
+	if err := cmd.Start(); err != nil {
+		t.Skipf("redis-server --sentinel: %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	sc := redis.NewSentinelClient(&redis.Options{Addr: addr})
+	defer sc.Close()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if a, err := sc.GetMasterAddrByName(context.Background(), "mymaster").Result(); err == nil && len(a) == 2 {
+			return addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("sentinel did not start watching the primary")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestSentinel: a redis-sentinel:// URL finds the primary through Sentinel.
+func TestSentinel(t *testing.T) {
+	t.Parallel()
+	primary := redistest.Start(t)
+	sentinel := startSentinel(t, primary.Addr())
+	c, err := Open("redis-sentinel://" + sentinel + "/mymaster/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	if err := Ping(ctx, c); err != nil {
+		t.Fatalf("ping through sentinel: %v", err)
+	}
+	if err := c.Set(ctx, "via-sentinel", "1", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := primary.Client(t).Get(ctx, "via-sentinel").Result(); v != "1" {
+		t.Errorf("the write did not reach the primary (got %q)", v)
+	}
+	if _, err := Open("redis-sentinel://" + sentinel + "/nosuchmaster/0"); err != nil {
+		t.Fatal(err) // Open does not dial …
+	}
+	bad, _ := Open("redis-sentinel://" + sentinel + "/nosuchmaster/0")
+	defer bad.Close()
+	if err := Ping(ctx, bad); err == nil {
+		t.Error("ping of an unknown master succeeded") // … but the first use says which
+	}
+}
