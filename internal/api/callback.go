@@ -226,6 +226,9 @@ func (s *Server) applyResult(w http.ResponseWriter, r *http.Request, app, event,
 	s.metrics.Callbacks.WithLabelValues(app, event, string(res.Outcome)).Inc()
 	if res.Outcome == delivery.CallbackApplied {
 		s.metrics.Finished.WithLabelValues(app, string(to)).Inc()
+		if !res.SentAt.IsZero() {
+			s.metrics.FinalLatency.WithLabelValues(app).Observe(s.now().Sub(res.SentAt).Seconds())
+		}
 	}
 	s.log.Info("delivery result", "app", app, "event", event, "msg_id", res.ID, "wechat_msgid", msgID, "status", raw, "outcome", res.Outcome)
 	return true

@@ -93,9 +93,9 @@ return {st, app, v[3], n, v[5] or ""}`)
 // KEYS: rec, index, held, sentz, backlog.
 // ARGV: id, msgid, now, history entry, index ttl, confirm deadline, retention,
 // index ttl once settled.
-// Returns {state, "changed"|"", app}.
+// Returns {state, "changed"|"", app, created ms}.
 var sentScript = redis.NewScript(luaPrelude + `
-local v = redis.call("HMGET", KEYS[1], "state", "app")
+local v = redis.call("HMGET", KEYS[1], "state", "app", "created_ms")
 local st, app = v[1], v[2]
 if not st then return {} end
 redis.call("HDEL", KEYS[1], "inflight_ms")
@@ -123,17 +123,17 @@ if held then
   redis.call("DEL", KEYS[3])
   compact(KEYS[1], to, ARGV[7])
   redis.call("PEXPIRE", KEYS[2], ARGV[8])
-  return {to, "changed", app}
+  return {to, "changed", app, v[3]}
 end
 redis.call("ZADD", KEYS[4], ARGV[6], ARGV[1])
-return {"sent", "changed", app}`)
+return {"sent", "changed", app, v[3]}`)
 
 // callbackScript applies a TEMPLATESENDJOBFINISH result. Unknown msgids are held
 // for a while: the sender may not have stored the msgid yet.
 // KEYS: index, held, sentz, backlog. ARGV: state, raw status, now, hold ttl,
 // retention, history entry, record key prefix, history entry of a late result
 // (with the raw status, which the record's wx_status does not hold then).
-// Returns {outcome, id, app, state}.
+// Returns {outcome, id, app, state, sent ms (when applied)}.
 var callbackScript = redis.NewScript(luaPrelude + `
 local id = redis.call("GET", KEYS[1])
 if not id then
@@ -144,7 +144,7 @@ end
 -- The record key is derived from the index value, so this script is not Redis
 -- Cluster safe; the index and the record share no hash slot.
 local rec = ARGV[7] .. id .. "}"
-local v = redis.call("HMGET", rec, "state", "app", "wx_status")
+local v = redis.call("HMGET", rec, "state", "app", "wx_status", "sent_ms")
 local st, app = v[1], v[2]
 if not st then return {"unknown", id} end
 if st == "sent" then
@@ -156,7 +156,7 @@ if st == "sent" then
   -- Once settled, the index only catches WeChat's repeats of this callback,
   -- which come within minutes: keep it for the hold, not the whole retention.
   redis.call("PEXPIRE", KEYS[1], ARGV[4])
-  return {"applied", id, app, ARGV[1]}
+  return {"applied", id, app, ARGV[1], v[4]}
 end
 if st == "unconfirmed" and not v[3] then
   -- The result came after we gave up waiting: keep it in the record, but a final

@@ -292,6 +292,8 @@ type Transition struct {
 	State   State  // the state after the call
 	App     string // the message's app
 	Changed bool   // this call moved the message (count it exactly once)
+	// CreatedAt is set by MarkSent: the enqueue time, for the enqueue→sent latency.
+	CreatedAt time.Time
 
 	inflight bool
 }
@@ -311,7 +313,9 @@ func (s *Store) MarkSent(ctx context.Context, id, app string, msgID int64) (Tran
 	if err != nil {
 		return Transition{}, fmt.Errorf("delivery: mark sent: %w", err)
 	}
-	return transition(res)
+	tr, err := transition(res)
+	tr.CreatedAt = msTime(str(res, 3))
+	return tr, err
 }
 
 // MarkRetrying records a failed attempt that will be retried.
@@ -380,6 +384,7 @@ type CallbackResult struct {
 	ID      string
 	App     string
 	State   State
+	SentAt  time.Time // when applied: when WeChat accepted it, for the sent→final latency
 }
 
 // ApplyCallback applies WeChat's result for msgID of app: to is the final state
@@ -394,7 +399,8 @@ func (s *Store) ApplyCallback(ctx context.Context, app, msgID string, to State, 
 	if err != nil {
 		return CallbackResult{}, fmt.Errorf("delivery: apply callback: %w", err)
 	}
-	return CallbackResult{Outcome: CallbackOutcome(str(res, 0)), ID: str(res, 1), App: str(res, 2), State: State(str(res, 3))}, nil
+	return CallbackResult{Outcome: CallbackOutcome(str(res, 0)), ID: str(res, 1), App: str(res, 2), State: State(str(res, 3)),
+		SentAt: msTime(str(res, 4))}, nil
 }
 
 // Settled is a message a sweep moved to a final state.

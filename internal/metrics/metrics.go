@@ -38,6 +38,10 @@ type Metrics struct {
 	// TemplateChecks counts template validations at enqueue: ok, rejected, or
 	// skipped (the list was unavailable; the message was accepted unchecked).
 	TemplateChecks *prometheus.CounterVec
+	// SentLatency is enqueue → accepted by WeChat; FinalLatency is accepted →
+	// the result callback.
+	SentLatency  *prometheus.HistogramVec
+	FinalLatency *prometheus.HistogramVec
 }
 
 // Labels lists the known label values to initialise.
@@ -105,7 +109,17 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 		Name: "wxpush_template_checks_total",
 		Help: "Template validations of enqueued messages: ok, rejected, or skipped because the template list was unavailable.",
 	}, []string{"app", "result"})
-	reg.MustRegister(m.TemplateChecks, m.ConfigErrors, m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
+	m.SentLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "wxpush_enqueue_to_sent_seconds",
+		Help:    "Time from enqueue to WeChat accepting the message (including scheduled delays, retries and rate-limit waits).",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 1800},
+	}, []string{"app"})
+	m.FinalLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "wxpush_sent_to_final_seconds",
+		Help:    "Time from WeChat accepting a message to its result callback.",
+		Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 1800},
+	}, []string{"app"})
+	reg.MustRegister(m.SentLatency, m.FinalLatency, m.TemplateChecks, m.ConfigErrors, m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
 		m.TokenFetches, m.RetriesWaited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector())
@@ -113,6 +127,8 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 	for _, app := range l.Apps {
 		m.Enqueued.WithLabelValues(app)
 		m.ConfigErrors.WithLabelValues(app)
+		m.SentLatency.WithLabelValues(app)
+		m.FinalLatency.WithLabelValues(app)
 		for _, r := range []string{"ok", "rejected", "skipped"} {
 			m.TemplateChecks.WithLabelValues(app, r)
 		}

@@ -85,6 +85,10 @@ func TestEndToEnd(t *testing.T) {
 		`wxpush_send_attempts_total{app="default",result="ok"}`:               6,
 		`wxpush_send_attempts_total{app="default",result="transient"}`:        2,
 		`wxpush_send_attempts_total{app="default",result="permanent"}`:        1,
+		// Six messages were accepted by WeChat; five were settled by a callback
+		// that came after the send (early_1's came first).
+		`wxpush_enqueue_to_sent_seconds_count{app="default"}`: 6,
+		`wxpush_sent_to_final_seconds_count{app="default"}`:   5,
 	} {
 		if got := servicetest.SumSeries(t, scrape, series); got != want {
 			t.Errorf("%s summed over processes = %v, want %v", series, got, want)

@@ -175,6 +175,9 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			// which WeChat drops as a duplicate.
 			return fmt.Errorf("tasks: store sent: %w", err)
 		}
+		if tr.Changed && !tr.CreatedAt.IsZero() {
+			h.metrics.SentLatency.WithLabelValues(a.App).Observe(h.now().Sub(tr.CreatedAt).Seconds())
+		}
 		if tr.Changed && tr.State.Final() {
 			h.metrics.Finished.WithLabelValues(a.App, string(tr.State)).Inc()
 		}
