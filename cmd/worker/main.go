@@ -14,6 +14,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == service.HealthCheckFlag {
+		os.Exit(service.HealthCheckMain(context.Background(), service.Worker, os.Getenv, os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := service.RunWorker(ctx, os.Getenv, os.Stdout, os.Stderr); err != nil {
