@@ -62,6 +62,10 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if cfg.sim.Rules, err = wechatsim.ParseRules(getenv("WXSIM_RULES")); err != nil {
 		return config{}, fmt.Errorf("WXSIM_RULES: %w", err)
 	}
+	// The seed's sample message works out of the box, with template checks on.
+	for _, a := range cfg.sim.Apps {
+		cfg.sim.Templates = append(cfg.sim.Templates, wechatsim.SampleTemplate(a.AppID))
+	}
 	return cfg, nil
 }
 

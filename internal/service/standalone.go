@@ -20,13 +20,6 @@ import (
 	"github.com/wxpush/wxpush/internal/wechat/wechatsim"
 )
 
-// SampleTemplateID is the seed article's card-payment template, which the
-// built-in simulator knows in standalone mode.
-const SampleTemplateID = "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY"
-
-const sampleTemplateContent = "{{User.DATA}}，您好：\n您尾号{{CardNumber.DATA}}的卡于{{Date.DATA}}{{Type.DATA}}{{Money.DATA}}。\n" +
-	"截至{{DeadTime.DATA}}，可用余额{{Left.DATA}}。"
-
 // runStandalone runs everything in one process: miniredis (nothing persists), the
 // API and callback, a worker and, unless WECHAT_API_BASE is set, the simulator.
 func runStandalone(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.Writer) error {
@@ -95,7 +88,7 @@ Then follow it:
 	return g.Wait()
 }
 
-const sampleMessage = `{"touser":"OPENID","template_id":"` + SampleTemplateID + `","url":"http://weixin.qq.com/download","topcolor":"#FF0000","data":{"User":{"value":"黄先生","color":"#173177"},"Date":{"value":"06月07日 19时24分","color":"#173177"},"CardNumber":{"value":"0426","color":"#173177"},"Type":{"value":"消费","color":"#173177"},"Money":{"value":"人民币260.00元","color":"#173177"},"DeadTime":{"value":"06月07日19时24分","color":"#173177"},"Left":{"value":"6504.09","color":"#173177"}}}`
+const sampleMessage = `{"touser":"OPENID","template_id":"` + wechatsim.SampleTemplateID + `","url":"http://weixin.qq.com/download","topcolor":"#FF0000","data":{"User":{"value":"黄先生","color":"#173177"},"Date":{"value":"06月07日 19时24分","color":"#173177"},"CardNumber":{"value":"0426","color":"#173177"},"Type":{"value":"消费","color":"#173177"},"Money":{"value":"人民币260.00元","color":"#173177"},"DeadTime":{"value":"06月07日19时24分","color":"#173177"},"Left":{"value":"6504.09","color":"#173177"}}}`
 
 // startSimulator serves the WeChat simulator on a loopback port, pushing result
 // callbacks to this process's callback path of each app.
@@ -106,9 +99,7 @@ func startSimulator(ctx context.Context, g *errgroup.Group, cfg config.Config, a
 			AppID: a.AppID, Secret: a.Secret.Reveal(), Token: a.Token.Reveal(),
 			CallbackURL: apiURL + "/wechat/callback/" + a.Name,
 		})
-		simCfg.Templates = append(simCfg.Templates, wechatsim.Template{
-			AppID: a.AppID, TemplateID: SampleTemplateID, Title: "信用卡消费提醒", Content: sampleTemplateContent,
-		})
+		simCfg.Templates = append(simCfg.Templates, wechatsim.SampleTemplate(a.AppID))
 	}
 	sim, err := wechatsim.New(simCfg)
 	if err != nil {

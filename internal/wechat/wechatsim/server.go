@@ -63,6 +63,19 @@ type App struct {
 	AESKey string
 }
 
+// SampleTemplateID is the seed article's card-payment template (the 黄先生
+// notice), which standalone mode and the wechat-sim binary give every app.
+const SampleTemplateID = "ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY"
+
+// SampleTemplate returns that template for appID.
+func SampleTemplate(appID string) Template {
+	return Template{
+		AppID: appID, TemplateID: SampleTemplateID, Title: "信用卡消费提醒",
+		Content: "{{User.DATA}}，您好：\n您尾号{{CardNumber.DATA}}的卡于{{Date.DATA}}{{Type.DATA}}{{Money.DATA}}。\n" +
+			"截至{{DeadTime.DATA}}，可用余额{{Left.DATA}}。",
+	}
+}
+
 // Template is a private template of one app.
 type Template struct {
 	AppID      string
