@@ -14,9 +14,10 @@ run: ## Run standalone mode: embedded Redis, API, worker and WeChat simulator in
 	env -u REDIS_URL WXPUSH_LOG_FORMAT=$${WXPUSH_LOG_FORMAT:-text} $(GO) run ./cmd/worker
 
 .PHONY: test
-test: ## go vet and the race-enabled test suite (real redis-server; see README)
+test: ## go vet, the race-enabled test suite (real redis-server; see README), monitoring checks
 	$(GO) vet $(PKGS)
 	$(GO) test -race -timeout 15m $(PKGS)
+	@$(MAKE) --no-print-directory test-monitoring
 
 .PHONY: build
 build: ## Build enqueuer, worker and wechat-sim into ./bin
@@ -38,3 +39,25 @@ fuzz: ## Run each fuzz target for FUZZTIME (default 10s); crashers land in testd
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenEnvelope$$' -fuzztime $(FUZZTIME) ./internal/wechat
 	$(GO) test -run '^$$' -fuzz '^FuzzCreateMessage$$' -fuzztime $(FUZZTIME) ./internal/api
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRules$$' -fuzztime $(FUZZTIME) ./internal/wechat/wechatsim
+
+PROMTOOL ?= promtool
+PYTHON   ?= python3
+.PHONY: test-monitoring
+test-monitoring: ## promtool check/test of deploy/prometheus; dashboard JSON and metric names
+	@if command -v $(PROMTOOL) >/dev/null 2>&1; then \
+		set -e; \
+		$(PROMTOOL) check config deploy/prometheus/prometheus.yml; \
+		$(PROMTOOL) check rules deploy/prometheus/alerts.yml; \
+		$(PROMTOOL) test rules deploy/prometheus/alerts_test.yml; \
+	elif [ "$$WXPUSH_TEST_REQUIRE_PROMTOOL" = 1 ]; then \
+		echo "FAIL: promtool not on PATH and WXPUSH_TEST_REQUIRE_PROMTOOL=1 (apt-get install prometheus)"; exit 1; \
+	else \
+		echo "SKIP promtool checks of deploy/prometheus: promtool not on PATH (apt-get install prometheus)"; \
+	fi
+	@if command -v $(PYTHON) >/dev/null 2>&1; then \
+		set -e; \
+		for f in deploy/grafana/wxpush.json; do $(PYTHON) -m json.tool $$f >/dev/null && echo "$$f: valid JSON"; done; \
+		$(PYTHON) deploy/grafana/check_metrics.py internal/metrics deploy/grafana/wxpush.json deploy/prometheus/alerts.yml; \
+	else \
+		echo "SKIP dashboard checks of deploy/grafana: $(PYTHON) not on PATH"; \
+	fi

@@ -54,7 +54,7 @@ func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *p
 	m := metrics.New(reg, metrics.Labels{
 		Apps: cfg.AppNames(), States: states, Results: results,
 		Events: api.CallbackEvents, Outcome: api.CallbackOutcomes, Rejects: api.CallbackRejectReasons,
-		APIs: []string{"token", "stable_token", "template/send"},
+		APIs: []string{"token", "stable_token", "template/send", "subscribe/bizsend", "template/list"},
 	})
 	store := delivery.NewStore(rdb, delivery.Config{
 		Retention: cfg.Retention, ConfirmTimeout: cfg.ConfirmTimeout, CallbackHold: cfg.CallbackHold,
