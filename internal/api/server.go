@@ -78,6 +78,7 @@ type Deps struct {
 	Messages   Messages
 	Idem       Idempotency // nil: Idempotency-Key is refused
 	Templates  Templates   // nil: no template validation or listing
+	UI         http.Handler // served under /ui/ behind the API's auth; nil = none
 	Apps       []App
 	DefaultApp string
 	APIKeys    []secret.Value
@@ -94,6 +95,7 @@ type Server struct {
 	messages   Messages
 	idem       Idempotency
 	templates  Templates
+	ui         http.Handler
 	apps       map[string]App
 	defaultApp string
 	apiKeys    []secret.Value
@@ -106,7 +108,7 @@ type Server struct {
 
 // New returns a Server.
 func New(d Deps) *Server {
-	s := &Server{submit: d.Submit, messages: d.Messages, idem: d.Idem, templates: d.Templates, apps: map[string]App{},
+	s := &Server{submit: d.Submit, messages: d.Messages, idem: d.Idem, templates: d.Templates, ui: d.UI, apps: map[string]App{},
 		defaultApp: d.DefaultApp, apiKeys: d.APIKeys, metrics: d.Metrics, gatherer: d.Gatherer,
 		log: d.Logger, ready: d.Ready, now: d.Now}
 	for _, a := range d.Apps {
@@ -140,6 +142,10 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /wechat/callback/{app}", s.handleVerify)
 	mux.HandleFunc("POST /wechat/callback/{app}", s.handleCallback)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
+	if s.ui != nil {
+		mux.Handle("/ui/", s.auth(s.ui))
+		mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})

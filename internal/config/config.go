@@ -86,8 +86,11 @@ type Config struct {
 	TaskCheckInterval time.Duration // worker's poll interval when the queues are empty
 	ShutdownTimeout   time.Duration // how long SIGTERM waits for in-flight sends
 	IdempotencyWindow time.Duration // how long an Idempotency-Key's response is kept
-	LogLevel          string        // debug, info, warn, error
-	LogFormat         string        // json, text
+	// UIWritable lets the web UI (/ui) act on tasks (run, delete, archive);
+	// false (the default) makes it read-only.
+	UIWritable bool
+	LogLevel   string // debug, info, warn, error
+	LogFormat  string // json, text
 
 	fromFile uint32 // bit i: knobs[i] was set by the file and not by the environment
 	// index is built by Load and shared read-only by copies. A pointer also keeps fmt

@@ -15,7 +15,7 @@ import (
 type knob struct {
 	env   string
 	key   string
-	field func(*Config) any // *string, *int or *time.Duration
+	field func(*Config) any // *string, *int, *bool or *time.Duration
 }
 
 var knobs = []knob{
@@ -34,6 +34,7 @@ var knobs = []knob{
 	{"WXPUSH_TASK_CHECK_INTERVAL", "task_check_interval", func(c *Config) any { return &c.TaskCheckInterval }},
 	{"WXPUSH_SHUTDOWN_TIMEOUT", "shutdown_timeout", func(c *Config) any { return &c.ShutdownTimeout }},
 	{"WXPUSH_IDEMPOTENCY_WINDOW", "idempotency_window", func(c *Config) any { return &c.IdempotencyWindow }},
+	{"WXPUSH_UI_WRITABLE", "ui_writable", func(c *Config) any { return &c.UIWritable }},
 	{"WXPUSH_LOG_LEVEL", "log_level", func(c *Config) any { return &c.LogLevel }},
 	{"WXPUSH_LOG_FORMAT", "log_format", func(c *Config) any { return &c.LogFormat }},
 }
@@ -64,6 +65,12 @@ func (k knob) set(c *Config, field, text string) error {
 			return fmt.Errorf("%s: %q is not a duration (e.g. 30s, 10m, 168h)", field, text)
 		}
 		*p = d
+	case *bool:
+		b, err := strconv.ParseBool(text)
+		if err != nil {
+			return fmt.Errorf("%s: %q is not a boolean (true or false)", field, text)
+		}
+		*p = b
 	}
 	return nil
 }

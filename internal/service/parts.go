@@ -128,6 +128,7 @@ func (p *parts) apiHandler() (http.Handler, error) {
 		Messages:   p.store,
 		Idem:       idempotency.New(p.rdb, p.cfg.IdempotencyWindow),
 		Templates:  p.tpl,
+		UI:         p.uiHandler(),
 		Apps:       apps,
 		DefaultApp: config.DefaultApp,
 		APIKeys:    p.cfg.APIKeys,

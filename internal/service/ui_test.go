@@ -1,0 +1,54 @@
+package service_test
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wxpush/wxpush/internal/servicetest"
+)
+
+// TestWebUI: asynqmon is served under /ui on the enqueuer, read-only, and shows
+// task payloads with openids masked.
+func TestWebUI(t *testing.T) {
+	t.Parallel()
+	c := servicetest.Start(t, servicetest.Options{})
+	const openID = "oia2TjuEGTNoeX76QEjQNrcURxG8"
+	sendAt := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	servicetest.PostMessage(t, c.API, `{"touser":"`+openID+`","template_id":"T1","send_at":"`+sendAt+`","data":{"thing1":{"value":"v"}}}`)
+
+	code, body := servicetest.Do(t, http.MethodGet, c.API+"/ui/", "")
+	if code != http.StatusOK || !strings.Contains(body, "<html") {
+		t.Fatalf("GET /ui/ = %d %.200s", code, body)
+	}
+	code, body = servicetest.Do(t, http.MethodGet, c.API+"/ui/api/queues/normal/scheduled_tasks", "")
+	if code != http.StatusOK || !strings.Contains(body, "oia2****G8") {
+		t.Fatalf("scheduled tasks = %d %.300s; want the task with its openid masked", code, body)
+	}
+	if strings.Contains(body, openID) {
+		t.Errorf("the UI shows a full openid: %.300s", body)
+	}
+	if code, _ := servicetest.Do(t, http.MethodDelete, c.API+"/ui/api/queues/normal", ""); code != http.StatusMethodNotAllowed {
+		t.Errorf("a write through the read-only UI = %d, want 405", code)
+	}
+}
+
+// TestWebUIBehindAPIKeys: with API keys the UI needs one, like the API.
+func TestWebUIBehindAPIKeys(t *testing.T) {
+	t.Parallel()
+	c := servicetest.Start(t, servicetest.Options{Env: map[string]string{"WXPUSH_API_KEYS": "ui-key-1"}})
+	if code, _ := servicetest.Do(t, http.MethodGet, c.API+"/ui/", ""); code != http.StatusUnauthorized {
+		t.Errorf("GET /ui/ without a key = %d, want 401", code)
+	}
+	req, _ := http.NewRequest(http.MethodGet, c.API+"/ui/api/queues", nil)
+	req.Header.Set("Authorization", "Bearer ui-key-1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET /ui/api/queues with the key = %d, want 200", resp.StatusCode)
+	}
+}
