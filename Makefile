@@ -61,3 +61,7 @@ test-monitoring: ## promtool check/test of deploy/prometheus; dashboard JSON and
 	else \
 		echo "SKIP dashboard checks of deploy/grafana: $(PYTHON) not on PATH"; \
 	fi
+
+.PHONY: e2e
+e2e: ## Browser check of the web UI in headless Chromium (apt-get install chromium); not part of CI
+	./scripts/e2e-ui.sh
