@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -146,16 +147,37 @@ func (s *Store) TrySweepLock(ctx context.Context, d time.Duration) (bool, error)
 	return ok, nil
 }
 
-// Backlogs returns the unfinished-message count of every app that has any.
-func (s *Store) Backlogs(ctx context.Context) (map[string]int64, error) {
+// Backlog counts of one app: unfinished messages in all and by state.
+type AppBacklog struct {
+	Total   int64
+	ByState map[State]int64 // queued, scheduled, retrying, sent
+}
+
+// Backlogs returns the unfinished-message counts of every app that has any.
+func (s *Store) Backlogs(ctx context.Context) (map[string]AppBacklog, error) {
 	h, err := s.rdb.HGetAll(ctx, backlogKey).Result()
 	if err != nil {
 		return nil, fmt.Errorf("delivery: backlogs: %w", err)
 	}
-	out := make(map[string]int64, len(h))
-	for app, v := range h {
+	out := make(map[string]AppBacklog)
+	get := func(app string) AppBacklog {
+		b, ok := out[app]
+		if !ok {
+			b = AppBacklog{ByState: map[State]int64{}}
+		}
+		return b
+	}
+	for field, v := range h {
 		n, _ := strconv.ParseInt(v, 10, 64)
-		out[app] = n
+		if app, state, ok := strings.Cut(field, "|"); ok {
+			b := get(app)
+			b.ByState[State(state)] = n
+			out[app] = b
+			continue
+		}
+		b := get(field)
+		b.Total = n
+		out[field] = b
 	}
 	return out, nil
 }

@@ -273,3 +273,54 @@ func TestCreateBatchConcurrentScriptLoad(t *testing.T) {
 		t.Errorf("backlog = %d, want %d", n, 5*4*200)
 	}
 }
+
+// TestBacklogByState: the per-state counts follow every transition and never
+// go negative or linger at zero.
+func TestBacklogByState(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	states := func() map[State]int64 {
+		t.Helper()
+		all, err := b.store.Backlogs(b.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return all["default"].ByState
+	}
+	want := func(step string, w map[State]int64) {
+		t.Helper()
+		got := states()
+		if len(got) != len(w) {
+			t.Errorf("%s: by state = %v, want %v", step, got, w)
+			return
+		}
+		for k, v := range w {
+			if got[k] != v {
+				t.Errorf("%s: by state = %v, want %v", step, got, w)
+				return
+			}
+		}
+	}
+	b.create(t, "a")
+	b.create(t, "b")
+	b.create(t, "s", func(m *NewMessage) { m.SendAt = b.clock.Now().Add(time.Hour) })
+	want("created", map[State]int64{StateQueued: 2, StateScheduled: 1})
+	b.store.Begin(b.ctx, "a")
+	b.store.MarkRetrying(b.ctx, "a", ErrorInfo{Code: -1})
+	b.store.MarkRetrying(b.ctx, "a", ErrorInfo{Code: -1})
+	want("retrying", map[State]int64{StateQueued: 1, StateRetrying: 1, StateScheduled: 1})
+	b.store.Begin(b.ctx, "a")
+	b.store.MarkSent(b.ctx, "a", "default", 9)
+	want("sent", map[State]int64{StateQueued: 1, StateSent: 1, StateScheduled: 1})
+	b.store.ApplyCallback(b.ctx, "default", "9", StateDelivered, "success")
+	b.store.Cancel(b.ctx, "s")
+	b.store.Finish(b.ctx, "b", "default", StateDead, nil)
+	want("all final", map[State]int64{})
+	b.store.Requeue(b.ctx, "b", "default")
+	want("requeued", map[State]int64{StateQueued: 1})
+	b.store.Delete(b.ctx, "b")
+	want("deleted", map[State]int64{})
+	if all, _ := b.store.Backlogs(b.ctx); all["default"].Total != 0 {
+		t.Errorf("total = %d, want 0", all["default"].Total)
+	}
+}

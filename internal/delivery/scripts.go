@@ -15,10 +15,24 @@ local function hist(rec, entry)
   local n = redis.call("HINCRBY", rec, "hn", 1)
   redis.call("HSET", rec, "h" .. n, entry)
 end
-local function settle(rec, backlog, app, to, now, retention)
+-- The backlog hash counts each app's unfinished messages (field app) and how many
+-- are in each non-final state (field app|state), for admission control and the
+-- cluster-wide gauges.
+local function count(backlog, app, state, by)
+  if not state or final[state] then return end
+  local f = app .. "|" .. state
+  if redis.call("HINCRBY", backlog, f, by) <= 0 then redis.call("HDEL", backlog, f) end
+end
+local function move(backlog, app, from, to)
+  if from == to then return end
+  count(backlog, app, from, -1)
+  count(backlog, app, to, 1)
+end
+local function settle(rec, backlog, app, from, to, now, retention)
   redis.call("HSET", rec, "state", to, "finished_ms", now)
   redis.call("HDEL", rec, "inflight_ms")
   if redis.call("HINCRBY", backlog, app, -1) <= 0 then redis.call("HDEL", backlog, app) end
+  count(backlog, app, from, -1)
   redis.call("PEXPIRE", rec, retention)
 end
 -- compact rewrites a settled record without its send body, unless it may be
@@ -51,15 +65,18 @@ local max = tonumber(ARGV[2])
 if max > 0 and (tonumber(redis.call("HGET", KEYS[2], ARGV[1])) or 0) >= max then return "full" end
 redis.call("HSET", KEYS[1], unpack(ARGV, 3))
 redis.call("HINCRBY", KEYS[2], ARGV[1], 1)
+redis.call("HINCRBY", KEYS[2], ARGV[1] .. "|" .. ARGV[6], 1) -- ARGV[6] is the state
 return "created"`)
 
 // deleteScript undoes a create whose task could not be enqueued.
 // KEYS: rec, backlog.
-var deleteScript = redis.NewScript(`
-local app = redis.call("HGET", KEYS[1], "app")
+var deleteScript = redis.NewScript(luaPrelude + `
+local v = redis.call("HMGET", KEYS[1], "app", "state")
+local app = v[1]
 if not app then return 0 end
 redis.call("DEL", KEYS[1])
 if redis.call("HINCRBY", KEYS[2], app, -1) <= 0 then redis.call("HDEL", KEYS[2], app) end
+count(KEYS[2], app, v[2], -1)
 return 1`)
 
 // beginScript starts a send attempt: it refuses a message that is sent or final,
@@ -77,7 +94,7 @@ if final[st] or st == "sent" then return {st, app} end
 local now = tonumber(ARGV[1])
 local exp = tonumber(v[4])
 if exp and exp > 0 and now >= exp then
-  settle(KEYS[1], KEYS[2], app, "expired", ARGV[1], ARGV[3])
+  settle(KEYS[1], KEYS[2], app, st, "expired", ARGV[1], ARGV[3])
   hist(KEYS[1], ARGV[2])
   compact(KEYS[1], "expired", ARGV[3])
   return {"expired", app, "changed"}
@@ -106,6 +123,7 @@ if final[st] or st == "sent" then
   return {st, "", app}
 end
 redis.call("HSET", KEYS[1], "state", "sent", "sent_ms", ARGV[3])
+move(KEYS[5], app, st, "sent")
 hist(KEYS[1], ARGV[4])
 local held = false
 -- msgid 0: WeChat accepted without saying which msgid; no callback can match.
@@ -117,7 +135,7 @@ end
 if held then
   local sep = string.find(held, "|", 1, true)
   local to, raw = string.sub(held, 1, sep - 1), string.sub(held, sep + 1)
-  settle(KEYS[1], KEYS[5], app, to, ARGV[3], ARGV[7])
+  settle(KEYS[1], KEYS[5], app, "sent", to, ARGV[3], ARGV[7])
   redis.call("HSET", KEYS[1], "wx_status", raw)
   hist(KEYS[1], cjson.encode({t = tonumber(ARGV[3]), e = "callback", s = to, n = "held"}))
   redis.call("DEL", KEYS[3])
@@ -148,7 +166,7 @@ local v = redis.call("HMGET", rec, "state", "app", "wx_status", "sent_ms")
 local st, app = v[1], v[2]
 if not st then return {"unknown", id} end
 if st == "sent" then
-  settle(rec, KEYS[4], app, ARGV[1], ARGV[3], ARGV[5])
+  settle(rec, KEYS[4], app, "sent", ARGV[1], ARGV[3], ARGV[5])
   redis.call("HSET", rec, "wx_status", ARGV[2])
   hist(rec, ARGV[6])
   redis.call("ZREM", KEYS[3], id)
@@ -168,12 +186,14 @@ end
 return {"duplicate", id, app or "", st}`)
 
 // retryScript records a failed attempt that will be retried.
-// KEYS: rec. ARGV: history entry, errcode, errmsg.
+// KEYS: rec, backlog. ARGV: history entry, errcode, errmsg.
 var retryScript = redis.NewScript(luaPrelude + `
-local st = redis.call("HGET", KEYS[1], "state")
+local v = redis.call("HMGET", KEYS[1], "state", "app")
+local st = v[1]
 if not st then return "" end
 redis.call("HDEL", KEYS[1], "inflight_ms")
 if final[st] or st == "sent" then return st end
+move(KEYS[2], v[2], st, "retrying")
 redis.call("HSET", KEYS[1], "state", "retrying", "err_code", ARGV[2], "err_msg", ARGV[3])
 hist(KEYS[1], ARGV[1])
 return "retrying"`)
@@ -196,7 +216,7 @@ if (ARGV[8] == "sent") ~= (st == "sent") then return {st, "", app} end
 if ARGV[8] == "cancel" and tonumber(v[3] or "0") > tonumber(ARGV[2]) then
   return {st, "inflight", app}
 end
-settle(KEYS[1], KEYS[3], app, ARGV[1], ARGV[2], ARGV[6])
+settle(KEYS[1], KEYS[3], app, st, ARGV[1], ARGV[2], ARGV[6])
 if ARGV[4] ~= "" then redis.call("HSET", KEYS[1], "err_code", ARGV[4], "err_msg", ARGV[5]) end
 hist(KEYS[1], ARGV[3])
 redis.call("ZREM", KEYS[2], ARGV[7])
@@ -219,6 +239,7 @@ redis.call("HSET", KEYS[1], "state", "queued")
 redis.call("HDEL", KEYS[1], "finished_ms")
 redis.call("PERSIST", KEYS[1])
 redis.call("HINCRBY", KEYS[2], app, 1)
+count(KEYS[2], app, "queued", 1)
 redis.call("ZREM", KEYS[3], ARGV[1])
 hist(KEYS[1], ARGV[2])
 return {"requeued", app, v[3]}`)

@@ -321,7 +321,7 @@ func (s *Store) MarkSent(ctx context.Context, id, app string, msgID int64) (Tran
 // MarkRetrying records a failed attempt that will be retried.
 func (s *Store) MarkRetrying(ctx context.Context, id string, e ErrorInfo) (State, error) {
 	now := s.cfg.Now()
-	st, err := retryScript.Run(ctx, s.rdb, []string{recordKey(id)},
+	st, err := retryScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey},
 		s.line(now, historyLine{Event: "attempt failed", State: StateRetrying, ErrCode: e.Code, ErrMsg: e.Msg}),
 		e.Code, e.Msg).Text()
 	if err != nil {

@@ -5,14 +5,19 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wxpush/wxpush/internal/delivery"
 )
 
 // ClusterState is what the cluster collector reads from Redis at scrape time;
 // *delivery.Store provides it.
 type ClusterState interface {
 	ParkedApps(ctx context.Context) (map[string]time.Time, error)
-	Backlogs(ctx context.Context) (map[string]int64, error)
+	Backlogs(ctx context.Context) (map[string]delivery.AppBacklog, error)
 }
+
+// unfinished are the states a message waits in; final states are counters.
+var unfinished = []delivery.State{delivery.StateQueued, delivery.StateScheduled, delivery.StateRetrying, delivery.StateSent}
 
 // clusterCollector exports cluster-wide gauges read from Redis at scrape time,
 // so every process reports the same value however many run or restart: use
@@ -24,6 +29,7 @@ type clusterCollector struct {
 
 	parked  *prometheus.Desc
 	backlog *prometheus.Desc
+	byState *prometheus.Desc
 	up      *prometheus.Desc
 }
 
@@ -35,6 +41,8 @@ func NewClusterCollector(src ClusterState, apps []string) prometheus.Collector {
 			"1 while the app is parked (daily quota spent) and its messages wait; cluster-wide.", []string{"app"}, nil),
 		backlog: prometheus.NewDesc("wxpush_app_backlog_messages",
 			"Messages of the app not yet in a final state; cluster-wide.", []string{"app"}, nil),
+		byState: prometheus.NewDesc("wxpush_app_messages",
+			"Messages of the app not yet final, by state (queued, scheduled, retrying, sent); cluster-wide.", []string{"app", "state"}, nil),
 		up: prometheus.NewDesc("wxpush_cluster_state_up",
 			"1 if the cluster-wide gauges could be read from Redis at this scrape.", nil, nil),
 	}
@@ -43,6 +51,7 @@ func NewClusterCollector(src ClusterState, apps []string) prometheus.Collector {
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.parked
 	ch <- c.backlog
+	ch <- c.byState
 	ch <- c.up
 }
 
@@ -62,6 +71,10 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 			p = 1
 		}
 		ch <- prometheus.MustNewConstMetric(c.parked, prometheus.GaugeValue, p, app)
-		ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(backlogs[app]), app)
+		b := backlogs[app]
+		ch <- prometheus.MustNewConstMetric(c.backlog, prometheus.GaugeValue, float64(b.Total), app)
+		for _, st := range unfinished {
+			ch <- prometheus.MustNewConstMetric(c.byState, prometheus.GaugeValue, float64(b.ByState[st]), app, string(st))
+		}
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wxpush/wxpush/internal/delivery"
 )
 
 func TestMetricsLintAndInit(t *testing.T) {
@@ -51,19 +53,22 @@ wxpush_messages_finished_total{app="shop",state="rejected"} 0
 
 type fakeCluster struct {
 	parked  map[string]time.Time
-	backlog map[string]int64
+	backlog map[string]delivery.AppBacklog
 	err     error
 }
 
 func (f fakeCluster) ParkedApps(context.Context) (map[string]time.Time, error) {
 	return f.parked, f.err
 }
-func (f fakeCluster) Backlogs(context.Context) (map[string]int64, error) { return f.backlog, f.err }
+func (f fakeCluster) Backlogs(context.Context) (map[string]delivery.AppBacklog, error) {
+	return f.backlog, f.err
+}
 
 func TestClusterCollector(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(NewClusterCollector(fakeCluster{
-		parked: map[string]time.Time{"shop": time.Now().Add(time.Hour)}, backlog: map[string]int64{"default": 7},
+		parked:  map[string]time.Time{"shop": time.Now().Add(time.Hour)},
+		backlog: map[string]delivery.AppBacklog{"default": {Total: 7, ByState: map[delivery.State]int64{"queued": 5, "sent": 2}}},
 	}, []string{"default", "shop"}))
 	want := `
 # HELP wxpush_app_backlog_messages Messages of the app not yet in a final state; cluster-wide.
@@ -78,7 +83,22 @@ wxpush_app_parked{app="shop"} 1
 # TYPE wxpush_cluster_state_up gauge
 wxpush_cluster_state_up 1
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "wxpush_app_backlog_messages", "wxpush_app_parked", "wxpush_cluster_state_up"); err != nil {
+		t.Error(err)
+	}
+	byState := `
+# HELP wxpush_app_messages Messages of the app not yet final, by state (queued, scheduled, retrying, sent); cluster-wide.
+# TYPE wxpush_app_messages gauge
+wxpush_app_messages{app="default",state="queued"} 5
+wxpush_app_messages{app="default",state="retrying"} 0
+wxpush_app_messages{app="default",state="scheduled"} 0
+wxpush_app_messages{app="default",state="sent"} 2
+wxpush_app_messages{app="shop",state="queued"} 0
+wxpush_app_messages{app="shop",state="retrying"} 0
+wxpush_app_messages{app="shop",state="scheduled"} 0
+wxpush_app_messages{app="shop",state="sent"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(byState), "wxpush_app_messages"); err != nil {
 		t.Error(err)
 	}
 	if problems, _ := testutil.GatherAndLint(reg); len(problems) != 0 {
