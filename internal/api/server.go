@@ -143,8 +143,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /wechat/callback/{app}", s.handleCallback)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
 	if s.ui != nil {
+		// The subtree pattern also redirects /ui to /ui/.
 		mux.Handle("/ui/", s.auth(s.ui))
-		mux.Handle("GET /ui", http.RedirectHandler("/ui/", http.StatusMovedPermanently))
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
