@@ -11,7 +11,7 @@ help: ## List the targets
 
 .PHONY: run
 run: ## Run standalone mode: embedded Redis, API, worker and WeChat simulator in one process
-	env -u REDIS_URL WXPUSH_LOG_FORMAT=$${WXPUSH_LOG_FORMAT:-text} $(GO) run ./cmd/worker
+	env -u REDIS_URL $(GO) run ./cmd/worker
 
 .PHONY: test
 test: ## go vet, the race-enabled test suite (real redis-server; see README), monitoring checks

@@ -115,7 +115,7 @@ func Defaults() Config {
 		ShutdownTimeout:   10 * time.Second,
 		IdempotencyWindow: 24 * time.Hour,
 		LogLevel:          "info",
-		LogFormat:         "json",
+		LogFormat:         "auto",
 	}
 }
 

@@ -419,7 +419,7 @@ func TestLoadFileErrors(t *testing.T) {
 		{
 			name: "tuning checked by Validate",
 			file: "tuning:\n  log_format: xml\n  send_timeout: 0s\n",
-			want: []string{`tuning.log_format: "xml" must be json or text`, "tuning.send_timeout: 0s must be positive"},
+			want: []string{`tuning.log_format: "xml" must be json, text or auto`, "tuning.send_timeout: 0s must be positive"},
 		},
 		{
 			name:    "unknown app key",

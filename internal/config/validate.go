@@ -75,9 +75,9 @@ func (c Config) Validate() error {
 		bad("%s: %q must be debug, info, warn or error", name("log_level"), c.LogLevel)
 	}
 	switch c.LogFormat {
-	case "json", "text":
+	case "json", "text", "auto":
 	default:
-		bad("%s: %q must be json or text", name("log_format"), c.LogFormat)
+		bad("%s: %q must be json, text or auto", name("log_format"), c.LogFormat)
 	}
 
 	first := make(map[string]int, len(c.Apps))

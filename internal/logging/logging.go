@@ -6,11 +6,13 @@ package logging
 import (
 	"io"
 	"log/slog"
+	"os"
 	"strings"
 )
 
-// New returns a logger writing JSON (format "json") or text lines at level
-// ("debug", "info", "warn", "error"; anything else means info).
+// New returns a logger writing JSON (format "json") or text lines ("text"; "auto"
+// picks text when w is a terminal, JSON otherwise) at level ("debug", "info",
+// "warn", "error"; anything else means info).
 func New(w io.Writer, level, format string) *slog.Logger {
 	var l slog.Level
 	switch strings.ToLower(level) {
@@ -24,6 +26,9 @@ func New(w io.Writer, level, format string) *slog.Logger {
 		l = slog.LevelInfo
 	}
 	opts := &slog.HandlerOptions{Level: l}
+	if format == "auto" && isTerminal(w) {
+		format = "text"
+	}
 	if format == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
@@ -42,3 +47,14 @@ func MaskOpenID(openID string) string {
 
 // Discard is a logger that drops everything (tests).
 func Discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// isTerminal reports whether w is a character device (a terminal), where people
+// read the lines, rather than a file or pipe, where programs do.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
