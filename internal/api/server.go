@@ -6,8 +6,10 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -74,11 +76,14 @@ type Templates interface {
 // Deps are the Server's collaborators. Ready reports whether the process can serve
 // (Redis reachable); nil means always ready.
 type Deps struct {
-	Submit     Submitter
-	Messages   Messages
-	Idem       Idempotency // nil: Idempotency-Key is refused
-	Templates  Templates   // nil: no template validation or listing
-	UI         http.Handler // served under /ui/ behind the API's auth; nil = none
+	Submit    Submitter
+	Messages  Messages
+	Idem      Idempotency  // nil: Idempotency-Key is refused
+	Templates Templates    // nil: no template validation or listing
+	UI        http.Handler // served under /ui/ behind the API's auth; nil = none
+	// Limit, when set, is taken once per /v1 request per caller (API key, or
+	// client address without keys); a refusal is a 429 with Retry-After.
+	Limit      func(ctx context.Context, caller string) (retryAfter time.Duration, err error)
 	Apps       []App
 	DefaultApp string
 	APIKeys    []secret.Value
@@ -96,6 +101,7 @@ type Server struct {
 	idem       Idempotency
 	templates  Templates
 	ui         http.Handler
+	limit      func(ctx context.Context, caller string) (time.Duration, error)
 	apps       map[string]App
 	defaultApp string
 	apiKeys    []secret.Value
@@ -108,7 +114,7 @@ type Server struct {
 
 // New returns a Server.
 func New(d Deps) *Server {
-	s := &Server{submit: d.Submit, messages: d.Messages, idem: d.Idem, templates: d.Templates, ui: d.UI, apps: map[string]App{},
+	s := &Server{submit: d.Submit, messages: d.Messages, idem: d.Idem, templates: d.Templates, ui: d.UI, limit: d.Limit, apps: map[string]App{},
 		defaultApp: d.DefaultApp, apiKeys: d.APIKeys, metrics: d.Metrics, gatherer: d.Gatherer,
 		log: d.Logger, ready: d.Ready, now: d.Now}
 	for _, a := range d.Apps {
@@ -176,7 +182,7 @@ func (s *Server) auth(next http.Handler) http.Handler {
 					Message: "no API keys are configured (WXPUSH_API_KEYS), so only loopback clients are served"})
 				return
 			}
-			next.ServeHTTP(w, r)
+			s.limited(next).ServeHTTP(w, r)
 			return
 		}
 		given, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
@@ -186,7 +192,28 @@ func (s *Server) auth(next http.Handler) http.Handler {
 				Message: "a valid API key is required: Authorization: Bearer <key>"})
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, callerID(given))))
+		s.limited(next).ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, callerID(given))))
+	})
+}
+
+// limited applies the per-caller request rate. A limiter that cannot reach Redis
+// lets the request through: the handler then answers for Redis itself.
+func (s *Server) limited(next http.Handler) http.Handler {
+	if s.limit == nil {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		wait, err := s.limit(r.Context(), caller(r))
+		if err != nil {
+			s.log.Warn("API rate limiter unavailable; request let through", "err", err)
+		}
+		if wait > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+			writeJSON(w, http.StatusTooManyRequests, map[string]*apiError{"error": {Code: "rate_limited",
+				Message: "too many requests for this API key; slow down and retry after Retry-After seconds"}})
+			return
+		}
+		next.ServeHTTP(w, r)
 	})
 }
 
@@ -208,7 +235,8 @@ func callerID(key string) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// caller returns the identity idempotency keys are scoped to.
+// caller returns the identity idempotency keys and rate limits are scoped to:
+// the API key's id, or "local" for loopback clients without keys.
 func caller(r *http.Request) string {
 	if id, ok := r.Context().Value(callerKey{}).(string); ok {
 		return id

@@ -89,8 +89,12 @@ type Config struct {
 	// UIWritable lets the web UI (/ui) act on tasks (run, delete, archive);
 	// false (the default) makes it read-only.
 	UIWritable bool
-	LogLevel   string // debug, info, warn, error
-	LogFormat  string // json, text
+	// APIRate and APIBurst limit /v1 requests per API key (per client address
+	// without keys), cluster-wide; 0 = no limit.
+	APIRate   int
+	APIBurst  int
+	LogLevel  string // debug, info, warn, error
+	LogFormat string // json, text
 
 	fromFile uint32 // bit i: knobs[i] was set by the file and not by the environment
 	// index is built by Load and shared read-only by copies. A pointer also keeps fmt
@@ -114,6 +118,8 @@ func Defaults() Config {
 		TaskCheckInterval: 10 * time.Millisecond,
 		ShutdownTimeout:   10 * time.Second,
 		IdempotencyWindow: 24 * time.Hour,
+		APIRate:           500,
+		APIBurst:          1000,
 		LogLevel:          "info",
 		LogFormat:         "auto",
 	}

@@ -66,6 +66,9 @@ func (c Config) Validate() error {
 			bad("%s: %s must be positive", name(d.key), d.v)
 		}
 	}
+	if c.APIRate < 0 || c.APIBurst < 0 {
+		bad("%s: %d/%d must not be negative", name("api_rate"), c.APIRate, c.APIBurst)
+	}
 	if c.RetryCap < c.RetryBase {
 		bad("%s: %s is less than %s %s", name("retry_cap"), c.RetryCap, name("retry_base"), c.RetryBase)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/wxpush/wxpush/internal/idempotency"
 	"github.com/wxpush/wxpush/internal/logging"
 	"github.com/wxpush/wxpush/internal/metrics"
+	"github.com/wxpush/wxpush/internal/ratelimit"
 	"github.com/wxpush/wxpush/internal/redisconn"
 	"github.com/wxpush/wxpush/internal/tasks"
 	"github.com/wxpush/wxpush/internal/templates"
@@ -129,6 +130,7 @@ func (p *parts) apiHandler() (http.Handler, error) {
 		Idem:       idempotency.New(p.rdb, p.cfg.IdempotencyWindow),
 		Templates:  p.tpl,
 		UI:         p.uiHandler(),
+		Limit:      p.apiLimit(),
 		Apps:       apps,
 		DefaultApp: config.DefaultApp,
 		APIKeys:    p.cfg.APIKeys,
@@ -137,6 +139,20 @@ func (p *parts) apiHandler() (http.Handler, error) {
 		Logger:     p.log,
 		Ready:      func(ctx context.Context) error { return redisconn.Ping(ctx, p.rdb) },
 	}).Handler(), nil
+}
+
+// apiLimit is the per-caller request rate of the API, shared by every
+// enqueuer through Redis; nil when WXPUSH_API_RATE is 0.
+func (p *parts) apiLimit() func(ctx context.Context, caller string) (time.Duration, error) {
+	if p.cfg.APIRate <= 0 {
+		return nil
+	}
+	lim := ratelimit.New(p.rdb, 0)
+	rate := ratelimit.PerSecond(float64(p.cfg.APIRate), p.cfg.APIBurst)
+	return func(ctx context.Context, caller string) (time.Duration, error) {
+		wait, _, err := lim.Wait(ctx, "wxpush:api:"+caller, rate)
+		return wait, err
+	}
 }
 
 // adminHandler serves a worker's /metrics, /healthz and /readyz.

@@ -52,3 +52,37 @@ func TestWebUIBehindAPIKeys(t *testing.T) {
 		t.Errorf("GET /ui/api/queues with the key = %d, want 200", resp.StatusCode)
 	}
 }
+
+// TestAPIRateLimitPerKey: each API key gets its own request rate, shared by all
+// enqueuers; past it the API answers 429 with Retry-After, and another key is
+// not affected.
+func TestAPIRateLimitPerKey(t *testing.T) {
+	t.Parallel()
+	c := servicetest.Start(t, servicetest.Options{Env: map[string]string{
+		"WXPUSH_API_KEYS": "key-one,key-two", "WXPUSH_API_RATE": "1", "WXPUSH_API_BURST": "3"}})
+	get := func(key string) *http.Response {
+		req, _ := http.NewRequest(http.MethodGet, c.API+"/v1/messages/nope", nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	for i := 0; i < 3; i++ {
+		if resp := get("key-one"); resp.StatusCode != http.StatusNotFound {
+			t.Fatalf("request %d within the burst = %d, want 404", i, resp.StatusCode)
+		}
+	}
+	resp := get("key-one")
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("past the burst = %d (Retry-After %q), want 429 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if resp := get("key-two"); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("another key = %d, want its own budget", resp.StatusCode)
+	}
+	if code, _ := servicetest.Do(t, http.MethodGet, c.API+"/healthz", ""); code != http.StatusOK {
+		t.Errorf("healthz is rate limited: %d", code)
+	}
+}
