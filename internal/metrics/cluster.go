@@ -65,7 +65,20 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 1)
-	for _, app := range c.apps {
+	apps := c.apps
+	if len(apps) > MaxZeroedApps {
+		// Many apps: export only those with something to show.
+		apps = nil
+		for app := range backlogs {
+			apps = append(apps, app)
+		}
+		for app := range parked {
+			if _, dup := backlogs[app]; !dup {
+				apps = append(apps, app)
+			}
+		}
+	}
+	for _, app := range apps {
 		p := 0.0
 		if _, ok := parked[app]; ok {
 			p = 1

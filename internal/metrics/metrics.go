@@ -124,7 +124,7 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector())
 
-	for _, app := range l.Apps {
+	for _, app := range zeroedApps(l.Apps) {
 		m.Enqueued.WithLabelValues(app)
 		m.ConfigErrors.WithLabelValues(app)
 		m.SentLatency.WithLabelValues(app)
@@ -161,6 +161,18 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 		}
 	}
 	return m
+}
+
+// MaxZeroedApps bounds label initialisation: with more apps than this, per-app
+// series appear when first used instead of at zero from the start, so that a
+// deployment of 10,000 apps does not export a million idle series per process.
+const MaxZeroedApps = 100
+
+func zeroedApps(apps []string) []string {
+	if len(apps) > MaxZeroedApps {
+		return nil
+	}
+	return apps
 }
 
 // ObserveAPI records one WeChat API call; result is "ok" or an error class.

@@ -3,6 +3,7 @@ package metrics
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -142,5 +143,34 @@ wxpush_queue_latency_seconds{queue="low"} 0
 	}
 	if problems, _ := testutil.GatherAndLint(reg); len(problems) != 0 {
 		t.Errorf("promlint: %v", problems)
+	}
+}
+
+// TestManyAppsStayLean: with 10,000 apps, label initialisation is skipped and
+// the cluster gauges cover only apps with messages or a park.
+func TestManyAppsStayLean(t *testing.T) {
+	apps := make([]string, 10000)
+	for i := range apps {
+		apps[i] = fmt.Sprintf("app%d", i)
+	}
+	reg := prometheus.NewRegistry()
+	New(reg, Labels{Apps: apps, States: []string{"delivered"}, Results: []string{ResultOK}})
+	reg.MustRegister(NewClusterCollector(fakeCluster{
+		parked:  map[string]time.Time{"app7": time.Now().Add(time.Hour)},
+		backlog: map[string]delivery.AppBacklog{"app3": {Total: 1, ByState: map[delivery.State]int64{"queued": 1}}},
+	}, apps))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := 0
+	for _, mf := range mfs {
+		if strings.HasPrefix(mf.GetName(), "wxpush_") {
+			series += len(mf.GetMetric())
+		}
+	}
+	// app3 and app7: parked + backlog + 4 states each, plus the up gauge.
+	if series != 2*6+1 {
+		t.Errorf("10,000 apps export %d wxpush series, want 13", series)
 	}
 }
