@@ -51,7 +51,7 @@ var CallbackRejectReasons = []string{rejectNoSig, rejectBadSig, rejectEnvelope, 
 // reject writes the refusal and counts it. The app label is bounded: a path
 // naming no configured app counts as "unknown".
 func (s *Server) reject(w http.ResponseWriter, app, reason string, e *apiError) {
-	if _, ok := s.apps[app]; !ok {
+	if !s.hasApp(app) {
 		app = "unknown"
 	}
 	s.metrics.CallbacksRejected.WithLabelValues(app, reason).Inc()
@@ -60,7 +60,7 @@ func (s *Server) reject(w http.ResponseWriter, app, reason string, e *apiError) 
 
 // callbackApp finds the app of a callback path.
 func (s *Server) callbackApp(w http.ResponseWriter, r *http.Request) (App, bool) {
-	app, ok := s.apps[r.PathValue("app")]
+	app, ok := s.app(r.PathValue("app"))
 	if !ok {
 		s.reject(w, "", rejectUnknownApp, &apiError{Status: http.StatusNotFound, Code: "unknown_app", Field: "app", Message: "no such app"})
 	}

@@ -226,7 +226,7 @@ func (s *Server) parseMessage(ctx context.Context, b []byte, now time.Time, sess
 		return delivery.NewMessage{}, badField("kind", "invalid_kind", "kind must be template or subscribe")
 	}
 	m := delivery.NewMessage{ID: ulid.Make().String(), App: req.App, To: req.ToUser, Queue: queue,
-		MaxBacklog: s.apps[req.App].MaxBacklog}
+		MaxBacklog: s.appMaxBacklog(req.App)}
 	if req.Kind == kindSubscribe {
 		m.Kind = kindSubscribe
 	}
@@ -291,7 +291,7 @@ func subscribeBody(req *messageRequest, msg *wechat.TemplateMessage) (*wechat.Su
 // the template list cannot be had it lets the message through (fail open,
 // counted): WeChat's own answer then settles it.
 func (s *Server) checkTemplate(ctx context.Context, sess *templates.Session, app string, msg *wechat.TemplateMessage) *apiError {
-	if sess == nil || !s.apps[app].ValidateTemplates {
+	if a, _ := s.app(app); sess == nil || !a.ValidateTemplates {
 		return nil
 	}
 	data := make(map[string]string, len(msg.Data))
@@ -310,6 +310,11 @@ func (s *Server) checkTemplate(ctx context.Context, sess *templates.Session, app
 	}
 	s.metrics.TemplateChecks.WithLabelValues(app, "ok").Inc()
 	return nil
+}
+
+func (s *Server) appMaxBacklog(app string) int {
+	a, _ := s.app(app)
+	return a.MaxBacklog
 }
 
 // session returns a template-check session for one request, or nil.

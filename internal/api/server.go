@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -102,7 +103,7 @@ type Server struct {
 	templates  Templates
 	ui         http.Handler
 	limit      func(ctx context.Context, caller string) (time.Duration, error)
-	apps       map[string]App
+	apps       atomic.Pointer[map[string]App]
 	defaultApp string
 	apiKeys    []secret.Value
 	metrics    *metrics.Metrics
@@ -114,12 +115,10 @@ type Server struct {
 
 // New returns a Server.
 func New(d Deps) *Server {
-	s := &Server{submit: d.Submit, messages: d.Messages, idem: d.Idem, templates: d.Templates, ui: d.UI, limit: d.Limit, apps: map[string]App{},
+	s := &Server{submit: d.Submit, messages: d.Messages, idem: d.Idem, templates: d.Templates, ui: d.UI, limit: d.Limit,
 		defaultApp: d.DefaultApp, apiKeys: d.APIKeys, metrics: d.Metrics, gatherer: d.Gatherer,
 		log: d.Logger, ready: d.Ready, now: d.Now}
-	for _, a := range d.Apps {
-		s.apps[a.Name] = a
-	}
+	s.SetApps(d.Apps)
 	if s.defaultApp == "" {
 		s.defaultApp = "default"
 	}
@@ -132,7 +131,23 @@ func New(d Deps) *Server {
 	return s
 }
 
-func (s *Server) hasApp(name string) bool { _, ok := s.apps[name]; return ok }
+// SetApps replaces the configured apps (a configuration reload); requests in
+// flight finish with the set they started with.
+func (s *Server) SetApps(apps []App) {
+	m := make(map[string]App, len(apps))
+	for _, a := range apps {
+		m[a.Name] = a
+	}
+	s.apps.Store(&m)
+}
+
+// app returns the configured app called name.
+func (s *Server) app(name string) (App, bool) {
+	a, ok := (*s.apps.Load())[name]
+	return a, ok
+}
+
+func (s *Server) hasApp(name string) bool { _, ok := s.app(name); return ok }
 
 // Handler returns the routes.
 func (s *Server) Handler() http.Handler {

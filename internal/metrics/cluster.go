@@ -24,7 +24,7 @@ var unfinished = []delivery.State{delivery.StateQueued, delivery.StateScheduled,
 // max(), not sum(), across processes.
 type clusterCollector struct {
 	src     ClusterState
-	apps    []string
+	apps    func() []string // the configured apps (they change with a reload)
 	timeout time.Duration
 
 	parked  *prometheus.Desc
@@ -33,8 +33,9 @@ type clusterCollector struct {
 	up      *prometheus.Desc
 }
 
-// NewClusterCollector returns the collector of cluster-wide gauges for apps.
-func NewClusterCollector(src ClusterState, apps []string) prometheus.Collector {
+// NewClusterCollector returns the collector of cluster-wide gauges for the apps
+// that apps returns at each scrape.
+func NewClusterCollector(src ClusterState, apps func() []string) prometheus.Collector {
 	return &clusterCollector{
 		src: src, apps: apps, timeout: 2 * time.Second,
 		parked: prometheus.NewDesc("wxpush_app_parked",
@@ -65,7 +66,7 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, 1)
-	apps := c.apps
+	apps := c.apps()
 	if len(apps) > MaxZeroedApps {
 		// Many apps: export only those with something to show.
 		apps = nil

@@ -70,7 +70,7 @@ func TestClusterCollector(t *testing.T) {
 	reg.MustRegister(NewClusterCollector(fakeCluster{
 		parked:  map[string]time.Time{"shop": time.Now().Add(time.Hour)},
 		backlog: map[string]delivery.AppBacklog{"default": {Total: 7, ByState: map[delivery.State]int64{"queued": 5, "sent": 2}}},
-	}, []string{"default", "shop"}))
+	}, func() []string { return []string{"default", "shop"} }))
 	want := `
 # HELP wxpush_app_backlog_messages Messages of the app not yet in a final state; cluster-wide.
 # TYPE wxpush_app_backlog_messages gauge
@@ -106,7 +106,7 @@ wxpush_app_messages{app="shop",state="sent"} 0
 		t.Errorf("promlint: %v", problems)
 	}
 	down := prometheus.NewRegistry()
-	down.MustRegister(NewClusterCollector(fakeCluster{err: errors.New("redis down")}, []string{"default"}))
+	down.MustRegister(NewClusterCollector(fakeCluster{err: errors.New("redis down")}, func() []string { return []string{"default"} }))
 	if n, _ := testutil.GatherAndCount(down, "wxpush_app_parked"); n != 0 {
 		t.Errorf("gauges exported from a failed read: %d series", n)
 	}
@@ -158,7 +158,7 @@ func TestManyAppsStayLean(t *testing.T) {
 	reg.MustRegister(NewClusterCollector(fakeCluster{
 		parked:  map[string]time.Time{"app7": time.Now().Add(time.Hour)},
 		backlog: map[string]delivery.AppBacklog{"app3": {Total: 1, ByState: map[delivery.State]int64{"queued": 1}}},
-	}, apps))
+	}, func() []string { return apps }))
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)

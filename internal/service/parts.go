@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -40,7 +41,13 @@ type parts struct {
 	client  *wechat.Client
 	tokens  *wechat.TokenStore
 	tpl     *templates.Cache
+	// apps is the configuration apps are read from: cfg at start, replaced by
+	// a reload (SIGHUP). Everything else in cfg is fixed for the process.
+	apps atomic.Pointer[config.Config]
 }
+
+// current is the configuration of the apps, as last loaded.
+func (p *parts) current() *config.Config { return p.apps.Load() }
 
 func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *parts {
 	reg := prometheus.NewRegistry()
@@ -60,9 +67,10 @@ func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *p
 	store := delivery.NewStore(rdb, delivery.Config{
 		Retention: cfg.Retention, ConfirmTimeout: cfg.ConfirmTimeout, CallbackHold: cfg.CallbackHold,
 	})
-	reg.MustRegister(metrics.NewClusterCollector(store, cfg.AppNames()),
-		metrics.NewQueueCollector(asynq.NewInspectorFromRedisClient(rdb), []string{tasks.QueueHigh, tasks.QueueNormal, tasks.QueueLow}))
 	p := &parts{cfg: cfg, log: log, rdb: rdb, reg: reg, metrics: m, store: store}
+	p.apps.Store(&cfg)
+	reg.MustRegister(metrics.NewClusterCollector(store, func() []string { return p.current().AppNames() }),
+		metrics.NewQueueCollector(asynq.NewInspectorFromRedisClient(rdb), []string{tasks.QueueHigh, tasks.QueueNormal, tasks.QueueLow}))
 	p.client = p.wechatClient()
 	p.tokens = wechat.NewTokenStore(rdb, p.client, wechat.TokenStoreConfig{
 		OnFetch: func(app string, err error) { m.TokenFetches.WithLabelValues(app, resultOf(err)).Inc() },
@@ -74,7 +82,7 @@ func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *p
 // fetchTemplates lists an app's templates with its shared token; a token error
 // refreshes the token once, as a send does.
 func (p *parts) fetchTemplates(ctx context.Context, app string) ([]wechat.Template, error) {
-	cred, ok := credentials(p.cfg)(app)
+	cred, ok := p.credentials(app)
 	if !ok {
 		return nil, fmt.Errorf("app %q is not configured", app)
 	}
@@ -101,10 +109,10 @@ func loadConfig(getenv func(string) string, stderr io.Writer) (config.Config, *s
 	return cfg, logging.New(stderr, cfg.LogLevel, cfg.LogFormat), nil
 }
 
-// apiHandler builds the enqueuer's HTTP API.
-func (p *parts) apiHandler() (http.Handler, error) {
-	apps := make([]api.App, len(p.cfg.Apps))
-	for i, a := range p.cfg.Apps {
+// apiApps is what the API needs of each configured app, callback keyrings built.
+func apiApps(cfg *config.Config) ([]api.App, error) {
+	apps := make([]api.App, len(cfg.Apps))
+	for i, a := range cfg.Apps {
 		apps[i] = api.App{Name: a.Name, AppID: a.AppID, Token: a.Token, PreviousToken: a.PreviousToken,
 			MaxBacklog: a.MaxBacklog, ValidateTemplates: a.ValidateTemplates}
 		if a.AESKey.IsZero() {
@@ -123,6 +131,15 @@ func (p *parts) apiHandler() (http.Handler, error) {
 		}
 		apps[i].Keys = keys
 	}
+	return apps, nil
+}
+
+// apiServer builds the enqueuer's HTTP API.
+func (p *parts) apiServer() (*api.Server, error) {
+	apps, err := apiApps(p.current())
+	if err != nil {
+		return nil, err
+	}
 	queue := asynq.NewClientFromRedisClient(p.rdb)
 	return api.New(api.Deps{
 		Submit:     tasks.NewSubmitter(p.store, queue, asynq.NewInspectorFromRedisClient(p.rdb), p.cfg.MaxAttempts),
@@ -138,7 +155,7 @@ func (p *parts) apiHandler() (http.Handler, error) {
 		Gatherer:   p.reg,
 		Logger:     p.log,
 		Ready:      func(ctx context.Context) error { return redisconn.Ping(ctx, p.rdb) },
-	}).Handler(), nil
+	}), nil
 }
 
 // apiLimit is the per-caller request rate of the API, shared by every

@@ -41,7 +41,7 @@ func RunEnqueuer(ctx context.Context, getenv Env, stdout, stderr io.Writer) erro
 		return fmt.Errorf("REDIS_URL: %w", err)
 	}
 	p := newParts(cfg, log, rdb)
-	handler, err := p.apiHandler()
+	srv, err := p.apiServer()
 	if err != nil {
 		return err
 	}
@@ -51,7 +51,10 @@ func RunEnqueuer(ctx context.Context, getenv Env, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "wxpush enqueuer listening on http://%s\n", ln.Addr())
 	log.Info("enqueuer started", "addr", ln.Addr().String(), "apps", cfg.AppNames())
-	return serveHTTP(ctx, ln, handler, log)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { p.watchReload(gctx, getenv, srv); return nil })
+	g.Go(func() error { return serveHTTP(gctx, ln, srv.Handler(), log) })
+	return g.Wait()
 }
 
 // RunWorker runs a worker until ctx is done. Without REDIS_URL it runs standalone
@@ -89,5 +92,6 @@ func RunWorker(ctx context.Context, getenv Env, stdout, stderr io.Writer) error 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serveHTTP(gctx, admin, p.adminHandler(), log) })
 	g.Go(func() error { return p.runWorker(gctx) })
+	g.Go(func() error { p.watchReload(gctx, getenv, nil); return nil })
 	return g.Wait()
 }

@@ -63,13 +63,13 @@ func runStandalone(ctx context.Context, cfg config.Config, log *slog.Logger, std
 	}
 
 	p := newParts(cfg, log, rdb)
-	handler, err := p.apiHandler()
+	srv, err := p.apiServer()
 	if err != nil {
 		apiLn.Close()
 		adminLn.Close()
 		return err
 	}
-	g.Go(func() error { return serveHTTP(gctx, apiLn, handler, log) })
+	g.Go(func() error { return serveHTTP(gctx, apiLn, srv.Handler(), log) })
 	g.Go(func() error { return serveHTTP(gctx, adminLn, p.adminHandler(), log) })
 	g.Go(func() error { return p.runWorker(gctx) })
 

@@ -8,7 +8,6 @@ import (
 
 	"github.com/hibiken/asynq"
 
-	"github.com/wxpush/wxpush/internal/config"
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/ratelimit"
 	"github.com/wxpush/wxpush/internal/tasks"
@@ -27,8 +26,8 @@ const forwardInterval = 200 * time.Millisecond
 // then drains in-flight sends for up to cfg.ShutdownTimeout.
 func (p *parts) runWorker(ctx context.Context) error {
 	handler := tasks.NewHandler(tasks.HandlerDeps{
-		Store: p.store, Sender: p.client, Tokens: p.tokens, Apps: credentials(p.cfg), Templates: p.tpl,
-		Limiter: ratelimit.New(p.rdb, maxInlineWait), Limits: limits(p.cfg),
+		Store: p.store, Sender: p.client, Tokens: p.tokens, Apps: p.credentials, Templates: p.tpl,
+		Limiter: ratelimit.New(p.rdb, maxInlineWait), Limits: p.limits,
 		Metrics: p.metrics, Logger: p.log,
 	})
 	policy := tasks.RetryPolicy{Base: p.cfg.RetryBase, Cap: p.cfg.RetryCap}
@@ -95,31 +94,27 @@ func (p *parts) sweep(ctx context.Context) {
 	}
 }
 
-// limits returns each app's configured rate limits.
-func limits(cfg config.Config) tasks.Limits {
-	return func(app string) (ratelimit.Limit, ratelimit.Limit) {
-		a, ok := cfg.App(app)
-		if !ok {
-			return ratelimit.Limit{}, ratelimit.Limit{}
-		}
-		perRecipient := ratelimit.Limit{}
-		if a.RecipientLimit.Max > 0 {
-			perRecipient = ratelimit.Limit{Max: a.RecipientLimit.Max, Window: a.RecipientLimit.Window, Burst: a.RecipientLimit.Max}
-		}
-		return ratelimit.PerSecond(a.RateLimit.PerSecond, a.RateLimit.Burst), perRecipient
+// limits returns an app's configured rate limits, from the current configuration.
+func (p *parts) limits(app string) (ratelimit.Limit, ratelimit.Limit) {
+	a, ok := p.current().App(app)
+	if !ok {
+		return ratelimit.Limit{}, ratelimit.Limit{}
 	}
+	perRecipient := ratelimit.Limit{}
+	if a.RecipientLimit.Max > 0 {
+		perRecipient = ratelimit.Limit{Max: a.RecipientLimit.Max, Window: a.RecipientLimit.Window, Burst: a.RecipientLimit.Max}
+	}
+	return ratelimit.PerSecond(a.RateLimit.PerSecond, a.RateLimit.Burst), perRecipient
 }
 
-// credentials resolves app names to token credentials.
-func credentials(cfg config.Config) tasks.Apps {
-	creds := map[string]wechat.Credentials{}
-	for _, a := range cfg.Apps {
-		creds[a.Name] = wechat.Credentials{App: a.Name, AppID: a.AppID, Secret: a.Secret.Reveal(), Stable: a.StableToken}
+// credentials resolves an app name to its token credentials, from the current
+// configuration.
+func (p *parts) credentials(app string) (wechat.Credentials, bool) {
+	a, ok := p.current().App(app)
+	if !ok {
+		return wechat.Credentials{}, false
 	}
-	return func(app string) (wechat.Credentials, bool) {
-		c, ok := creds[app]
-		return c, ok
-	}
+	return wechat.Credentials{App: a.Name, AppID: a.AppID, Secret: a.Secret.Reveal(), Stable: a.StableToken}, true
 }
 
 // asynqLogger routes asynq's logs into slog.

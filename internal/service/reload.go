@@ -1,0 +1,65 @@
+package service
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"slices"
+	"syscall"
+
+	"github.com/wxpush/wxpush/internal/api"
+	"github.com/wxpush/wxpush/internal/config"
+)
+
+// watchReload reloads the apps on SIGHUP until ctx ends. srv, when not nil, is
+// the enqueuer's API, whose apps (callback tokens and keys) are replaced too.
+func (p *parts) watchReload(ctx context.Context, getenv Env, srv *api.Server) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			p.reload(getenv, srv)
+		}
+	}
+}
+
+// reload reads the configuration again and swaps in its apps. Only apps change
+// (added, removed, new secrets, tokens, keys, limits); an invalid configuration
+// is refused and the running one kept. Per-app state lives in Redis, so an app's
+// queued messages wait for it to come back if it was removed.
+func (p *parts) reload(getenv Env, srv *api.Server) {
+	cfg, err := config.Load(getenv)
+	if err != nil {
+		p.log.Error("configuration reload refused; the running configuration stays", "err", err)
+		return
+	}
+	var apps []api.App
+	if srv != nil {
+		if apps, err = apiApps(&cfg); err != nil {
+			p.log.Error("configuration reload refused; the running configuration stays", "err", err)
+			return
+		}
+	}
+	before := p.current().AppNames()
+	p.apps.Store(&cfg)
+	if srv != nil {
+		srv.SetApps(apps)
+	}
+	after := cfg.AppNames()
+	var added, removed []string
+	for _, a := range after {
+		if !slices.Contains(before, a) {
+			added = append(added, a)
+		}
+	}
+	for _, a := range before {
+		if !slices.Contains(after, a) {
+			removed = append(removed, a)
+		}
+	}
+	p.log.Info("configuration reloaded", "apps", len(after), "added", added, "removed", removed)
+}
