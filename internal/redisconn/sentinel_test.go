@@ -2,16 +2,8 @@ package redisconn
 
 import (
 	"context"
-	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/wxpush/wxpush/internal/redistest"
 )
@@ -55,44 +47,11 @@ func TestOpenForms(t *testing.T) {
 	}
 }
 
-// startSentinel runs redis-server in sentinel mode watching the primary at addr.
-func startSentinel(t *testing.T, primary string) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	host, pport, _ := net.SplitHostPort(primary)
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "sentinel.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf("port %d\nbind 127.0.0.1\ndir %s\nsentinel monitor mymaster %s %s 1\n", port, dir, host, pport)), 0o600)
-	cmd := exec.Command("redis-server", conf, "--sentinel")
-	if err := cmd.Start(); err != nil {
-		t.Skipf("redis-server --sentinel: %v", err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	sc := redis.NewSentinelClient(&redis.Options{Addr: addr})
-	defer sc.Close()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if a, err := sc.GetMasterAddrByName(context.Background(), "mymaster").Result(); err == nil && len(a) == 2 {
-			return addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("sentinel did not start watching the primary")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestSentinel: a redis-sentinel:// URL finds the primary through Sentinel.
 func TestSentinel(t *testing.T) {
 	t.Parallel()
 	primary := redistest.Start(t)
-	sentinel := startSentinel(t, primary.Addr())
+	sentinel := redistest.StartSentinel(t, "mymaster", primary, 1)
 	c, err := Open("redis-sentinel://" + sentinel + "/mymaster/0")
 	if err != nil {
 		t.Fatal(err)

@@ -85,10 +85,8 @@ func WithArgs(args ...string) Option {
 	return func(o *options) { o.args = append(o.args, args...) }
 }
 
-// Start starts a private redis-server on a free 127.0.0.1 port with a temporary
-// data directory and returns once it answers PING. The process is killed and
-// reaped in tb.Cleanup.
-func Start(tb testing.TB, opts ...Option) *Server {
+// requireBinary finds redis-server, or skips (fails, under RequireEnv) the test.
+func requireBinary(tb testing.TB) string {
 	tb.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -98,7 +96,15 @@ func Start(tb testing.TB, opts ...Option) *Server {
 		}
 		tb.Skipf("%s; set %s=1 to fail instead of skipping", msg, RequireEnv)
 	}
-	s := &Server{bin: bin, dir: tb.TempDir()}
+	return bin
+}
+
+// Start starts a private redis-server on a free 127.0.0.1 port with a temporary
+// data directory and returns once it answers PING. The process is killed and
+// reaped in tb.Cleanup.
+func Start(tb testing.TB, opts ...Option) *Server {
+	tb.Helper()
+	s := &Server{bin: requireBinary(tb), dir: tb.TempDir()}
 	for _, o := range opts {
 		o(&s.opts)
 	}
