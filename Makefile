@@ -65,3 +65,7 @@ test-monitoring: ## promtool check/test of deploy/prometheus; dashboard JSON and
 .PHONY: e2e
 e2e: ## Browser check of the web UI in headless Chromium (apt-get install chromium); not part of CI
 	./scripts/e2e-ui.sh
+
+.PHONY: test-faults
+test-faults: ## Fault-injection suite: real binaries and redis-server, kills and outages (a few minutes)
+	WXPUSH_FAULTS=1 $(GO) test -race -count=1 -timeout 12m ./internal/faults/ ./internal/service/
