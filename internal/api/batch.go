@@ -59,7 +59,7 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	var at []int // index of each valid message in the request
 	sess := s.session()
 	for i, raw := range req.Messages {
-		m, e := s.parseMessage(r.Context(), raw, now, sess)
+		m, e := s.parseMessage(r.Context(), raw, i, now, sess)
 		if e != nil {
 			e.Field = itemField(i, e.Field)
 			resp.Results[i].Error = e

@@ -3,10 +3,15 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base32"
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"unicode"
+
+	"github.com/oklog/ulid/v2"
 
 	"github.com/wxpush/wxpush/internal/idempotency"
 )
@@ -36,7 +41,8 @@ func (s *Server) idempotent(limit int64, next http.HandlerFunc) http.Handler {
 			writeError(w, e)
 			return
 		}
-		replay, claim, err := s.idem.Begin(r.Context(), caller(r), key, idempotency.Hash(r.Method, r.URL.Path, body))
+		hash := idempotency.Hash(r.Method, r.URL.Path, body)
+		replay, claim, err := s.idem.Begin(r.Context(), caller(r), key, hash)
 		switch {
 		case errors.Is(err, idempotency.ErrMismatch):
 			writeError(w, &apiError{Status: http.StatusConflict, Code: "idempotency_key_reused", Field: "Idempotency-Key",
@@ -60,6 +66,11 @@ func (s *Server) idempotent(limit int64, next http.HandlerFunc) http.Handler {
 		}
 		rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 		r.Body = io.NopCloser(bytes.NewReader(body))
+		// Message ids derive from the key: if this process dies after storing the
+		// messages but before storing the response, the retry that runs once the
+		// claim lapses finds the same ids already stored instead of creating a
+		// second copy of each message.
+		r = r.WithContext(context.WithValue(r.Context(), idSeedKey{}, caller(r)+"\x00"+key+"\x00"+hash))
 		next(rec, r)
 		// The client may be gone by now (its own timeout): the outcome must be
 		// recorded anyway, or a retry would run the request a second time.
@@ -104,3 +115,20 @@ func (r *recorder) Write(b []byte) (int, error) {
 	r.body.Write(b)
 	return r.ResponseWriter.Write(b)
 }
+
+// idSeedKey keys the seed of deterministic message ids in a request context.
+type idSeedKey struct{}
+
+// messageID returns the id of the index-th message of a request: derived from
+// the request's idempotency seed when it has one, else a fresh ULID.
+func messageID(ctx context.Context, index int) string {
+	seed, ok := ctx.Value(idSeedKey{}).(string)
+	if !ok {
+		return ulid.Make().String()
+	}
+	sum := sha256.Sum256([]byte(seed + "\x00" + strconv.Itoa(index)))
+	return idEncoding.EncodeToString(sum[:16])
+}
+
+// idEncoding spells derived ids like ULIDs: 26 characters of Crockford base32.
+var idEncoding = base32.NewEncoding("0123456789ABCDEFGHJKMNPQRSTVWXYZ").WithPadding(base32.NoPadding)

@@ -14,8 +14,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/oklog/ulid/v2"
-
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/logging"
 	"github.com/wxpush/wxpush/internal/tasks"
@@ -152,7 +150,7 @@ func jsonKind(k string) string {
 
 // parseMessage validates a request and returns the record to create and the body
 // to send.
-func (s *Server) parseMessage(ctx context.Context, b []byte, now time.Time, sess *templates.Session) (delivery.NewMessage, *apiError) {
+func (s *Server) parseMessage(ctx context.Context, b []byte, index int, now time.Time, sess *templates.Session) (delivery.NewMessage, *apiError) {
 	var req messageRequest
 	if e := decodeStrict(b, &req, ""); e != nil {
 		return delivery.NewMessage{}, e
@@ -225,7 +223,7 @@ func (s *Server) parseMessage(ctx context.Context, b []byte, now time.Time, sess
 	default:
 		return delivery.NewMessage{}, badField("kind", "invalid_kind", "kind must be template or subscribe")
 	}
-	m := delivery.NewMessage{ID: ulid.Make().String(), App: req.App, To: req.ToUser, Queue: queue,
+	m := delivery.NewMessage{ID: messageID(ctx, index), App: req.App, To: req.ToUser, Queue: queue,
 		MaxBacklog: s.appMaxBacklog(req.App)}
 	if req.Kind == kindSubscribe {
 		m.Kind = kindSubscribe
@@ -378,7 +376,7 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	m, e := s.parseMessage(r.Context(), body, s.now(), s.session())
+	m, e := s.parseMessage(r.Context(), body, 0, s.now(), s.session())
 	if e != nil {
 		writeError(w, e)
 		return

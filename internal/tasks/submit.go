@@ -60,13 +60,21 @@ func NewSubmitter(records Records, queue Queue, tasks Tasks, maxAttempts int) *S
 // (the record is removed if the task could not be enqueued).
 func (s *Submitter) Submit(ctx context.Context, m delivery.NewMessage) (delivery.State, error) {
 	state, err := s.records.Create(ctx, m)
-	if err != nil {
+	rerun := errors.Is(err, delivery.ErrExists)
+	if err != nil && !rerun {
 		return "", err
 	}
-	if _, err := s.queue.EnqueueContext(ctx, NewDeliverTask(m.ID, m.App, m.To), deliverOptions(m.Queue, m.SendAt, s.maxRetry)...); err != nil {
-		return "", s.undo(ctx, fmt.Errorf("tasks: enqueue: %w", err), m.ID)
+	// rerun: an idempotent request whose earlier run stored this message (its id
+	// derives from the Idempotency-Key) and died before answering. The message
+	// stands; only its task may be missing, and asynq refuses a second one.
+	_, err = s.queue.EnqueueContext(ctx, NewDeliverTask(m.ID, m.App, m.To), deliverOptions(m.Queue, m.SendAt, s.maxRetry)...)
+	switch {
+	case err == nil, rerun && errors.Is(err, asynq.ErrTaskIDConflict):
+		return state, nil
+	case rerun:
+		return "", fmt.Errorf("tasks: enqueue: %w", err)
 	}
-	return state, nil
+	return "", s.undo(ctx, fmt.Errorf("tasks: enqueue: %w", err), m.ID)
 }
 
 // SubmitBatch stores many messages in one pipelined round trip and enqueues one
@@ -78,11 +86,19 @@ func (s *Submitter) SubmitBatch(ctx context.Context, ms []delivery.NewMessage) (
 		return nil, err
 	}
 	var items []FanoutItem
+	var fresh []string // ids this call created, to undo if the fanout fails
 	for i, c := range created {
-		if c.Err == nil {
-			m := ms[i]
-			items = append(items, FanoutItem{ID: m.ID, App: m.App, To: m.To, Queue: m.Queue, SendAt: m.SendAt})
+		if errors.Is(c.Err, delivery.ErrExists) {
+			// An earlier run of this idempotent request stored it (see Submit):
+			// it stands, and the fanout skips a task that exists.
+			created[i].Err = nil
+		} else if c.Err != nil {
+			continue
+		} else {
+			fresh = append(fresh, ms[i].ID)
 		}
+		m := ms[i]
+		items = append(items, FanoutItem{ID: m.ID, App: m.App, To: m.To, Queue: m.Queue, SendAt: m.SendAt})
 	}
 	if len(items) == 0 {
 		return created, nil
@@ -92,11 +108,7 @@ func (s *Submitter) SubmitBatch(ctx context.Context, ms []delivery.NewMessage) (
 	// not wait behind the backlog it is adding to.
 	_, err = s.queue.EnqueueContext(ctx, asynq.NewTask(TypeFanout, b), asynq.Queue(QueueHigh), asynq.MaxRetry(25))
 	if err != nil {
-		ids := make([]string, len(items))
-		for i, it := range items {
-			ids[i] = it.ID
-		}
-		return nil, s.undo(ctx, fmt.Errorf("tasks: enqueue fanout: %w", err), ids...)
+		return nil, s.undo(ctx, fmt.Errorf("tasks: enqueue fanout: %w", err), fresh...)
 	}
 	return created, nil
 }
