@@ -46,7 +46,9 @@ func wxpushEnv(t *testing.T, env map[string]string, stdin string, args ...string
 
 const validJSON = `{"touser":"%s","template_id":"T1","data":{"thing1":{"value":"order shipped"}}}`
 
-var idState = regexp.MustCompile(`^(01[0-9A-Z]{24}) (queued|scheduled)\n$`)
+// Message ids are 26 characters of Crockford base32: ULIDs, or, for a request
+// with an Idempotency-Key (the CLI always sends one), derived from the key.
+var idState = regexp.MustCompile(`^([0-9A-HJKMNP-TV-Z]{26}) (queued|scheduled)\n$`)
 
 // waitState polls `wxpush -json status ID` until the message is in want.
 func waitState(t *testing.T, api, id, want string) {
@@ -90,8 +92,8 @@ func TestSend(t *testing.T) {
 		{"JSON from stdin with -", fmt.Sprintf(validJSON, "cli_3"), []string{"send", "-"}, 0, "", ""},
 		{"piped JSON", fmt.Sprintf(validJSON, "cli_4"), []string{"send"}, 0, "", ""},
 		{"flags override JSON", "", []string{"send", "-to", "cli_5", "-data", "thing1=v2", fmt.Sprintf(validJSON, "someone_else")}, 0, "", ""},
-		{"scheduled in an hour", "", []string{"send", "-to", "cli_6", "-template", "T1", "-data", "thing1=later", "-send-at", "+1h"}, 0, `^01\w+ scheduled\n$`, ""},
-		{"JSON output", "", []string{"-json", "send", "-to", "cli_7", "-template", "T1", "-data", "thing1=x"}, 0, `(?s)^\{\n  "id": "01\w+",\n  "state": "queued"\n\}\n$`, ""},
+		{"scheduled in an hour", "", []string{"send", "-to", "cli_6", "-template", "T1", "-data", "thing1=later", "-send-at", "+1h"}, 0, `^[0-9A-HJKMNP-TV-Z]{26} scheduled\n$`, ""},
+		{"JSON output", "", []string{"-json", "send", "-to", "cli_7", "-template", "T1", "-data", "thing1=x"}, 0, `(?s)^\{\n  "id": "[0-9A-HJKMNP-TV-Z]{26}",\n  "state": "queued"\n\}\n$`, ""},
 		{"no -to", "", []string{"send", "-template", "T1", "-data", "thing1=x"}, 2, `^$`, "wxpush: -to: required"},
 		{"no -data", "", []string{"send", "-to", "u", "-template", "T1"}, 2, `^$`, "wxpush: -data: required"},
 		{"-data without =", "", []string{"send", "-to", "u", "-template", "T1", "-data", "thing1"}, 2, `^$`, `invalid value "thing1" for flag -data: want key=value`},
