@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -74,8 +73,8 @@ func withMaxBacklog(app string, n int) func(*api.Deps) {
 func recordIDs(t *testing.T, b *bundle) []string {
 	t.Helper()
 	var ids []string
-	for _, k := range b.keys(t, "wxpush:msg:*") {
-		ids = append(ids, strings.TrimSuffix(strings.TrimPrefix(k, "wxpush:msg:{"), "}"))
+	for _, k := range b.keys(t, delivery.RecordKeyPattern) {
+		ids = append(ids, delivery.IDOfRecordKey(k))
 	}
 	slices.Sort(ids)
 	return ids

@@ -162,7 +162,7 @@ func TestCallbackResult(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
 			const msgID = 2002288332
-			sentMessage(t, b, "m1", "default", msgID)
+			sentMessage(t, b, "Ym1", "default", msgID)
 			body := callbackXML(t, tt.sample, msgID)
 			q := signedQuery(defaultToken)
 
@@ -170,7 +170,7 @@ func TestCallbackResult(t *testing.T) {
 			if r.status != http.StatusOK || string(r.body) != "success" {
 				t.Fatalf("callback = %d %q, want 200 \"success\"", r.status, r.body)
 			}
-			m := b.record(t, "m1")
+			m := b.record(t, "Ym1")
 			if m.State != tt.state || m.Status != tt.status || m.FinishedAt == nil {
 				t.Fatalf("record = state %s status %q finished %v, want %s %q", m.State, m.Status, m.FinishedAt, tt.state, tt.status)
 			}
@@ -189,7 +189,7 @@ func TestCallbackResult(t *testing.T) {
 					t.Fatalf("repeat %d = %d %q, want 200 \"success\"", i, r.status, r.body)
 				}
 			}
-			m = b.record(t, "m1")
+			m = b.record(t, "Ym1")
 			if m.State != tt.state || len(m.History) != hist {
 				t.Errorf("repeat changed the record: state %s, %d history lines (was %d)", m.State, len(m.History), hist)
 			}
@@ -242,8 +242,8 @@ func TestCallbackRefused(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
-			sentMessage(t, b, "m1", "default", msgID)
-			before := b.record(t, "m1")
+			sentMessage(t, b, "Ym1", "default", msgID)
+			before := b.record(t, "Ym1")
 			r := b.postCallback(t, tt.app, tt.query, tt.body)
 			if r.status != tt.status {
 				t.Fatalf("callback = %d %s, want %d", r.status, r.body, tt.status)
@@ -251,12 +251,12 @@ func TestCallbackRefused(t *testing.T) {
 			if code, _ := mustError(t, r); code != tt.code {
 				t.Errorf("code = %q, want %q", code, tt.code)
 			}
-			after := b.record(t, "m1")
+			after := b.record(t, "Ym1")
 			if after.State != delivery.StateSent || len(after.History) != len(before.History) || after.Status != "" {
 				t.Errorf("refused callback changed the record: state %s status %q history %d (was %d)",
 					after.State, after.Status, len(after.History), len(before.History))
 			}
-			if ks := b.keys(t, "wxpush:held:*"); len(ks) != 0 {
+			if ks := b.keys(t, "wxpush:{?}:held:*"); len(ks) != 0 {
 				t.Errorf("refused callback was held: %v", ks)
 			}
 			for _, o := range []string{"applied", "held", "duplicate", "ignored", "unrecognised"} {
@@ -286,10 +286,10 @@ func TestCallbackOther(t *testing.T) {
 	}{
 		{name: "unknown msgid is held", app: "default", token: defaultToken,
 			body:  func(t *testing.T) []byte { return callbackXML(t, "callback-user-block.xml", 999000111) },
-			event: wechat.EventTemplateSendJobFinish, outcome: "held", held: "wxpush:held:{default}:999000111"},
+			event: wechat.EventTemplateSendJobFinish, outcome: "held", held: "wxpush:{Y}:held:default:999000111"},
 		{name: "msgids are per app", app: "shop", token: shopToken,
 			body:  func(t *testing.T) []byte { return callbackXML(t, "callback-user-block.xml", msgID) },
-			event: wechat.EventTemplateSendJobFinish, outcome: "held", held: fmt.Sprintf("wxpush:held:{shop}:%d", msgID)},
+			event: wechat.EventTemplateSendJobFinish, outcome: "held", held: fmt.Sprintf("wxpush:{9}:held:shop:%d", msgID)},
 		{name: "subscribe event", app: "default", token: defaultToken,
 			body: func(*testing.T) []byte {
 				return []byte(`<xml><ToUserName><![CDATA[gh_7f083739789a]]></ToUserName>
@@ -314,7 +314,7 @@ func TestCallbackOther(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
-			sentMessage(t, b, "m1", "default", msgID)
+			sentMessage(t, b, "Ym1", "default", msgID)
 			r := b.postCallback(t, tt.app, signedQuery(tt.token), tt.body(t))
 			if r.status != http.StatusOK || string(r.body) != "success" {
 				t.Fatalf("callback = %d %q, want 200 \"success\"", r.status, r.body)
@@ -322,10 +322,10 @@ func TestCallbackOther(t *testing.T) {
 			if n := b.callbacks(tt.app, tt.event, tt.outcome); n != 1 {
 				t.Errorf("callbacks{app=%s,event=%s,outcome=%s} = %v, want 1", tt.app, tt.event, tt.outcome, n)
 			}
-			if m := b.record(t, "m1"); m.State != delivery.StateSent {
+			if m := b.record(t, "Ym1"); m.State != delivery.StateSent {
 				t.Errorf("message m1 of app default became %s, want still sent", m.State)
 			}
-			held := b.keys(t, "wxpush:held:*")
+			held := b.keys(t, "wxpush:{?}:held:*")
 			switch {
 			case tt.held == "" && len(held) != 0:
 				t.Errorf("held keys %v, want none", held)
@@ -342,7 +342,7 @@ func TestCallbackHeldThenSent(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	const msgID = 424242
-	if _, err := b.store.Create(t.Context(), delivery.NewMessage{ID: "early", App: "default", Queue: "normal", Body: []byte(`{}`)}); err != nil {
+	if _, err := b.store.Create(t.Context(), delivery.NewMessage{ID: "Yearly", App: "default", Queue: "normal", Body: []byte(`{}`)}); err != nil {
 		t.Fatal(err)
 	}
 	r := b.postCallback(t, "default", signedQuery(defaultToken), callbackXML(t, "callback-system-failed.xml", msgID))
@@ -352,14 +352,14 @@ func TestCallbackHeldThenSent(t *testing.T) {
 	if n := b.callbacks("default", wechat.EventTemplateSendJobFinish, "held"); n != 1 {
 		t.Fatalf("callbacks{outcome=held} = %v, want 1", n)
 	}
-	if _, err := b.store.Begin(t.Context(), "early"); err != nil {
+	if _, err := b.store.Begin(t.Context(), "Yearly"); err != nil {
 		t.Fatal(err)
 	}
-	tr, err := b.store.MarkSent(t.Context(), "early", "default", msgID)
+	tr, err := b.store.MarkSent(t.Context(), "Yearly", "default", msgID)
 	if err != nil || tr.State != delivery.StateWeChatFailed {
 		t.Fatalf("MarkSent after a held callback = %+v, %v; want wechat_failed", tr, err)
 	}
-	got := b.do(t, http.MethodGet, "/v1/messages/early", nil)
+	got := b.do(t, http.MethodGet, "/v1/messages/Yearly", nil)
 	if got.status != http.StatusOK || !bytes.Contains(got.body, []byte(`"state":"wechat_failed"`)) {
 		t.Errorf("GET = %d %s, want state wechat_failed", got.status, got.body)
 	}
@@ -370,7 +370,7 @@ func TestCallbackHeldThenSent(t *testing.T) {
 func TestCallbackRedisDown(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	sentMessage(t, b, "m1", "default", 200163836)
+	sentMessage(t, b, "Ym1", "default", 200163836)
 	b.redis.Kill(t)
 	waitFor(t, "Redis to be unreachable", func() bool { return b.rdb.Ping(t.Context()).Err() != nil })
 	r := b.postCallback(t, "default", signedQuery(defaultToken), callbackXML(t, "callback-success.xml", 200163836))

@@ -96,7 +96,7 @@ func TestEncryptedCallback(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t, withKeys(t))
-			sentMessage(t, b, "m1", "default", 4242)
+			sentMessage(t, b, "Ym1", "default", 4242)
 			q, body := encryptedPost(t, tt.token, tt.key, tt.appID, resultXML(4242, "success"))
 			if tt.tamper != nil {
 				q, body = tt.tamper(q, body)
@@ -108,7 +108,7 @@ func TestEncryptedCallback(t *testing.T) {
 			if tt.status == 200 && string(r.body) != "success" {
 				t.Errorf("body %q, want success", r.body)
 			}
-			if got := b.record(t, "m1").State; got != tt.want {
+			if got := b.record(t, "Ym1").State; got != tt.want {
 				t.Errorf("state %s, want %s", got, tt.want)
 			}
 			if tt.reason != "" {
@@ -126,12 +126,12 @@ func TestEncryptedCallback(t *testing.T) {
 func TestEncryptedCallbackWithoutKeys(t *testing.T) {
 	t.Parallel()
 	b := setup(t) // no AES key configured
-	sentMessage(t, b, "m1", "default", 7)
+	sentMessage(t, b, "Ym1", "default", 7)
 	q, body := encryptedPost(t, defaultToken, encKey, encAppID, resultXML(7, "success"))
 	if r := b.do(t, http.MethodPost, "/wechat/callback/default?"+q, body); r.status != 400 {
 		t.Fatalf("status %d, want 400", r.status)
 	}
-	if got := b.record(t, "m1").State; got != delivery.StateSent {
+	if got := b.record(t, "Ym1").State; got != delivery.StateSent {
 		t.Errorf("state %s, want sent", got)
 	}
 	if got := testutil.ToFloat64(b.metrics.CallbacksRejected.WithLabelValues("default", "no_aes_key")); got != 1 {

@@ -134,8 +134,8 @@ func TestCancel(t *testing.T) {
 			return id
 		}, status: http.StatusConflict, code: "not_cancelable", state: delivery.StateDelivered},
 		{name: "dead", prepare: func(t *testing.T, b *bundle) string {
-			deadMessage(t, b.store, "D1", "default")
-			return "D1"
+			deadMessage(t, b.store, "YD1", "default")
+			return "YD1"
 		}, status: http.StatusConflict, code: "not_cancelable", state: delivery.StateDead},
 	}
 	for _, tt := range tests {
@@ -275,12 +275,12 @@ func TestListDead(t *testing.T) {
 	st, clock := clockedStore(b, start)
 	// Ids sort the opposite way to their death times, so an order by id cannot
 	// pass for newest first.
-	died := []string{"dead-9", "dead-8", "dead-7", "dead-6", "dead-5"}
+	died := []string{"Ydead-9", "Ydead-8", "Ydead-7", "Ydead-6", "Ydead-5"}
 	for i, id := range died {
 		clock.Set(start.Add(time.Duration(i) * time.Second))
 		deadMessage(t, st, id, "default")
 	}
-	deadMessage(t, st, "shop-dead", "shop")
+	deadMessage(t, st, "9shop-dead", "shop")
 	// Not dead: not listed.
 	if _, err := b.store.Finish(t.Context(), postMessage(t, b, nil), "default", delivery.StateRejected, nil); err != nil {
 		t.Fatal(err)
@@ -304,7 +304,7 @@ func TestListDead(t *testing.T) {
 		{name: "default limit", query: "state=dead&app=default", ids: newestFirst, total: 5},
 		{name: "app defaults to default", query: "state=dead", ids: newestFirst, total: 5},
 		{name: "exact last page", query: "state=dead&app=default&limit=5", ids: newestFirst, total: 5},
-		{name: "other app", query: "state=dead&app=shop", ids: []string{"shop-dead"}, total: 1},
+		{name: "other app", query: "state=dead&app=shop", ids: []string{"9shop-dead"}, total: 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -382,11 +382,11 @@ func TestListDeadVanishedRecord(t *testing.T) {
 	b := setup(t)
 	start := time.Now().Add(-time.Hour)
 	st, clock := clockedStore(b, start)
-	for i, id := range []string{"old", "gone", "new"} {
+	for i, id := range []string{"Yold", "Ygone", "Ynew"} {
 		clock.Set(start.Add(time.Duration(i) * time.Second))
 		deadMessage(t, st, id, "default")
 	}
-	if err := b.rdb.Del(t.Context(), "wxpush:msg:{gone}").Err(); err != nil {
+	if err := b.rdb.Del(t.Context(), delivery.RecordKey("Ygone")).Err(); err != nil {
 		t.Fatal(err)
 	}
 	var seen []string
@@ -407,7 +407,7 @@ func TestListDeadVanishedRecord(t *testing.T) {
 		}
 		offset = *lr.NextOffset
 	}
-	if !slices.Equal(seen, []string{"new", "old"}) {
+	if !slices.Equal(seen, []string{"Ynew", "Yold"}) {
 		t.Errorf("paging saw %v, want [new old]", seen)
 	}
 }
@@ -428,9 +428,9 @@ func TestRetryDead(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t)
-			const id = "dead-1"
+			const id = "Ydead-1"
 			deadMessage(t, b.store, id, "default")
-			deadMessage(t, b.store, "dead-2", "default")
+			deadMessage(t, b.store, "Ydead-2", "default")
 			if tt.archived {
 				client := asynq.NewClientFromRedisClient(b.rdb)
 				if _, err := client.EnqueueContext(t.Context(), tasks.NewDeliverTask(id, "default", "open-"+id), asynq.Queue(tasks.QueueNormal)); err != nil {
@@ -457,14 +457,14 @@ func TestRetryDead(t *testing.T) {
 				t.Errorf("last history event = %+v, want requeued", rec.History[len(rec.History)-1])
 			}
 			// Invariant 1: a requeued message is not lost to the retention of dead ones.
-			if ttl, err := b.rdb.PTTL(t.Context(), "wxpush:msg:{"+id+"}").Result(); err != nil || ttl != -1 {
+			if ttl, err := b.rdb.PTTL(t.Context(), delivery.RecordKey(id)).Result(); err != nil || ttl != -1 {
 				t.Errorf("requeued record expires in %v (%v), want no expiry", ttl, err)
 			}
 			if n, _ := b.store.Backlog(t.Context(), "default"); n != backlog+1 {
 				t.Errorf("backlog = %d, want %d", n, backlog+1)
 			}
 			lr := decodeList(t, b.do(t, http.MethodGet, "/v1/messages?state=dead&app=default", nil))
-			if lr.Total != 1 || len(lr.Messages) != 1 || lr.Messages[0].ID != "dead-2" {
+			if lr.Total != 1 || len(lr.Messages) != 1 || lr.Messages[0].ID != "Ydead-2" {
 				t.Errorf("dead list after retry = %+v, want only dead-2", lr)
 			}
 

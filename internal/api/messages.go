@@ -223,7 +223,7 @@ func (s *Server) parseMessage(ctx context.Context, b []byte, index int, now time
 	default:
 		return delivery.NewMessage{}, badField("kind", "invalid_kind", "kind must be template or subscribe")
 	}
-	m := delivery.NewMessage{ID: messageID(ctx, index), App: req.App, To: req.ToUser, Queue: queue,
+	m := delivery.NewMessage{ID: delivery.IDFor(req.App, messageID(ctx, index)), App: req.App, To: req.ToUser, Queue: queue,
 		MaxBacklog: s.appMaxBacklog(req.App)}
 	if req.Kind == kindSubscribe {
 		m.Kind = kindSubscribe

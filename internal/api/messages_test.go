@@ -155,7 +155,7 @@ func TestCreateMessage(t *testing.T) {
 
 			// The stored body is WeChat's send body: the request's WeChat fields and
 			// nothing of wxpush's own.
-			raw, err := b.rdb.HGet(t.Context(), "wxpush:msg:{"+id+"}", "body").Bytes()
+			raw, err := b.rdb.HGet(t.Context(), delivery.RecordKey(id), "body").Bytes()
 			if err != nil {
 				t.Fatalf("stored body: %v", err)
 			}

@@ -683,7 +683,7 @@ func TestOpenAPITraffic(t *testing.T) {
 	if a, err := keyed.store.Begin(t.Context(), ids["inflight"]); err != nil || !a.Proceed {
 		t.Fatalf("Begin(%s) = %+v, %v", ids["inflight"], a, err)
 	}
-	dead1, dead2 := ulid.Make().String(), ulid.Make().String()
+	dead1, dead2 := delivery.IDFor("default", ulid.Make().String()), delivery.IDFor("default", ulid.Make().String())
 	deadMessage(t, keyed.store, dead1, "default")
 	deadMessage(t, keyed.store, dead2, "default")
 

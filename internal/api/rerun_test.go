@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"testing"
+
+	"github.com/wxpush/wxpush/internal/delivery"
 )
 
 // TestIdempotentRerunAfterLostResponse: the enqueuer stored the message but died
@@ -30,13 +32,11 @@ func TestIdempotentRerunAfterLostResponse(t *testing.T) {
 			t.Errorf("%s rerun = %d %s, want the first answer %d %s", tt.path, again.status, again.body, first.status, first.body)
 		}
 	}
-	records, _ := b.rdb.Keys(t.Context(), "wxpush:msg:*").Result()
+	records, _ := b.rdb.Keys(t.Context(), delivery.RecordKeyPattern).Result()
 	if len(records) != 3 {
 		t.Errorf("%d records after two requests and their reruns, want 3 (1 + 2)", len(records))
 	}
-	var backlog map[string]string
-	backlog, _ = b.rdb.HGetAll(t.Context(), "wxpush:backlog").Result()
-	if backlog["default"] != "3" {
+	if backlog, _ := b.store.Backlog(t.Context(), "default"); backlog != 3 {
 		t.Errorf("backlog = %v, want 3 messages counted once", backlog)
 	}
 	// Without a key every request is new.

@@ -73,8 +73,8 @@ func TestSubscribeMessageBadInput(t *testing.T) {
 func TestSubscribeResultCallback(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	sentMessage(t, b, "s1", "default", 1700827132819554304)
-	sentMessage(t, b, "s2", "default", 9007199254740993)
+	sentMessage(t, b, "Ys1", "default", 1700827132819554304)
+	sentMessage(t, b, "Ys2", "default", 9007199254740993)
 	body := fmt.Sprintf(`<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[o7esq5OI1Uej6Xixw1lA2H7XDVbc]]></FromUserName><CreateTime>1620963428</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[subscribe_msg_sent_event]]></Event><SubscribeMsgSentEvent>%s%s</SubscribeMsgSentEvent></xml>`,
 		`<List><TemplateId><![CDATA[t]]></TemplateId><MsgID><![CDATA[1700827132819554304]]></MsgID><ErrorCode><![CDATA[0]]></ErrorCode><ErrorStatus><![CDATA[success]]></ErrorStatus></List>`,
 		`<List><TemplateId><![CDATA[t]]></TemplateId><MsgID><![CDATA[9007199254740993]]></MsgID><ErrorCode><![CDATA[43101]]></ErrorCode><ErrorStatus><![CDATA[failed:user refuse]]></ErrorStatus></List>`)
@@ -82,10 +82,10 @@ func TestSubscribeResultCallback(t *testing.T) {
 	if r.status != http.StatusOK || string(r.body) != "success" {
 		t.Fatalf("callback = %d %s", r.status, r.body)
 	}
-	if got := b.record(t, "s1"); got.State != delivery.StateDelivered {
+	if got := b.record(t, "Ys1"); got.State != delivery.StateDelivered {
 		t.Errorf("s1 = %s, want delivered", got.State)
 	}
-	if got := b.record(t, "s2"); got.State != delivery.StateUserBlocked || got.Status != "43101 failed:user refuse" {
+	if got := b.record(t, "Ys2"); got.State != delivery.StateUserBlocked || got.Status != "43101 failed:user refuse" {
 		t.Errorf("s2 = %s (%q), want user_blocked with the raw result", got.State, got.Status)
 	}
 	if got := testutil.ToFloat64(b.metrics.Callbacks.WithLabelValues("default", wechat.EventSubscribeMsgSent, "applied")); got != 2 {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -111,11 +112,24 @@ func runParallel(k, n int, job func(i int)) time.Duration {
 func BenchmarkFigures(b *testing.B) {
 	tab := newTable()
 	defer tab.flush()
-	pipelineFigures(b, tab)
-	latencyFigures(b, tab)
-	enqueueFigures(b, tab)
-	rateLimitFigures(b, tab)
-	memoryFigures(b, tab)
+	parts := []struct {
+		name string
+		run  func(*testing.B, *table)
+	}{
+		{"pipeline", pipelineFigures},
+		{"latency", latencyFigures},
+		{"enqueue", enqueueFigures},
+		{"ratelimit", rateLimitFigures},
+		{"memory", memoryFigures},
+		{"manyapps", manyAppsFigures},
+	}
+	// WXPUSH_BENCH_ONLY=pipeline,memory runs only the parts named (for profiling).
+	only := os.Getenv("WXPUSH_BENCH_ONLY")
+	for _, p := range parts {
+		if only == "" || slices.Contains(strings.Split(only, ","), p.name) {
+			p.run(b, tab)
+		}
+	}
 }
 
 // enqueueFigures: batch and single-message enqueue over HTTP, API only (no

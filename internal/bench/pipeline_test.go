@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/redistest"
 	"github.com/wxpush/wxpush/internal/servicetest"
 	"github.com/wxpush/wxpush/internal/tasks"
@@ -75,10 +78,14 @@ func pipelineFigures(b *testing.B, tab *table) {
 	}
 	rdb.ConfigResetStat(context.Background())
 
-	worker := startWorkerBinary(b, c)
+	worker := startWorkerBinary(b, c.Env(b))
+	cpu0 := cpuTimes(b, rdb, worker)
+	stopProfiles := profile(b, worker)
 	start := time.Now()
 	waitBacklog(b, rdb, 0, 5*time.Minute)
+	stopProfiles()
 	pipeRate := pipelineN / time.Since(start).Seconds()
+	cpu := cpuTimes(b, rdb, worker).sub(cpu0)
 	rss := worker.peakRSS(b)
 	calls := commandCalls(b, rdb)
 
@@ -86,6 +93,8 @@ func pipelineFigures(b *testing.B, tab *table) {
 		fmt.Sprintf("%d no-op tasks, concurrency %d", pipelineN, concurrency))
 	tab.row("pipeline throughput", fmt.Sprintf("%.0f msg/s", pipeRate), "–",
 		fmt.Sprintf("%d messages to delivered, 1 worker process, concurrency %d", pipelineN, concurrency))
+	tab.row("CPU per message", cpu.per(pipelineN), "–",
+		"CPU time while the worker ran: redis-server, worker process, this process (enqueuer with the callback, simulator)")
 	tab.row("worker peak RSS", fmt.Sprintf("%.1f MiB", float64(rss)/(1<<20)), "≤ 64 MiB", "VmHWM of the worker binary during that run")
 	tab.row("Redis commands per message", fmt.Sprintf("%.2f", float64(calls.total)/pipelineN), "–",
 		"commandstats delta while the worker ran, incl. commands inside scripts: "+calls.top(6, pipelineN))
@@ -180,7 +189,7 @@ func usedMemory(b *testing.B, rdb *redis.Client) int64 {
 func waitBacklog(b *testing.B, rdb *redis.Client, want int64, within time.Duration) {
 	deadline := time.Now().Add(within)
 	for {
-		n, err := rdb.HGet(context.Background(), "wxpush:backlog", "default").Int64()
+		n, err := delivery.NewStore(rdb, delivery.Config{}).Backlog(context.Background(), "default")
 		if (err == redis.Nil || err == nil) && n == want {
 			return
 		}
@@ -234,18 +243,36 @@ func commandCalls(b *testing.B, rdb *redis.Client) callStats {
 
 // workerProc is the worker binary run as its own process.
 type workerProc struct {
-	cmd *exec.Cmd
+	cmd   *exec.Cmd
+	admin string // base URL of its admin listener
+	once  sync.Once
 }
 
-// startWorkerBinary builds cmd/worker and runs it against the cluster.
-func startWorkerBinary(b *testing.B, c *servicetest.Cluster) *workerProc {
-	bin := filepath.Join(b.TempDir(), "worker")
+// workerBinary builds cmd/worker once per run.
+var workerBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "wxpush-bench")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "worker")
 	build := exec.Command("go", "build", "-o", bin, "github.com/wxpush/wxpush/cmd/worker")
 	if out, err := build.CombinedOutput(); err != nil {
-		b.Fatalf("build worker: %v\n%s", err, out)
+		return "", fmt.Errorf("build worker: %v\n%s", err, out)
 	}
-	env := c.Env(b)
-	cmd := exec.Command(bin)
+	return bin, nil
+})
+
+// startWorkerBinary runs cmd/worker with env and waits for its /healthz.
+func startWorkerBinary(b *testing.B, env map[string]string) *workerProc {
+	bin, err := workerBinary()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if os.Getenv("WXPUSH_BENCH_PROFILE") != "" {
+		env["WXPUSH_PPROF"] = "true"
+	}
+	w := &workerProc{cmd: exec.Command(bin), admin: "http://" + env["WXPUSH_ADMIN_ADDR"]}
+	cmd := w.cmd
 	cmd.Env = os.Environ()
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
@@ -253,13 +280,27 @@ func startWorkerBinary(b *testing.B, c *servicetest.Cluster) *workerProc {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { cmd.Process.Signal(os.Interrupt); cmd.Wait() })
-	servicetest.WaitHTTP(b, "http://"+env["WXPUSH_ADMIN_ADDR"]+"/healthz")
-	return &workerProc{cmd: cmd}
+	b.Cleanup(w.stop)
+	servicetest.WaitHTTP(b, w.admin+"/healthz")
+	return w
+}
+
+// stop interrupts the worker and waits for it to exit; a second stop is a no-op.
+func (w *workerProc) stop() {
+	w.once.Do(func() {
+		w.cmd.Process.Signal(os.Interrupt)
+		w.cmd.Wait()
+	})
 }
 
 // peakRSS reads VmHWM, the process's peak resident set.
-func (w *workerProc) peakRSS(b *testing.B) int64 {
+func (w *workerProc) peakRSS(b *testing.B) int64 { return w.status(b, "VmHWM:") }
+
+// rss reads VmRSS, the process's resident set now.
+func (w *workerProc) rss(b *testing.B) int64 { return w.status(b, "VmRSS:") }
+
+// status reads a size field of /proc/pid/status.
+func (w *workerProc) status(b *testing.B, field string) int64 {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", w.cmd.Process.Pid))
 	if err != nil {
 		b.Fatal(err)
@@ -267,10 +308,130 @@ func (w *workerProc) peakRSS(b *testing.B) int64 {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), field); ok {
 			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 			return kb << 10
 		}
 	}
 	return 0
+}
+
+// cpuSplit is CPU time spent by each process of the pipeline.
+type cpuSplit struct{ redis, worker, self time.Duration }
+
+func (c cpuSplit) sub(d cpuSplit) cpuSplit {
+	return cpuSplit{c.redis - d.redis, c.worker - d.worker, c.self - d.self}
+}
+
+func (c cpuSplit) per(n int) string {
+	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
+	return fmt.Sprintf("redis %.0f µs, worker %.0f µs, enqueuer+sim %.0f µs", us(c.redis), us(c.worker), us(c.self))
+}
+
+// cpuTimes reads redis-server's used_cpu, the worker's and this process's
+// user+system time from /proc.
+func cpuTimes(b *testing.B, rdb *redis.Client, w *workerProc) cpuSplit {
+	info, err := rdb.Info(context.Background(), "cpu").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var redisSec float64
+	for _, l := range strings.Split(info, "\r\n") {
+		for _, k := range []string{"used_cpu_sys:", "used_cpu_user:"} {
+			if v, ok := strings.CutPrefix(l, k); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				redisSec += f
+			}
+		}
+	}
+	return cpuSplit{redis: time.Duration(redisSec * float64(time.Second)),
+		worker: procCPU(b, w.cmd.Process.Pid), self: procCPU(b, os.Getpid())}
+}
+
+// procCPU is utime+stime of a process, from /proc/pid/stat (clock ticks of 10 ms).
+func procCPU(b *testing.B, pid int) time.Duration {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces.
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// profile, when WXPUSH_BENCH_PROFILE names a directory, writes CPU profiles of
+// this process (enqueuer, simulator) and of the worker binary until stop is
+// called: bench.pprof and worker.pprof, for go tool pprof.
+func profile(b *testing.B, w *workerProc) (stop func()) {
+	dir := os.Getenv("WXPUSH_BENCH_PROFILE")
+	if dir == "" {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(dir, "bench.pprof"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		// The worker's profile covers a fixed window from the start of the run.
+		resp, err := http.Get(w.admin + "/debug/pprof/profile?seconds=5")
+		if err != nil {
+			done <- err
+			return
+		}
+		defer resp.Body.Close()
+		out, err := os.Create(filepath.Join(dir, "worker.pprof"))
+		if err == nil {
+			_, err = io.Copy(out, resp.Body)
+			out.Close()
+		}
+		done <- err
+	}()
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+		if err := <-done; err != nil {
+			b.Errorf("worker profile: %v", err)
+		}
+	}
+}
+
+// manyAppsFigures: the worker's startup time and idle memory with 10 and with
+// 10,000 apps in WXPUSH_CONFIG (medians of 3 starts each).
+func manyAppsFigures(b *testing.B, tab *table) {
+	redis := redistest.Start(b)
+	measure := func(apps int) (start time.Duration, rss int64) {
+		cfg := filepath.Join(b.TempDir(), "apps.yaml")
+		var y strings.Builder
+		y.WriteString("apps:\n")
+		for i := 0; i < apps; i++ {
+			fmt.Fprintf(&y, "  - {name: app%05d, appid: wx%016d, secret: secret%05d, token: token%05d}\n", i, i, i, i)
+		}
+		if err := os.WriteFile(cfg, []byte(y.String()), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		var starts, rsss []float64
+		for range 3 {
+			env := map[string]string{"REDIS_URL": redis.URL(), "WECHAT_API_BASE": "http://127.0.0.1:1",
+				"WXPUSH_CONFIG": cfg, "WXPUSH_ADMIN_ADDR": servicetest.FreeAddr(b), "WXPUSH_LOG_LEVEL": "error"}
+			t0 := time.Now()
+			w := startWorkerBinary(b, env)
+			starts = append(starts, float64(time.Since(t0)))
+			time.Sleep(time.Second) // idle
+			rsss = append(rsss, float64(w.rss(b)))
+			w.stop()
+		}
+		return time.Duration(median(starts)), int64(median(rsss))
+	}
+	s10, m10 := measure(10)
+	s10k, m10k := measure(10000)
+	tab.row("worker start → /healthz, 10 / 10,000 apps", fmt.Sprintf("%d / %d ms", s10.Milliseconds(), s10k.Milliseconds()), "flat",
+		"median of 3 starts of the worker binary, config file parsed and validated")
+	tab.row("worker idle RSS, 10 / 10,000 apps", fmt.Sprintf("%.1f / %.1f MiB", float64(m10)/(1<<20), float64(m10k)/(1<<20)), "flat",
+		"VmRSS one second after start; no per-app goroutine, timer or connection (TestManyAppsStayFlat)")
 }

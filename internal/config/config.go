@@ -89,6 +89,9 @@ type Config struct {
 	// UIWritable lets the web UI (/ui) act on tasks (run, delete, archive);
 	// false (the default) makes it read-only.
 	UIWritable bool
+	// Pprof serves Go's profiler at /debug/pprof/ on the worker's admin address
+	// (keep that address private).
+	Pprof bool
 	// APIRate and APIBurst limit /v1 requests per API key (per client address
 	// without keys), cluster-wide; 0 = no limit.
 	APIRate   int

@@ -60,7 +60,7 @@ func TestLoadErrorsNameTheField(t *testing.T) {
 		{name: "bad duration", env: map[string]string{"WXPUSH_RETENTION": "forever"}, want: `WXPUSH_RETENTION: "forever" is not a duration`},
 		{name: "bad integer", env: map[string]string{"WXPUSH_CONCURRENCY": "many"}, want: `WXPUSH_CONCURRENCY: "many" is not an integer`},
 		{name: "zero attempts", env: map[string]string{"WXPUSH_MAX_ATTEMPTS": "0"}, want: "WXPUSH_MAX_ATTEMPTS: 0 must be at least 1"},
-		{name: "redis scheme", env: map[string]string{"REDIS_URL": "http://user:pw@x"}, want: "REDIS_URL: scheme must be redis://, rediss:// or redis-sentinel://", secret: "pw@x"},
+		{name: "redis scheme", env: map[string]string{"REDIS_URL": "http://user:pw@x"}, want: "REDIS_URL: scheme must be redis://, rediss://, redis-sentinel://, redis-cluster:// or rediss-cluster://", secret: "pw@x"},
 		{name: "secret without app", env: map[string]string{"WECHAT_APP_SECRET": "s3cr3t"}, want: "WECHAT_APP_SECRET: set, but WECHAT_APP_ID is empty", secret: "s3cr3t"},
 		{name: "missing secret", env: map[string]string{"WECHAT_APP_ID": "wx1", "WECHAT_TOKEN": "tok123"}, want: "WECHAT_APP_SECRET: required"},
 		{name: "bad token", env: map[string]string{"WECHAT_APP_ID": "wx1", "WECHAT_APP_SECRET": "s", "WECHAT_TOKEN": "a b"}, want: "WECHAT_TOKEN: required, 3–32 letters or digits", secret: "a b"},

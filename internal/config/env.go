@@ -35,6 +35,7 @@ var knobs = []knob{
 	{"WXPUSH_SHUTDOWN_TIMEOUT", "shutdown_timeout", func(c *Config) any { return &c.ShutdownTimeout }},
 	{"WXPUSH_IDEMPOTENCY_WINDOW", "idempotency_window", func(c *Config) any { return &c.IdempotencyWindow }},
 	{"WXPUSH_UI_WRITABLE", "ui_writable", func(c *Config) any { return &c.UIWritable }},
+	{"WXPUSH_PPROF", "pprof", func(c *Config) any { return &c.Pprof }},
 	{"WXPUSH_API_RATE", "api_rate", func(c *Config) any { return &c.APIRate }},
 	{"WXPUSH_API_BURST", "api_burst", func(c *Config) any { return &c.APIBurst }},
 	{"WXPUSH_LOG_LEVEL", "log_level", func(c *Config) any { return &c.LogLevel }},

@@ -35,11 +35,9 @@ func (c Config) Validate() error {
 			scheme = ""
 		}
 		switch scheme {
-		case "redis", "rediss", "redis-sentinel":
-		case "redis-cluster":
-			bad("%s: Redis Cluster is not supported (wxpush's scripts span hash slots); use redis-sentinel:// for failover", name("redis_url"))
+		case "redis", "rediss", "redis-sentinel", "redis-cluster", "rediss-cluster":
 		default:
-			bad("%s: scheme must be redis://, rediss:// or redis-sentinel:// (got %q)", name("redis_url"), scheme)
+			bad("%s: scheme must be redis://, rediss://, redis-sentinel://, redis-cluster:// or rediss-cluster:// (got %q)", name("redis_url"), scheme)
 		}
 	}
 	if c.WeChatAPIBase != "" && !strings.HasPrefix(c.WeChatAPIBase, "http://") && !strings.HasPrefix(c.WeChatAPIBase, "https://") {

@@ -15,7 +15,7 @@ import (
 // enqueues its task again; queue is the message's asynq queue.
 func (s *Store) Requeue(ctx context.Context, id, app string) (queue string, err error) {
 	now := s.cfg.Now()
-	res, err := requeueScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey, deadKey(app)},
+	res, err := requeueScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id)), deadKey(app)},
 		id, s.line(now, historyLine{Event: "requeued", State: StateQueued})).Slice()
 	if err != nil {
 		return "", fmt.Errorf("delivery: requeue: %w", err)
@@ -92,7 +92,7 @@ func (s *Store) ListDead(ctx context.Context, app string, offset, limit int) (De
 // Messages of a parked app wait without spending attempts. Parking never
 // shortens an existing park.
 func (s *Store) Park(ctx context.Context, app string, until time.Time) error {
-	err := s.rdb.ZAddGT(ctx, parkedKey, redis.Z{Score: float64(until.UnixMilli()), Member: app}).Err()
+	err := s.rdb.ZAddGT(ctx, parkedKey(Shard(app)), redis.Z{Score: float64(until.UnixMilli()), Member: app}).Err()
 	if err != nil {
 		return fmt.Errorf("delivery: park: %w", err)
 	}
@@ -101,7 +101,7 @@ func (s *Store) Park(ctx context.Context, app string, until time.Time) error {
 
 // Resume lifts an app's park; it reports whether the app was parked.
 func (s *Store) Resume(ctx context.Context, app string) (bool, error) {
-	n, err := s.rdb.ZRem(ctx, parkedKey, app).Result()
+	n, err := s.rdb.ZRem(ctx, parkedKey(Shard(app)), app).Result()
 	if err != nil {
 		return false, fmt.Errorf("delivery: resume: %w", err)
 	}
@@ -111,14 +111,23 @@ func (s *Store) Resume(ctx context.Context, app string) (bool, error) {
 // ParkedApps returns the apps parked now, with when each park ends.
 func (s *Store) ParkedApps(ctx context.Context) (map[string]time.Time, error) {
 	now := strconv.FormatInt(s.cfg.Now().UnixMilli(), 10)
-	zs, err := s.rdb.ZRangeByScoreWithScores(ctx, parkedKey, &redis.ZRangeBy{Min: "(" + now, Max: "+inf"}).Result()
+	shards := allShards()
+	cmds := make([]*redis.ZSliceCmd, len(shards))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, sh := range shards {
+			cmds[i] = p.ZRangeByScoreWithScores(ctx, parkedKey(sh), &redis.ZRangeBy{Min: "(" + now, Max: "+inf"})
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("delivery: parked apps: %w", err)
 	}
-	out := make(map[string]time.Time, len(zs))
-	for _, z := range zs {
-		if app, ok := z.Member.(string); ok {
-			out[app] = time.UnixMilli(int64(z.Score))
+	out := make(map[string]time.Time)
+	for _, c := range cmds {
+		for _, z := range c.Val() {
+			if app, ok := z.Member.(string); ok {
+				out[app] = time.UnixMilli(int64(z.Score))
+			}
 		}
 	}
 	return out, nil
@@ -126,7 +135,7 @@ func (s *Store) ParkedApps(ctx context.Context) (map[string]time.Time, error) {
 
 // Backlog returns how many messages of app are not final yet.
 func (s *Store) Backlog(ctx context.Context, app string) (int64, error) {
-	n, err := s.rdb.HGet(ctx, backlogKey, app).Int64()
+	n, err := s.rdb.HGet(ctx, backlogKey(Shard(app)), app).Int64()
 	if err == redis.Nil {
 		return 0, nil
 	}
@@ -155,7 +164,14 @@ type AppBacklog struct {
 
 // Backlogs returns the unfinished-message counts of every app that has any.
 func (s *Store) Backlogs(ctx context.Context) (map[string]AppBacklog, error) {
-	h, err := s.rdb.HGetAll(ctx, backlogKey).Result()
+	shards := allShards()
+	cmds := make([]*redis.MapStringStringCmd, len(shards))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, sh := range shards {
+			cmds[i] = p.HGetAll(ctx, backlogKey(sh))
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("delivery: backlogs: %w", err)
 	}
@@ -167,17 +183,19 @@ func (s *Store) Backlogs(ctx context.Context) (map[string]AppBacklog, error) {
 		}
 		return b
 	}
-	for field, v := range h {
-		n, _ := strconv.ParseInt(v, 10, 64)
-		if app, state, ok := strings.Cut(field, "|"); ok {
-			b := get(app)
-			b.ByState[State(state)] = n
-			out[app] = b
-			continue
+	for _, c := range cmds {
+		for field, v := range c.Val() {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			if app, state, ok := strings.Cut(field, "|"); ok {
+				b := get(app)
+				b.ByState[State(state)] = n
+				out[app] = b
+				continue
+			}
+			b := get(field)
+			b.Total = n
+			out[field] = b
 		}
-		b := get(field)
-		b.Total = n
-		out[field] = b
 	}
 	return out, nil
 }

@@ -20,23 +20,23 @@ func TestBacklogCountsUnfinished(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	for i := 0; i < 4; i++ {
-		b.create(t, fmt.Sprintf("m%d", i))
+		b.create(t, fmt.Sprintf("Ym%d", i))
 	}
 	if n := b.backlog(t, "default"); n != 4 {
 		t.Fatalf("backlog = %d, want 4", n)
 	}
 	// Every way to a final state releases the slot exactly once.
-	b.store.Finish(b.ctx, "m0", "default", StateRejected, nil)
-	b.store.Finish(b.ctx, "m0", "default", StateDead, nil) // already final: no second release
-	b.store.Begin(b.ctx, "m1")
-	b.store.MarkSent(b.ctx, "m1", "default", 11)
+	b.store.Finish(b.ctx, "Ym0", "default", StateRejected, nil)
+	b.store.Finish(b.ctx, "Ym0", "default", StateDead, nil) // already final: no second release
+	b.store.Begin(b.ctx, "Ym1")
+	b.store.MarkSent(b.ctx, "Ym1", "default", 11)
 	if n := b.backlog(t, "default"); n != 3 {
 		t.Errorf("after one rejected and one sent: backlog = %d, want 3 (sent is not final)", n)
 	}
 	b.store.ApplyCallback(b.ctx, "default", "11", StateDelivered, "success")
 	b.store.ApplyCallback(b.ctx, "default", "11", StateDelivered, "success")
-	b.store.Cancel(b.ctx, "m2")
-	if err := b.store.Delete(b.ctx, "m3"); err != nil {
+	b.store.Cancel(b.ctx, "Ym2")
+	if err := b.store.Delete(b.ctx, "Ym3"); err != nil {
 		t.Fatal(err)
 	}
 	if n := b.backlog(t, "default"); n != 0 {
@@ -48,16 +48,16 @@ func TestBacklogFullRefusesAndStoresNothing(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	max := func(m *NewMessage) { m.MaxBacklog = 2 }
-	b.create(t, "a", max)
-	b.create(t, "b", max)
-	if _, err := b.store.Create(b.ctx, NewMessage{ID: "c", App: "default", Body: []byte("{}"), MaxBacklog: 2}); !errors.Is(err, ErrBacklogFull) {
+	b.create(t, "Ya", max)
+	b.create(t, "Yb", max)
+	if _, err := b.store.Create(b.ctx, NewMessage{ID: "Yc", App: "default", Body: []byte("{}"), MaxBacklog: 2}); !errors.Is(err, ErrBacklogFull) {
 		t.Fatalf("third message: %v, want ErrBacklogFull", err)
 	}
-	if _, err := b.store.Get(b.ctx, "c"); !errors.Is(err, ErrNotFound) {
+	if _, err := b.store.Get(b.ctx, "Yc"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("a refused message was stored: %v", err)
 	}
-	b.store.Finish(b.ctx, "a", "default", StateRejected, nil)
-	b.create(t, "c", max) // a slot is free again
+	b.store.Finish(b.ctx, "Ya", "default", StateRejected, nil)
+	b.create(t, "Yc", max) // a slot is free again
 }
 
 func TestCreateBatch(t *testing.T) {
@@ -66,14 +66,15 @@ func TestCreateBatch(t *testing.T) {
 	b.rdb.ScriptFlush(b.ctx) // a fresh Redis has no scripts: the batch must load them
 	var ms []NewMessage
 	for i := 0; i < 5; i++ {
-		ms = append(ms, NewMessage{ID: fmt.Sprintf("b%d", i), App: "default", Body: []byte("{}"), MaxBacklog: 3})
+		ms = append(ms, NewMessage{ID: fmt.Sprintf("Yb%d", i), App: "default", Body: []byte("{}"), MaxBacklog: 3})
 	}
-	ms = append(ms, NewMessage{ID: "b0", App: "other", Body: []byte("{}")}) // duplicate id
+	ms = append(ms, NewMessage{ID: "Yb0", App: "default", Body: []byte("{}")}, // duplicate id
+		NewMessage{ID: "Yb9", App: "other", Body: []byte("{}")}) // not other's shard
 	res, err := b.store.CreateBatch(b.ctx, ms)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []error{nil, nil, nil, ErrBacklogFull, ErrBacklogFull, ErrExists}
+	want := []error{nil, nil, nil, ErrBacklogFull, ErrBacklogFull, ErrExists, ErrWrongShard}
 	for i, r := range res {
 		if !errors.Is(r.Err, want[i]) || (r.Err == nil) != (want[i] == nil) {
 			t.Errorf("item %d: %v, want %v", i, r.Err, want[i])
@@ -90,42 +91,42 @@ func TestCreateBatch(t *testing.T) {
 func TestCancel(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.create(t, "q")
-	tr, err := b.store.Cancel(b.ctx, "q")
+	b.create(t, "Yq")
+	tr, err := b.store.Cancel(b.ctx, "Yq")
 	if err != nil || !tr.Changed || tr.State != StateCanceled {
 		t.Fatalf("Cancel(queued) = %+v, %v", tr, err)
 	}
-	if a, _ := b.store.Begin(b.ctx, "q"); a.Proceed {
+	if a, _ := b.store.Begin(b.ctx, "Yq"); a.Proceed {
 		t.Error("a canceled message may be sent")
 	}
 
 	// An attempt in flight wins the race: cancel is refused until it ends.
-	b.create(t, "f")
-	b.store.Begin(b.ctx, "f")
-	if _, err := b.store.Cancel(b.ctx, "f"); !errors.Is(err, ErrInFlight) {
+	b.create(t, "Yf")
+	b.store.Begin(b.ctx, "Yf")
+	if _, err := b.store.Cancel(b.ctx, "Yf"); !errors.Is(err, ErrInFlight) {
 		t.Fatalf("Cancel during an attempt = %v, want ErrInFlight", err)
 	}
-	b.store.MarkRetrying(b.ctx, "f", ErrorInfo{Code: -1})
-	if tr, err := b.store.Cancel(b.ctx, "f"); err != nil || tr.State != StateCanceled {
+	b.store.MarkRetrying(b.ctx, "Yf", ErrorInfo{Code: -1})
+	if tr, err := b.store.Cancel(b.ctx, "Yf"); err != nil || tr.State != StateCanceled {
 		t.Errorf("Cancel after the attempt failed = %+v, %v", tr, err)
 	}
 
 	// A worker that died mid-attempt blocks cancel only until the attempt timeout.
-	b.create(t, "d")
-	b.store.Begin(b.ctx, "d")
+	b.create(t, "Yd")
+	b.store.Begin(b.ctx, "Yd")
 	b.clock.Advance(3 * time.Minute)
-	if tr, err := b.store.Cancel(b.ctx, "d"); err != nil || tr.State != StateCanceled {
+	if tr, err := b.store.Cancel(b.ctx, "Yd"); err != nil || tr.State != StateCanceled {
 		t.Errorf("Cancel after a dead worker's attempt timed out = %+v, %v", tr, err)
 	}
 
 	// Sent is too late.
-	b.create(t, "s")
-	b.store.Begin(b.ctx, "s")
-	b.store.MarkSent(b.ctx, "s", "default", 5)
-	if tr, err := b.store.Cancel(b.ctx, "s"); err != nil || tr.Changed || tr.State != StateSent {
+	b.create(t, "Ys")
+	b.store.Begin(b.ctx, "Ys")
+	b.store.MarkSent(b.ctx, "Ys", "default", 5)
+	if tr, err := b.store.Cancel(b.ctx, "Ys"); err != nil || tr.Changed || tr.State != StateSent {
 		t.Errorf("Cancel(sent) = %+v, %v; want unchanged", tr, err)
 	}
-	if _, err := b.store.Cancel(b.ctx, "nope"); !errors.Is(err, ErrNotFound) {
+	if _, err := b.store.Cancel(b.ctx, "Ynope"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Cancel(missing) = %v", err)
 	}
 }
@@ -134,35 +135,35 @@ func TestDeadListAndRequeue(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	for i := 0; i < 3; i++ {
-		id := fmt.Sprintf("d%d", i)
+		id := fmt.Sprintf("Yd%d", i)
 		b.create(t, id)
 		b.store.Begin(b.ctx, id)
 		b.store.Finish(b.ctx, id, "default", StateDead, &ErrorInfo{Code: -1, Msg: "system error"})
 		b.clock.Advance(time.Second)
 	}
 	p1, err := b.store.ListDead(b.ctx, "default", 0, 2)
-	if err != nil || p1.Total != 3 || len(p1.Messages) != 2 || p1.Messages[0].ID != "d2" || p1.Messages[1].ID != "d1" || p1.Next != 2 {
+	if err != nil || p1.Total != 3 || len(p1.Messages) != 2 || p1.Messages[0].ID != "Yd2" || p1.Messages[1].ID != "Yd1" || p1.Next != 2 {
 		t.Fatalf("ListDead page 1 = %v (total %d, next %d), %v; want d2, d1 of 3, next 2", ids(p1.Messages), p1.Total, p1.Next, err)
 	}
-	if p2, _ := b.store.ListDead(b.ctx, "default", 2, 2); len(p2.Messages) != 1 || p2.Messages[0].ID != "d0" || p2.Next != 0 {
+	if p2, _ := b.store.ListDead(b.ctx, "default", 2, 2); len(p2.Messages) != 1 || p2.Messages[0].ID != "Yd0" || p2.Next != 0 {
 		t.Errorf("ListDead page 2 = %v next %d, want d0 and no next page", ids(p2.Messages), p2.Next)
 	}
 	if other, _ := b.store.ListDead(b.ctx, "other", 0, 10); len(other.Messages) != 0 || other.Total != 0 {
 		t.Errorf("another app's dead list = %v", ids(other.Messages))
 	}
 
-	q, err := b.store.Requeue(b.ctx, "d1", "default")
+	q, err := b.store.Requeue(b.ctx, "Yd1", "default")
 	if err != nil || q != "normal" {
 		t.Fatalf("Requeue = %q, %v", q, err)
 	}
-	m, _ := b.store.Get(b.ctx, "d1")
-	if m.State != StateQueued || m.FinishedAt != nil || b.ttl(t, recordKey("d1")) != -1 {
-		t.Errorf("requeued record = %s finished %v ttl %v; want queued, no finish time, no expiry", m.State, m.FinishedAt, b.ttl(t, recordKey("d1")))
+	m, _ := b.store.Get(b.ctx, "Yd1")
+	if m.State != StateQueued || m.FinishedAt != nil || b.ttl(t, recordKey("Yd1")) != -1 {
+		t.Errorf("requeued record = %s finished %v ttl %v; want queued, no finish time, no expiry", m.State, m.FinishedAt, b.ttl(t, recordKey("Yd1")))
 	}
 	if p, _ := b.store.ListDead(b.ctx, "default", 0, 10); p.Total != 2 {
 		t.Errorf("dead list holds %d after a requeue, want 2", p.Total)
 	}
-	if _, err := b.store.Requeue(b.ctx, "d1", "default"); !errors.Is(err, ErrNotDead) {
+	if _, err := b.store.Requeue(b.ctx, "Yd1", "default"); !errors.Is(err, ErrNotDead) {
 		t.Errorf("Requeue(queued) = %v, want ErrNotDead", err)
 	}
 	if n := b.backlog(t, "default"); n != 1 {
@@ -186,21 +187,21 @@ func ids(ms []*Message) []string {
 func TestParkDefersWithoutAttempts(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.create(t, "p")
-	b.create(t, "o", func(m *NewMessage) { m.App = "other" })
+	b.create(t, "Yp")
+	b.create(t, "No", func(m *NewMessage) { m.App = "other" })
 	until := b.clock.Now().Add(time.Hour)
 	if err := b.store.Park(b.ctx, "default", until); err != nil {
 		t.Fatal(err)
 	}
 	b.store.Park(b.ctx, "default", b.clock.Now().Add(time.Minute)) // never shortens
-	a, err := b.store.Begin(b.ctx, "p")
+	a, err := b.store.Begin(b.ctx, "Yp")
 	if err != nil || a.Proceed || !a.ParkedUntil.Equal(until) {
 		t.Fatalf("Begin on a parked app = %+v, %v; want deferred until %v", a, err, until)
 	}
-	if a, _ := b.store.Begin(b.ctx, "o"); !a.Proceed {
+	if a, _ := b.store.Begin(b.ctx, "No"); !a.Proceed {
 		t.Error("another app is blocked by the park")
 	}
-	if m, _ := b.store.Get(b.ctx, "p"); m.Attempts != 0 || m.State != StateQueued {
+	if m, _ := b.store.Get(b.ctx, "Yp"); m.Attempts != 0 || m.State != StateQueued {
 		t.Errorf("a parked message spent an attempt or changed: %+v", m)
 	}
 	parked, _ := b.store.ParkedApps(b.ctx)
@@ -210,14 +211,14 @@ func TestParkDefersWithoutAttempts(t *testing.T) {
 	if was, err := b.store.Resume(b.ctx, "default"); !was || err != nil {
 		t.Errorf("Resume = %v, %v", was, err)
 	}
-	if a, _ := b.store.Begin(b.ctx, "p"); !a.Proceed {
+	if a, _ := b.store.Begin(b.ctx, "Yp"); !a.Proceed {
 		t.Error("still parked after Resume")
 	}
 	// A park that ran out lets messages through by itself.
 	b.store.Park(b.ctx, "other", b.clock.Now().Add(time.Minute))
 	b.clock.Advance(2 * time.Minute)
-	b.create(t, "o2", func(m *NewMessage) { m.App = "other" })
-	if a, _ := b.store.Begin(b.ctx, "o2"); !a.Proceed {
+	b.create(t, "No2", func(m *NewMessage) { m.App = "other" })
+	if a, _ := b.store.Begin(b.ctx, "No2"); !a.Proceed {
 		t.Error("an expired park still blocks")
 	}
 }
@@ -247,7 +248,7 @@ func TestCreateBatchConcurrentScriptLoad(t *testing.T) {
 				defer func() { done <- struct{}{} }()
 				var ms []NewMessage
 				for i := 0; i < 200; i++ {
-					ms = append(ms, NewMessage{ID: fmt.Sprintf("c%d-%d-%d", round, g, i), App: "default", Body: []byte("{}")})
+					ms = append(ms, NewMessage{ID: fmt.Sprintf("Yc%d-%d-%d", round, g, i), App: "default", Body: []byte("{}")})
 				}
 				res, err := b.store.CreateBatch(b.ctx, ms)
 				if err != nil {
@@ -301,24 +302,24 @@ func TestBacklogByState(t *testing.T) {
 			}
 		}
 	}
-	b.create(t, "a")
-	b.create(t, "b")
-	b.create(t, "s", func(m *NewMessage) { m.SendAt = b.clock.Now().Add(time.Hour) })
+	b.create(t, "Ya")
+	b.create(t, "Yb")
+	b.create(t, "Ys", func(m *NewMessage) { m.SendAt = b.clock.Now().Add(time.Hour) })
 	want("created", map[State]int64{StateQueued: 2, StateScheduled: 1})
-	b.store.Begin(b.ctx, "a")
-	b.store.MarkRetrying(b.ctx, "a", ErrorInfo{Code: -1})
-	b.store.MarkRetrying(b.ctx, "a", ErrorInfo{Code: -1})
+	b.store.Begin(b.ctx, "Ya")
+	b.store.MarkRetrying(b.ctx, "Ya", ErrorInfo{Code: -1})
+	b.store.MarkRetrying(b.ctx, "Ya", ErrorInfo{Code: -1})
 	want("retrying", map[State]int64{StateQueued: 1, StateRetrying: 1, StateScheduled: 1})
-	b.store.Begin(b.ctx, "a")
-	b.store.MarkSent(b.ctx, "a", "default", 9)
+	b.store.Begin(b.ctx, "Ya")
+	b.store.MarkSent(b.ctx, "Ya", "default", 9)
 	want("sent", map[State]int64{StateQueued: 1, StateSent: 1, StateScheduled: 1})
 	b.store.ApplyCallback(b.ctx, "default", "9", StateDelivered, "success")
-	b.store.Cancel(b.ctx, "s")
-	b.store.Finish(b.ctx, "b", "default", StateDead, nil)
+	b.store.Cancel(b.ctx, "Ys")
+	b.store.Finish(b.ctx, "Yb", "default", StateDead, nil)
 	want("all final", map[State]int64{})
-	b.store.Requeue(b.ctx, "b", "default")
+	b.store.Requeue(b.ctx, "Yb", "default")
 	want("requeued", map[State]int64{StateQueued: 1})
-	b.store.Delete(b.ctx, "b")
+	b.store.Delete(b.ctx, "Yb")
 	want("deleted", map[State]int64{})
 	if all, _ := b.store.Backlogs(b.ctx); all["default"].Total != 0 {
 		t.Errorf("total = %d, want 0", all["default"].Total)

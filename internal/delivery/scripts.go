@@ -148,20 +148,22 @@ return {"sent", "changed", app, v[3]}`)
 
 // callbackScript applies a TEMPLATESENDJOBFINISH result. Unknown msgids are held
 // for a while: the sender may not have stored the msgid yet.
-// KEYS: index, held, sentz, backlog. ARGV: state, raw status, now, hold ttl,
-// retention, history entry, record key prefix, history entry of a late result
-// (with the raw status, which the record's wx_status does not hold then).
-// Returns {outcome, id, app, state, sent ms (when applied)}.
+// The caller read the index first: KEYS[5] is the record it names.
+// KEYS: index, held, sentz, backlog, record. ARGV: state, raw status, now, hold
+// ttl, retention, history entry, history entry of a late result (with the raw
+// status, which the record's wx_status does not hold then), the id the caller
+// read from the index ("" for none).
+// Returns {outcome, id, app, state, sent ms (when applied)}; {"moved"} when the
+// index no longer says what the caller read.
 var callbackScript = redis.NewScript(luaPrelude + `
 local id = redis.call("GET", KEYS[1])
+if (id or "") ~= ARGV[8] then return {"moved"} end
 if not id then
   if redis.call("EXISTS", KEYS[2]) == 1 then return {"duplicate"} end
   redis.call("SET", KEYS[2], ARGV[1] .. "|" .. ARGV[2], "PX", ARGV[4])
   return {"held"}
 end
--- The record key is derived from the index value, so this script is not Redis
--- Cluster safe; the index and the record share no hash slot.
-local rec = ARGV[7] .. id .. "}"
+local rec = KEYS[5]
 local v = redis.call("HMGET", rec, "state", "app", "wx_status", "sent_ms")
 local st, app = v[1], v[2]
 if not st then return {"unknown", id} end
@@ -180,7 +182,7 @@ if st == "unconfirmed" and not v[3] then
   -- The result came after we gave up waiting: keep it in the record, but a final
   -- state is final.
   redis.call("HSET", rec, "wx_status", ARGV[2])
-  hist(rec, ARGV[8])
+  hist(rec, ARGV[7])
   return {"late", id, app, st}
 end
 return {"duplicate", id, app or "", st}`)

@@ -12,21 +12,6 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Key layout. The record's hash tag is its id; the msgid index and held callbacks
-// are per app because msgids are unique only within one account.
-const (
-	recordPrefix = "wxpush:msg:{"
-	sentKey      = "wxpush:sent"    // ZSET id → confirmation deadline (ms)
-	backlogKey   = "wxpush:backlog" // HASH app → messages not yet final
-	parkedKey    = "wxpush:parked"  // ZSET app → parked until (ms)
-	sweepLockKey = "wxpush:sweep:lock"
-)
-
-func recordKey(id string) string        { return recordPrefix + id + "}" }
-func indexKey(app, msgID string) string { return "wxpush:wxid:{" + app + "}:" + msgID }
-func heldKey(app, msgID string) string  { return "wxpush:held:{" + app + "}:" + msgID }
-func deadKey(app string) string         { return "wxpush:dead:{" + app + "}" }
-
 // Errors callers branch on.
 var (
 	// ErrNotFound: no record with this id (never created, or past its retention).
@@ -138,12 +123,19 @@ func (s *Store) line(now time.Time, ev historyLine) string {
 // Create stores a new record in state queued (or scheduled when SendAt is in the
 // future). It fails with ErrBacklogFull or ErrExists and then stores nothing.
 func (s *Store) Create(ctx context.Context, m NewMessage) (State, error) {
+	if m.ID == "" || m.ID[0] != Shard(m.App) {
+		return "", ErrWrongShard
+	}
 	state, args := s.createArgs(m)
-	res, err := createScript.Run(ctx, s.rdb, []string{recordKey(m.ID), backlogKey}, args...).Text()
+	res, err := createScript.Run(ctx, s.rdb, createKeys(m), args...).Text()
 	if err != nil {
 		return "", fmt.Errorf("delivery: create: %w", err)
 	}
 	return state, createResult(res)
+}
+
+func createKeys(m NewMessage) []string {
+	return []string{recordKey(m.ID), backlogKey(shardOf(m.ID))}
 }
 
 func (s *Store) createArgs(m NewMessage) (State, []any) {
@@ -193,9 +185,14 @@ func (s *Store) CreateBatch(ctx context.Context, ms []NewMessage) ([]Created, er
 	out := make([]Created, len(ms))
 	args := make([][]any, len(ms))
 	pending := make([]int, len(ms))
+	pending = pending[:0]
 	for i, m := range ms {
+		if m.ID == "" || m.ID[0] != Shard(m.App) {
+			out[i].Err = ErrWrongShard
+			continue
+		}
 		out[i].State, args[i] = s.createArgs(m)
-		pending[i] = i
+		pending = append(pending, i)
 	}
 	// A new or restarted Redis has no scripts cached: the items that failed with
 	// NOSCRIPT (all, or only the first ones when a concurrent caller loads the
@@ -204,7 +201,7 @@ func (s *Store) CreateBatch(ctx context.Context, ms []NewMessage) ([]Created, er
 		cmds := make([]*redis.Cmd, len(pending))
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for j, i := range pending {
-				cmds[j] = createScript.EvalSha(ctx, p, []string{recordKey(ms[i].ID), backlogKey}, args[i]...)
+				cmds[j] = createScript.EvalSha(ctx, p, createKeys(ms[i]), args[i]...)
 			}
 			return nil
 		})
@@ -236,7 +233,7 @@ func (s *Store) CreateBatch(ctx context.Context, ms []NewMessage) ([]Created, er
 
 // Delete removes a record; it undoes a Create whose task could not be enqueued.
 func (s *Store) Delete(ctx context.Context, id string) error {
-	if err := deleteScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey}).Err(); err != nil {
+	if err := deleteScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id))}).Err(); err != nil {
 		return fmt.Errorf("delivery: delete: %w", err)
 	}
 	return nil
@@ -260,7 +257,7 @@ type Attempt struct {
 // sending it late.
 func (s *Store) Begin(ctx context.Context, id string) (Attempt, error) {
 	now := s.cfg.Now()
-	res, err := beginScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey, parkedKey},
+	res, err := beginScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id)), parkedKey(shardOf(id))},
 		now.UnixMilli(), s.line(now, historyLine{Event: "expired", State: StateExpired}),
 		s.cfg.Retention.Milliseconds(), now.Add(s.cfg.AttemptTimeout).UnixMilli()).Slice()
 	if err != nil {
@@ -304,7 +301,7 @@ func (s *Store) MarkSent(ctx context.Context, id, app string, msgID int64) (Tran
 	now := s.cfg.Now()
 	mid := strconv.FormatInt(msgID, 10)
 	res, err := sentScript.Run(ctx, s.rdb,
-		[]string{recordKey(id), indexKey(app, mid), heldKey(app, mid), sentKey, backlogKey},
+		[]string{recordKey(id), indexKey(app, mid), heldKey(app, mid), sentKey(shardOf(id)), backlogKey(shardOf(id))},
 		id, mid, now.UnixMilli(),
 		s.line(now, historyLine{Event: "sent", State: StateSent}),
 		(s.cfg.ConfirmTimeout + s.cfg.Retention).Milliseconds(),
@@ -321,7 +318,7 @@ func (s *Store) MarkSent(ctx context.Context, id, app string, msgID int64) (Tran
 // MarkRetrying records a failed attempt that will be retried.
 func (s *Store) MarkRetrying(ctx context.Context, id string, e ErrorInfo) (State, error) {
 	now := s.cfg.Now()
-	st, err := retryScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey},
+	st, err := retryScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id))},
 		s.line(now, historyLine{Event: "attempt failed", State: StateRetrying, ErrCode: e.Code, ErrMsg: e.Msg}),
 		e.Code, e.Msg).Text()
 	if err != nil {
@@ -358,7 +355,13 @@ func (s *Store) finish(ctx context.Context, id, app string, to State, e *ErrorIn
 		line.ErrCode, line.ErrMsg = e.Code, e.Msg
 		code, msg = strconv.Itoa(e.Code), e.Msg
 	}
-	res, err := finishScript.Run(ctx, s.rdb, []string{recordKey(id), sentKey, backlogKey, deadKey(app)},
+	// The dead list is the app's; a caller that does not know the app never
+	// settles dead, and the record's own shard stands in.
+	dead := deadKey(app)
+	if app == "" {
+		dead = tag(shardOf(id)) + "dead:"
+	}
+	res, err := finishScript.Run(ctx, s.rdb, []string{recordKey(id), sentKey(shardOf(id)), backlogKey(shardOf(id)), dead},
 		string(to), now.UnixMilli(), s.line(now, line), code, msg,
 		s.cfg.Retention.Milliseconds(), id, mode).Slice()
 	if err != nil {
@@ -390,17 +393,30 @@ type CallbackResult struct {
 // ApplyCallback applies WeChat's result for msgID of app: to is the final state
 // the result means and raw its Status text. It is idempotent.
 func (s *Store) ApplyCallback(ctx context.Context, app, msgID string, to State, raw string) (CallbackResult, error) {
-	now := s.cfg.Now()
-	res, err := callbackScript.Run(ctx, s.rdb,
-		[]string{indexKey(app, msgID), heldKey(app, msgID), sentKey, backlogKey},
-		string(to), raw, now.UnixMilli(), s.cfg.CallbackHold.Milliseconds(), s.cfg.Retention.Milliseconds(),
-		s.line(now, historyLine{Event: "callback", State: to}), recordPrefix,
-		s.line(now, historyLine{Event: "late callback", State: to, Status: raw})).Slice()
-	if err != nil {
-		return CallbackResult{}, fmt.Errorf("delivery: apply callback: %w", err)
+	index, shard := indexKey(app, msgID), Shard(app)
+	// A script names every key it touches (Redis Cluster requires it), so the
+	// record's key is read from the index first; the script checks the index
+	// still says so. The index is written once, so a second pass is rare.
+	for try := 0; ; try++ {
+		id, err := s.rdb.Get(ctx, index).Result()
+		if err != nil && err != redis.Nil {
+			return CallbackResult{}, fmt.Errorf("delivery: apply callback: %w", err)
+		}
+		now := s.cfg.Now()
+		res, err := callbackScript.Run(ctx, s.rdb,
+			[]string{index, heldKey(app, msgID), sentKey(shard), backlogKey(shard), recordKey(cmp.Or(id, string(shard)))},
+			string(to), raw, now.UnixMilli(), s.cfg.CallbackHold.Milliseconds(), s.cfg.Retention.Milliseconds(),
+			s.line(now, historyLine{Event: "callback", State: to}),
+			s.line(now, historyLine{Event: "late callback", State: to, Status: raw}), id).Slice()
+		if err != nil {
+			return CallbackResult{}, fmt.Errorf("delivery: apply callback: %w", err)
+		}
+		if str(res, 0) == "moved" && try < 3 {
+			continue
+		}
+		return CallbackResult{Outcome: CallbackOutcome(str(res, 0)), ID: str(res, 1), App: str(res, 2), State: State(str(res, 3)),
+			SentAt: msTime(str(res, 4))}, nil
 	}
-	return CallbackResult{Outcome: CallbackOutcome(str(res, 0)), ID: str(res, 1), App: str(res, 2), State: State(str(res, 3)),
-		SentAt: msTime(str(res, 4))}, nil
 }
 
 // Settled is a message a sweep moved to a final state.
@@ -413,15 +429,22 @@ type Settled struct {
 // confirmation deadline has passed. Concurrent sweepers are safe: each message is
 // settled by exactly one of them.
 func (s *Store) SweepUnconfirmed(ctx context.Context, limit int) ([]Settled, error) {
-	now := s.cfg.Now()
-	ids, err := s.rdb.ZRangeArgs(ctx, redis.ZRangeArgs{
-		Key: sentKey, ByScore: true, Start: "-inf", Stop: strconv.FormatInt(now.UnixMilli(), 10), Count: int64(limit),
-	}).Result()
+	now := strconv.FormatInt(s.cfg.Now().UnixMilli(), 10)
+	shards := allShards()
+	cmds := make([]*redis.StringSliceCmd, len(shards))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, sh := range shards {
+			cmds[i] = p.ZRangeArgs(ctx, redis.ZRangeArgs{
+				Key: sentKey(sh), ByScore: true, Start: "-inf", Stop: now, Count: int64(limit),
+			})
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("delivery: sweep: %w", err)
 	}
 	var settled []Settled
-	for _, id := range ids {
+	for _, id := range due(cmds, limit) {
 		t, err := s.finish(ctx, id, "", StateUnconfirmed, nil, "sent", "no result callback in time")
 		if err != nil {
 			return settled, err
@@ -431,6 +454,20 @@ func (s *Store) SweepUnconfirmed(ctx context.Context, limit int) ([]Settled, err
 		}
 	}
 	return settled, nil
+}
+
+// due joins the shards' overdue ids, at most limit of them.
+func due(cmds []*redis.StringSliceCmd, limit int) []string {
+	var ids []string
+	for _, c := range cmds {
+		for _, id := range c.Val() {
+			if len(ids) == limit {
+				return ids
+			}
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // Message is a record as the API shows it.

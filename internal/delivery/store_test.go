@@ -32,6 +32,7 @@ func setup(t *testing.T) *bundle {
 	t.Helper()
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
+	rdb.AddHook(slotCheck{t})
 	c := &clock{t: time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)}
 	store := NewStore(rdb, Config{
 		Retention: 48 * time.Hour, ConfirmTimeout: 10 * time.Minute, CallbackHold: time.Hour, Now: c.Now,
@@ -71,18 +72,18 @@ func (b *bundle) ttl(t *testing.T, key string) time.Duration {
 func TestLifecycleDelivered(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.create(t, "m1")
-	if got := b.state(t, "m1"); got != StateQueued {
+	b.create(t, "Ym1")
+	if got := b.state(t, "Ym1"); got != StateQueued {
 		t.Fatalf("new message state = %s, want queued", got)
 	}
-	if d := b.ttl(t, recordKey("m1")); d != -1 {
+	if d := b.ttl(t, recordKey("Ym1")); d != -1 {
 		t.Errorf("a non-final record has TTL %v; it must not expire before it is settled", d)
 	}
-	a, err := b.store.Begin(b.ctx, "m1")
+	a, err := b.store.Begin(b.ctx, "Ym1")
 	if err != nil || !a.Proceed || a.Attempts != 1 || string(a.Body) != `{"touser":"o1"}` || a.App != "default" {
 		t.Fatalf("Begin = %+v, %v; want proceed with attempt 1 and the body", a, err)
 	}
-	tr, err := b.store.MarkSent(b.ctx, "m1", "default", 9007199254740993)
+	tr, err := b.store.MarkSent(b.ctx, "Ym1", "default", 9007199254740993)
 	if err != nil || tr.State != StateSent || !tr.Changed {
 		t.Fatalf("MarkSent = %+v, %v", tr, err)
 	}
@@ -90,10 +91,10 @@ func TestLifecycleDelivered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Outcome != CallbackApplied || res.ID != "m1" || res.App != "default" || res.State != StateDelivered {
+	if res.Outcome != CallbackApplied || res.ID != "Ym1" || res.App != "default" || res.State != StateDelivered {
 		t.Fatalf("ApplyCallback = %+v, want applied to m1", res)
 	}
-	m, err := b.store.Get(b.ctx, "m1")
+	m, err := b.store.Get(b.ctx, "Ym1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,10 +104,10 @@ func TestLifecycleDelivered(t *testing.T) {
 	if m.SentAt == nil || m.FinishedAt == nil || len(m.History) != 3 {
 		t.Errorf("record times/history incomplete: sent %v finished %v history %+v", m.SentAt, m.FinishedAt, m.History)
 	}
-	if d := b.ttl(t, recordKey("m1")); d <= 47*time.Hour || d > 48*time.Hour {
+	if d := b.ttl(t, recordKey("Ym1")); d <= 47*time.Hour || d > 48*time.Hour {
 		t.Errorf("final record TTL = %v, want the 48h retention", d)
 	}
-	if n, _ := b.rdb.ZCard(b.ctx, sentKey).Result(); n != 0 {
+	if n, _ := b.rdb.ZCard(b.ctx, sentKey(Shard("default"))).Result(); n != 0 {
 		t.Errorf("settled message still waits for confirmation (sent zset has %d)", n)
 	}
 }
@@ -114,11 +115,11 @@ func TestLifecycleDelivered(t *testing.T) {
 func TestCallbackIdempotent(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.create(t, "m1")
-	b.store.Begin(b.ctx, "m1")
-	b.store.MarkSent(b.ctx, "m1", "default", 42)
+	b.create(t, "Ym1")
+	b.store.Begin(b.ctx, "Ym1")
+	b.store.MarkSent(b.ctx, "Ym1", "default", 42)
 	first, _ := b.store.ApplyCallback(b.ctx, "default", "42", StateUserBlocked, "failed:user block")
-	before, _ := b.store.Get(b.ctx, "m1")
+	before, _ := b.store.Get(b.ctx, "Ym1")
 	for i := 0; i < 3; i++ {
 		// WeChat's retries, and a contradicting late copy.
 		to := []State{StateUserBlocked, StateDelivered, StateWeChatFailed}[i]
@@ -130,7 +131,7 @@ func TestCallbackIdempotent(t *testing.T) {
 			t.Errorf("repeat %d outcome = %s, want duplicate", i, res.Outcome)
 		}
 	}
-	after, _ := b.store.Get(b.ctx, "m1")
+	after, _ := b.store.Get(b.ctx, "Ym1")
 	if first.Outcome != CallbackApplied || after.State != StateUserBlocked || after.Status != "failed:user block" ||
 		len(after.History) != len(before.History) {
 		t.Errorf("repeated callbacks changed the record: before %+v after %+v", before, after)
@@ -140,8 +141,8 @@ func TestCallbackIdempotent(t *testing.T) {
 func TestCallbackBeforeMsgIDStored(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.create(t, "m1")
-	b.store.Begin(b.ctx, "m1")
+	b.create(t, "Ym1")
+	b.store.Begin(b.ctx, "Ym1")
 	res, err := b.store.ApplyCallback(b.ctx, "default", "77", StateWeChatFailed, "failed: system failed")
 	if err != nil || res.Outcome != CallbackHeld {
 		t.Fatalf("early callback = %+v, %v; want held", res, err)
@@ -153,21 +154,21 @@ func TestCallbackBeforeMsgIDStored(t *testing.T) {
 	if res, _ := b.store.ApplyCallback(b.ctx, "default", "77", StateWeChatFailed, "failed: system failed"); res.Outcome != CallbackDuplicate {
 		t.Errorf("repeat early callback = %s, want duplicate", res.Outcome)
 	}
-	if got := b.state(t, "m1"); got != StateQueued {
+	if got := b.state(t, "Ym1"); got != StateQueued {
 		t.Errorf("held callback changed the state to %s", got)
 	}
-	tr, err := b.store.MarkSent(b.ctx, "m1", "default", 77)
+	tr, err := b.store.MarkSent(b.ctx, "Ym1", "default", 77)
 	if err != nil || tr.State != StateWeChatFailed || !tr.Changed {
 		t.Fatalf("MarkSent after an early callback = %+v, %v; want wechat_failed applied", tr, err)
 	}
-	m, _ := b.store.Get(b.ctx, "m1")
+	m, _ := b.store.Get(b.ctx, "Ym1")
 	if m.Status != "failed: system failed" || m.FinishedAt == nil {
 		t.Errorf("record = %+v", m)
 	}
 	if n, _ := b.rdb.Exists(b.ctx, heldKey("default", "77")).Result(); n != 0 {
 		t.Error("held callback not removed after it was applied")
 	}
-	if n, _ := b.rdb.ZCard(b.ctx, sentKey).Result(); n != 0 {
+	if n, _ := b.rdb.ZCard(b.ctx, sentKey(Shard("default"))).Result(); n != 0 {
 		t.Error("message settled by a held callback still waits for confirmation")
 	}
 }
@@ -175,15 +176,15 @@ func TestCallbackBeforeMsgIDStored(t *testing.T) {
 func TestCallbackUnknownMsgIDIsHeldPerApp(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.create(t, "m1", func(m *NewMessage) { m.App = "shop" })
-	b.store.Begin(b.ctx, "m1")
-	b.store.MarkSent(b.ctx, "m1", "shop", 5)
+	b.create(t, "9m1", func(m *NewMessage) { m.App = "shop" })
+	b.store.Begin(b.ctx, "9m1")
+	b.store.MarkSent(b.ctx, "9m1", "shop", 5)
 	// The same msgid from another account is a different message.
 	res, _ := b.store.ApplyCallback(b.ctx, "default", "5", StateDelivered, "success")
 	if res.Outcome != CallbackHeld {
 		t.Errorf("callback for app default = %s, want held (msgids are per account)", res.Outcome)
 	}
-	if got := b.state(t, "m1"); got != StateSent {
+	if got := b.state(t, "9m1"); got != StateSent {
 		t.Errorf("another app's callback settled m1: %s", got)
 	}
 }
@@ -191,18 +192,18 @@ func TestCallbackUnknownMsgIDIsHeldPerApp(t *testing.T) {
 func TestBeginRefusesSentAndFinal(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.create(t, "sent")
-	b.store.Begin(b.ctx, "sent")
-	b.store.MarkSent(b.ctx, "sent", "default", 1)
-	b.create(t, "rejected")
-	b.store.Finish(b.ctx, "rejected", "default", StateRejected, &ErrorInfo{Code: 43004, Msg: "require subscribe rid: 1"})
-	for _, id := range []string{"sent", "rejected"} {
+	b.create(t, "Ysent")
+	b.store.Begin(b.ctx, "Ysent")
+	b.store.MarkSent(b.ctx, "Ysent", "default", 1)
+	b.create(t, "Yrejected")
+	b.store.Finish(b.ctx, "Yrejected", "default", StateRejected, &ErrorInfo{Code: 43004, Msg: "require subscribe rid: 1"})
+	for _, id := range []string{"Ysent", "Yrejected"} {
 		a, err := b.store.Begin(b.ctx, id)
 		if err != nil || a.Proceed {
 			t.Errorf("Begin(%s) = %+v, %v; must not proceed", id, a, err)
 		}
 	}
-	if _, err := b.store.Begin(b.ctx, "nope"); err != ErrNotFound {
+	if _, err := b.store.Begin(b.ctx, "Ynope"); err != ErrNotFound {
 		t.Errorf("Begin(missing) err = %v, want ErrNotFound", err)
 	}
 }
@@ -210,15 +211,15 @@ func TestBeginRefusesSentAndFinal(t *testing.T) {
 func TestBeginExpires(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.create(t, "m1", func(m *NewMessage) { m.ExpireAt = b.clock.Now().Add(time.Minute) })
-	b.store.Begin(b.ctx, "m1")
-	b.store.MarkRetrying(b.ctx, "m1", ErrorInfo{Code: -1, Msg: "system error"})
+	b.create(t, "Ym1", func(m *NewMessage) { m.ExpireAt = b.clock.Now().Add(time.Minute) })
+	b.store.Begin(b.ctx, "Ym1")
+	b.store.MarkRetrying(b.ctx, "Ym1", ErrorInfo{Code: -1, Msg: "system error"})
 	b.clock.Advance(2 * time.Minute)
-	a, err := b.store.Begin(b.ctx, "m1")
+	a, err := b.store.Begin(b.ctx, "Ym1")
 	if err != nil || a.Proceed || !a.Changed || a.State != StateExpired {
 		t.Fatalf("Begin past expiry = %+v, %v; want expired, not sent", a, err)
 	}
-	if a, _ := b.store.Begin(b.ctx, "m1"); a.Changed {
+	if a, _ := b.store.Begin(b.ctx, "Ym1"); a.Changed {
 		t.Error("expiry counted twice")
 	}
 }
@@ -226,18 +227,18 @@ func TestBeginExpires(t *testing.T) {
 func TestRetryingThenDead(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.create(t, "m1")
-	b.store.Begin(b.ctx, "m1")
-	st, err := b.store.MarkRetrying(b.ctx, "m1", ErrorInfo{Code: -1, Msg: "system error rid: abc"})
+	b.create(t, "Ym1")
+	b.store.Begin(b.ctx, "Ym1")
+	st, err := b.store.MarkRetrying(b.ctx, "Ym1", ErrorInfo{Code: -1, Msg: "system error rid: abc"})
 	if err != nil || st != StateRetrying {
 		t.Fatalf("MarkRetrying = %s, %v", st, err)
 	}
-	b.store.Begin(b.ctx, "m1")
-	tr, err := b.store.Finish(b.ctx, "m1", "default", StateDead, &ErrorInfo{Code: -1, Msg: "system error rid: def"})
+	b.store.Begin(b.ctx, "Ym1")
+	tr, err := b.store.Finish(b.ctx, "Ym1", "default", StateDead, &ErrorInfo{Code: -1, Msg: "system error rid: def"})
 	if err != nil || !tr.Changed || tr.State != StateDead {
 		t.Fatalf("Finish(dead) = %+v, %v", tr, err)
 	}
-	m, _ := b.store.Get(b.ctx, "m1")
+	m, _ := b.store.Get(b.ctx, "Ym1")
 	if m.Attempts != 2 || m.LastError == nil || m.LastError.Code != -1 || m.LastError.Msg != "system error rid: def" {
 		t.Errorf("record = %+v, last error %+v", m, m.LastError)
 	}
@@ -251,13 +252,13 @@ func TestRetryingThenDead(t *testing.T) {
 		t.Errorf("history keeps errmsgs %v, want both attempts' errmsg with their rid", rids)
 	}
 	// A final state is never left.
-	if tr, _ := b.store.Finish(b.ctx, "m1", "default", StateCanceled, nil); tr.Changed || tr.State != StateDead {
+	if tr, _ := b.store.Finish(b.ctx, "Ym1", "default", StateCanceled, nil); tr.Changed || tr.State != StateDead {
 		t.Errorf("Finish on a dead message = %+v, want unchanged", tr)
 	}
-	if st, _ := b.store.MarkRetrying(b.ctx, "m1", ErrorInfo{}); st != StateDead {
+	if st, _ := b.store.MarkRetrying(b.ctx, "Ym1", ErrorInfo{}); st != StateDead {
 		t.Errorf("MarkRetrying on a dead message = %s", st)
 	}
-	if tr, _ := b.store.MarkSent(b.ctx, "m1", "default", 3); tr.State != StateDead || tr.Changed {
+	if tr, _ := b.store.MarkSent(b.ctx, "Ym1", "default", 3); tr.State != StateDead || tr.Changed {
 		t.Errorf("MarkSent on a dead message = %+v", tr)
 	}
 }
@@ -265,10 +266,10 @@ func TestRetryingThenDead(t *testing.T) {
 func TestFinishDoesNotOverrideSent(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.create(t, "m1")
-	b.store.Begin(b.ctx, "m1")
-	b.store.MarkSent(b.ctx, "m1", "default", 8)
-	if tr, _ := b.store.Finish(b.ctx, "m1", "default", StateRejected, nil); tr.Changed || tr.State != StateSent {
+	b.create(t, "Ym1")
+	b.store.Begin(b.ctx, "Ym1")
+	b.store.MarkSent(b.ctx, "Ym1", "default", 8)
+	if tr, _ := b.store.Finish(b.ctx, "Ym1", "default", StateRejected, nil); tr.Changed || tr.State != StateSent {
 		t.Errorf("Finish(rejected) on a sent message = %+v; WeChat accepted it", tr)
 	}
 }
@@ -277,7 +278,7 @@ func TestSweepUnconfirmed(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	for i := 0; i < 3; i++ {
-		id := fmt.Sprintf("m%d", i)
+		id := fmt.Sprintf("Ym%d", i)
 		b.create(t, id)
 		b.store.Begin(b.ctx, id)
 		b.store.MarkSent(b.ctx, id, "default", int64(100+i))
@@ -301,17 +302,17 @@ func TestSweepUnconfirmed(t *testing.T) {
 	if n := len(results[0]) + len(results[1]); n != 2 {
 		t.Fatalf("sweepers settled %d messages in all (%v), want 2", n, results)
 	}
-	for _, id := range []string{"m1", "m2"} {
+	for _, id := range []string{"Ym1", "Ym2"} {
 		if got := b.state(t, id); got != StateUnconfirmed {
 			t.Errorf("%s = %s, want unconfirmed", id, got)
 		}
 	}
-	if got := b.state(t, "m0"); got != StateDelivered {
+	if got := b.state(t, "Ym0"); got != StateDelivered {
 		t.Errorf("m0 = %s, want delivered untouched", got)
 	}
 	// A result after the timeout is kept but does not change the final state.
 	res, _ := b.store.ApplyCallback(b.ctx, "default", "101", StateDelivered, "success")
-	m, _ := b.store.Get(b.ctx, "m1")
+	m, _ := b.store.Get(b.ctx, "Ym1")
 	if res.Outcome != CallbackLate || m.State != StateUnconfirmed || m.Status != "success" {
 		t.Errorf("late callback = %+v, record %s/%q", res, m.State, m.Status)
 	}
@@ -325,14 +326,14 @@ func TestRaceCallbackAndMarkSent(t *testing.T) {
 	b := setup(t)
 	const n = 200
 	for i := 0; i < n; i++ {
-		id := fmt.Sprintf("r%d", i)
+		id := fmt.Sprintf("Yr%d", i)
 		b.create(t, id)
 		b.store.Begin(b.ctx, id)
 	}
 	var wg sync.WaitGroup
 	changes := make(chan string, 2*n)
 	for i := 0; i < n; i++ {
-		id, msgID := fmt.Sprintf("r%d", i), int64(1000+i)
+		id, msgID := fmt.Sprintf("Yr%d", i), int64(1000+i)
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
@@ -362,7 +363,7 @@ func TestRaceCallbackAndMarkSent(t *testing.T) {
 		settled[id]++
 	}
 	for i := 0; i < n; i++ {
-		id := fmt.Sprintf("r%d", i)
+		id := fmt.Sprintf("Yr%d", i)
 		if got := b.state(t, id); got != StateDelivered {
 			t.Errorf("%s = %s, want delivered", id, got)
 		}
@@ -375,12 +376,12 @@ func TestRaceCallbackAndMarkSent(t *testing.T) {
 func TestCreateRefusesExistingID(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.create(t, "m1")
-	if _, err := b.store.Create(b.ctx, NewMessage{ID: "m1", App: "default", Body: []byte("{}")}); err == nil {
+	b.create(t, "Ym1")
+	if _, err := b.store.Create(b.ctx, NewMessage{ID: "Ym1", App: "default", Body: []byte("{}")}); err == nil {
 		t.Error("Create with an existing id succeeded; it must not overwrite a record")
 	}
-	b.create(t, "s1", func(m *NewMessage) { m.SendAt = b.clock.Now().Add(time.Hour) })
-	if got := b.state(t, "s1"); got != StateScheduled {
+	b.create(t, "Ys1", func(m *NewMessage) { m.SendAt = b.clock.Now().Add(time.Hour) })
+	if got := b.state(t, "Ys1"); got != StateScheduled {
 		t.Errorf("future send_at state = %s, want scheduled", got)
 	}
 }
@@ -391,7 +392,7 @@ func TestRedisDown(t *testing.T) {
 	rdb := srv.Client(t)
 	store := NewStore(rdb, Config{})
 	srv.Kill(t)
-	if _, err := store.Create(context.Background(), NewMessage{ID: "x", App: "a", Body: []byte("{}")}); err == nil {
+	if _, err := store.Create(context.Background(), NewMessage{ID: "Cx", App: "a", Body: []byte("{}")}); err == nil {
 		t.Error("Create with Redis down returned nil")
 	}
 	if _, err := store.Get(context.Background(), "x"); err == nil || err == ErrNotFound {
@@ -408,23 +409,23 @@ func TestSettledRecordIsCompact(t *testing.T) {
 	long := func(m *NewMessage) {
 		m.Body = []byte(`{"touser":"oia2TjuEGTNoeX76QEjQNrcURxG8","template_id":"ngqIpbwh8bUfcSsECmogfXcV14J0tQlEpBO27izEYtY","data":{"User":{"value":"黄先生"}}}`)
 	}
-	b.create(t, "ok", long)
-	b.store.Begin(b.ctx, "ok")
-	b.store.MarkSent(b.ctx, "ok", "default", 9007199254740993)
+	b.create(t, "Yok", long)
+	b.store.Begin(b.ctx, "Yok")
+	b.store.MarkSent(b.ctx, "Yok", "default", 9007199254740993)
 	b.store.ApplyCallback(b.ctx, "default", "9007199254740993", StateDelivered, "success")
-	m, _ := b.store.Get(b.ctx, "ok")
+	m, _ := b.store.Get(b.ctx, "Yok")
 	if len(m.Body) != 0 || m.State != StateDelivered || len(m.History) != 3 || m.WeChatMsgID != "9007199254740993" {
 		t.Errorf("delivered record = %+v (body %d bytes); want no body, its history and msgid", m, len(m.Body))
 	}
-	if enc, _ := b.rdb.ObjectEncoding(b.ctx, recordKey("ok")).Result(); enc != "listpack" && enc != "ziplist" {
+	if enc, _ := b.rdb.ObjectEncoding(b.ctx, recordKey("Yok")).Result(); enc != "listpack" && enc != "ziplist" {
 		t.Errorf("delivered record encoding = %q, want the compact listpack", enc)
 	}
-	if d := b.ttl(t, recordKey("ok")); d <= 0 {
+	if d := b.ttl(t, recordKey("Yok")); d <= 0 {
 		t.Errorf("compacted record lost its retention TTL (%v)", d)
 	}
 
 	for _, to := range []State{StateDead, StateRejected} {
-		id := "keep-" + string(to)
+		id := "Ykeep-" + string(to)
 		b.create(t, id, long)
 		b.store.Begin(b.ctx, id)
 		b.store.Finish(b.ctx, id, "default", to, &ErrorInfo{Code: -1, Msg: "system error"})
@@ -439,9 +440,9 @@ func TestSettledRecordIsCompact(t *testing.T) {
 func TestIndexOutlivesRepeatsOnly(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.create(t, "m1")
-	b.store.Begin(b.ctx, "m1")
-	b.store.MarkSent(b.ctx, "m1", "default", 77)
+	b.create(t, "Ym1")
+	b.store.Begin(b.ctx, "Ym1")
+	b.store.MarkSent(b.ctx, "Ym1", "default", 77)
 	if d := b.ttl(t, indexKey("default", "77")); d <= 47*time.Hour {
 		t.Fatalf("index of a sent message expires in %v; it must last the confirmation wait and retention", d)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/redistest"
 	"github.com/wxpush/wxpush/internal/servicetest"
 	"github.com/wxpush/wxpush/internal/wechat/wechatsim"
@@ -1219,7 +1220,7 @@ func (c *cluster) checkPushes(ids []string, items map[string]string, views map[s
 type orphanFigures struct {
 	records   int            // records in Redis
 	unacked   map[string]int // state → records never acknowledged to the producer
-	backlog   int64          // wxpush:backlog's count for the app at the end
+	backlog   int64          // the backlog count for the app at the end
 	stuckIDs  []string       // unacknowledged records that are not final
 	pushedIDs []string       // unacknowledged records that were sent to a user
 }
@@ -1233,10 +1234,10 @@ func (c *cluster) orphans(acked map[string]string) orphanFigures {
 	c.t.Helper()
 	ctx := context.Background()
 	f := orphanFigures{unacked: map[string]int{}}
-	iter := c.rdb.Scan(ctx, 0, "wxpush:msg:{*", 1000).Iterator()
+	iter := c.rdb.Scan(ctx, 0, delivery.RecordKeyPattern, 1000).Iterator()
 	for iter.Next(ctx) {
 		key := iter.Val()
-		id := strings.TrimSuffix(strings.TrimPrefix(key, "wxpush:msg:{"), "}")
+		id := delivery.IDOfRecordKey(key)
 		f.records++
 		if _, ok := acked[id]; ok {
 			continue
@@ -1252,7 +1253,7 @@ func (c *cluster) orphans(acked map[string]string) orphanFigures {
 	if err := iter.Err(); err != nil {
 		c.t.Errorf("scan records: %v", err)
 	}
-	f.backlog, _ = c.rdb.HGet(ctx, "wxpush:backlog", "default").Int64()
+	f.backlog, _ = delivery.NewStore(c.rdb, delivery.Config{}).Backlog(ctx, "default")
 	return f
 }
 
@@ -1261,7 +1262,7 @@ func (c *cluster) orphans(acked map[string]string) orphanFigures {
 func (c *cluster) checkBacklog(o orphanFigures) {
 	c.t.Helper()
 	if o.backlog != 0 || len(o.stuckIDs) > 0 {
-		c.t.Errorf("after everything acknowledged settled, wxpush:backlog still counts %d unfinished messages; "+
+		c.t.Errorf("after everything acknowledged settled, the backlog still counts %d unfinished messages; "+
 			"%d records no response acknowledged are stuck non-final (no task will ever run them), e.g. %v",
 			o.backlog, len(o.stuckIDs), o.stuckIDs[:min(len(o.stuckIDs), 10)])
 	}

@@ -3,9 +3,11 @@ package redisconn
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -17,10 +19,15 @@ type UnsafeConfigError struct {
 	Setting string // the Redis configuration parameter, e.g. "maxmemory-policy"
 	Value   string // its current value
 	Reason  string // what it risks and how to fix it
+	Node    string // on Redis Cluster, the master that has it
 }
 
 func (e *UnsafeConfigError) Error() string {
-	return fmt.Sprintf("redisconn: unsafe Redis setting %s %q: %s", e.Setting, e.Value, e.Reason)
+	on := ""
+	if e.Node != "" {
+		on = " on cluster node " + e.Node
+	}
+	return fmt.Sprintf("redisconn: unsafe Redis setting %s %q%s: %s", e.Setting, e.Value, on, e.Reason)
 }
 
 // The settings Check reads. Each is read with its own CONFIG GET because Redis
@@ -68,7 +75,32 @@ type warning struct {
 	msg     string
 }
 
+// check judges c, or on Redis Cluster every master.
 func check(ctx context.Context, c redis.UniversalClient) ([]warning, error) {
+	cc, ok := c.(*redis.ClusterClient)
+	if !ok {
+		return checkNode(ctx, c)
+	}
+	var mu sync.Mutex
+	var all []warning
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+		ws, err := checkNode(ctx, node)
+		var unsafe *UnsafeConfigError
+		if errors.As(err, &unsafe) {
+			unsafe.Node = node.Options().Addr
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, w := range ws {
+			w.msg = "cluster node " + node.Options().Addr + ": " + w.msg
+			all = append(all, w)
+		}
+		return err
+	})
+	return all, err
+}
+
+func checkNode(ctx context.Context, c redis.UniversalClient) ([]warning, error) {
 	s, cfgErr := configSettings(ctx, c)
 	if cfgErr != nil {
 		if err := ctx.Err(); err != nil {

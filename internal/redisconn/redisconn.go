@@ -1,8 +1,9 @@
 // Package redisconn turns REDIS_URL into the one go-redis client a process shares
 // between wxpush's stores and asynq. It supports redis:// and rediss:// (TLS, with
-// ACL user and password in the URL) and redis-sentinel:// (a primary found and
-// followed through Sentinel); anything else, Redis Cluster included, is refused
-// with a reason rather than silently falling back to a local Redis. Check reads the Redis settings
+// ACL user and password in the URL), redis-sentinel:// (a primary found and
+// followed through Sentinel) and redis-cluster:// / rediss-cluster:// (Redis
+// Cluster, from seed nodes); anything else is refused with a reason rather than
+// silently falling back to a local Redis. Check reads the Redis settings
 // that can lose accepted messages (eviction, persistence) and judges them, so
 // that a process refuses an unsafe Redis at startup instead of losing messages
 // later. Nothing this package returns or logs quotes REDIS_URL, which may hold a
@@ -11,6 +12,7 @@ package redisconn
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -36,6 +38,8 @@ const (
 //	redis://[user:pass@]host:port/db
 //	rediss://[user:pass@]host:port/db                  (TLS)
 //	redis-sentinel://[user:pass@]host:port[,host:port…]/master[/db]
+//	redis-cluster://[user:pass@]host:port[,host:port…]   (seed nodes of a Redis Cluster)
+//	rediss-cluster://[user:pass@]host:port[,host:port…]  (the same over TLS)
 //
 // In the Sentinel form user:pass authenticate to the Redis primary and replicas;
 // sentinels configured with a password take it from the query ?sentinel_password=.
@@ -55,11 +59,46 @@ func Open(url string) (redis.UniversalClient, error) {
 			return nil, err
 		}
 		return redis.NewFailoverClient(opt), nil
-	case strings.HasPrefix(url, "redis-cluster://"):
-		return nil, errors.New("redisconn: REDIS_URL: Redis Cluster is not supported: wxpush's transition scripts " +
-			"touch keys in more than one hash slot; use a single primary, with Sentinel for failover (redis-sentinel://)")
+	case strings.HasPrefix(url, "redis-cluster://"), strings.HasPrefix(url, "rediss-cluster://"):
+		opt, err := parseCluster(url)
+		if err != nil {
+			return nil, err
+		}
+		return redis.NewClusterClient(opt), nil
 	}
-	return nil, errors.New("redisconn: REDIS_URL must start with redis://, rediss:// or redis-sentinel://")
+	return nil, errors.New("redisconn: REDIS_URL must start with redis://, rediss://, redis-sentinel://, redis-cluster:// or rediss-cluster://")
+}
+
+// parseCluster reads redis-cluster://[user:pass@]h1:p1[,h2:p2…] (rediss-cluster:
+// TLS). The nodes are seeds: the client learns the others from the cluster.
+func parseCluster(raw string) (*redis.ClusterOptions, error) {
+	bad := func(why string) error {
+		return fmt.Errorf("redisconn: REDIS_URL: %s (want redis-cluster://[user:pass@]host:port[,host:port…])", why)
+	}
+	u, err := neturl.Parse(raw)
+	if err != nil {
+		return nil, bad("not a URL")
+	}
+	if p := strings.Trim(u.Path, "/"); p != "" && p != "0" {
+		return nil, bad("Redis Cluster has only database 0")
+	}
+	opt := &redis.ClusterOptions{
+		DialTimeout: dialTimeout, ReadTimeout: readTimeout, WriteTimeout: writeTimeout, MaxRetries: maxRetries,
+	}
+	for _, addr := range strings.Split(u.Host, ",") {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, bad("each node needs host:port")
+		}
+		opt.Addrs = append(opt.Addrs, addr)
+	}
+	if u.Scheme == "rediss-cluster" {
+		opt.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	if u.User != nil {
+		opt.Username = u.User.Username()
+		opt.Password, _ = u.User.Password()
+	}
+	return opt, nil
 }
 
 // parseSentinel reads redis-sentinel://[user:pass@]h1:p1,h2:p2/master[/db].

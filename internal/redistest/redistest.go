@@ -88,11 +88,18 @@ func WithArgs(args ...string) Option {
 // requireBinary finds redis-server, or skips (fails, under RequireEnv) the test.
 func requireBinary(tb testing.TB) string {
 	tb.Helper()
-	bin, err := exec.LookPath("redis-server")
+	return requireProgram(tb, "redis-server", "redis-server")
+}
+
+// requireProgram finds name on PATH, or skips (fails, under RequireEnv) the
+// test, naming the Debian package that has it.
+func requireProgram(tb testing.TB, name, pkg string) string {
+	tb.Helper()
+	bin, err := exec.LookPath(name)
 	if err != nil {
-		msg := "redis-server not found: install it (apt-get install redis-server) or put it on PATH"
+		msg := fmt.Sprintf("%s not found: install it (apt-get install %s) or put it on PATH", name, pkg)
 		if os.Getenv(RequireEnv) == "1" {
-			tb.Fatalf("%s (%s=1 makes a missing redis-server a failure)", msg, RequireEnv)
+			tb.Fatalf("%s (%s=1 makes a missing %s a failure)", msg, RequireEnv, name)
 		}
 		tb.Skipf("%s; set %s=1 to fail instead of skipping", msg, RequireEnv)
 	}

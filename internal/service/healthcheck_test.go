@@ -8,6 +8,9 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/wxpush/wxpush/internal/config"
 )
 
 func TestHealthCheck(t *testing.T) {
@@ -166,4 +169,22 @@ func closedAddr(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return addr
+}
+
+// TestPprofOnlyWhenEnabled: the profiler is on the admin listener only when
+// WXPUSH_PPROF asks for it.
+func TestPprofOnlyWhenEnabled(t *testing.T) {
+	t.Parallel()
+	for _, on := range []bool{false, true} {
+		p := &parts{cfg: config.Config{Pprof: on}, reg: prometheus.NewRegistry()}
+		rec := httptest.NewRecorder()
+		p.adminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/debug/pprof/", nil))
+		want := http.StatusNotFound
+		if on {
+			want = http.StatusOK
+		}
+		if rec.Code != want || (on && !strings.Contains(rec.Body.String(), "goroutine")) {
+			t.Errorf("pprof %v: GET /debug/pprof/ = %d, want %d with the profile index", on, rec.Code, want)
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync/atomic"
 	"time"
 
@@ -106,6 +107,7 @@ func loadConfig(getenv func(string) string, stderr io.Writer) (config.Config, *s
 	if err != nil {
 		return cfg, nil, fmt.Errorf("configuration: %w", err)
 	}
+	releaseParseMemory(&cfg)
 	return cfg, logging.New(stderr, cfg.LogLevel, cfg.LogFormat), nil
 }
 
@@ -186,6 +188,11 @@ func (p *parts) adminHandler() http.Handler {
 		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
+	if p.cfg.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 

@@ -83,12 +83,13 @@ var seq atomic.Int64
 
 func (b *bundle) enqueue(t *testing.T, openID string, mod ...func(*delivery.NewMessage)) string {
 	t.Helper()
-	id := fmt.Sprintf("msg-%d", seq.Add(1))
-	m := delivery.NewMessage{ID: id, App: "default", Queue: QueueNormal,
+	m := delivery.NewMessage{App: "default", Queue: QueueNormal,
 		Body: []byte(`{"touser":"` + openID + `","template_id":"T1","data":{"k":{"value":"v"}}}`)}
 	for _, f := range mod {
 		f(&m)
 	}
+	id := delivery.IDFor(m.App, fmt.Sprintf("msg-%d", seq.Add(1)))
+	m.ID = id
 	if _, err := b.store.Create(b.ctx, m); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,92 @@
+package delivery
+
+import (
+	"fmt"
+	"hash/fnv"
+	"strings"
+)
+
+// Key layout, Redis Cluster safe.
+//
+// Every key a transition script touches carries the same hash tag: the shard of
+// the message's app, one of 32 Crockford base32 characters. A message id starts
+// with its app's shard character, so a record is found from its id alone and
+// shares its slot with the app's backlog counters, its msgid index, its held
+// callbacks and its dead list. On Redis Cluster the 32 shards spread an
+// installation's records over the masters; one app's messages stay on one.
+//
+//	wxpush:{S}:msg:<id>             HASH  the record
+//	wxpush:{S}:backlog              HASH  app → unfinished messages; app|state → by state
+//	wxpush:{S}:sent                 ZSET  id → confirmation deadline (ms)
+//	wxpush:{S}:parked               ZSET  app → parked until (ms)
+//	wxpush:{S}:dead:<app>           ZSET  id → when it died (ms)
+//	wxpush:{S}:wxid:<app>:<msgid>   STRING WeChat msgid → id (msgids are unique per account)
+//	wxpush:{S}:held:<app>:<msgid>   STRING a result callback that came before its msgid was stored
+const (
+	// Shards is how many hash tags wxpush's message keys are spread over.
+	Shards       = 32
+	sweepLockKey = "wxpush:sweep:lock"
+)
+
+// shardAlphabet is Crockford's base32, the alphabet of message ids.
+const shardAlphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+// Shard is app's shard character: the first character of its messages' ids.
+func Shard(app string) byte {
+	h := fnv.New32a()
+	h.Write([]byte(app)) // a hash.Hash never fails to write
+	return shardAlphabet[h.Sum32()%Shards]
+}
+
+// IDFor turns a 26-character id (a ULID, or one derived from an Idempotency-Key)
+// into the id of a message of app: its first character becomes app's shard.
+func IDFor(app, id string) string {
+	if id == "" {
+		return id
+	}
+	return string(Shard(app)) + id[1:]
+}
+
+// ErrWrongShard: a new message's id does not start with its app's shard
+// character (see IDFor).
+var ErrWrongShard = fmt.Errorf("delivery: message id does not start with its app's shard character")
+
+func tag(shard byte) string { return "wxpush:{" + string(shard) + "}:" }
+
+func recordKey(id string) string {
+	if id == "" {
+		return tag('0') + "msg:"
+	}
+	return tag(id[0]) + "msg:" + id
+}
+
+func backlogKey(shard byte) string { return tag(shard) + "backlog" }
+func sentKey(shard byte) string    { return tag(shard) + "sent" }
+func parkedKey(shard byte) string  { return tag(shard) + "parked" }
+
+func indexKey(app, msgID string) string { return tag(Shard(app)) + "wxid:" + app + ":" + msgID }
+func heldKey(app, msgID string) string  { return tag(Shard(app)) + "held:" + app + ":" + msgID }
+func deadKey(app string) string         { return tag(Shard(app)) + "dead:" + app }
+
+// shardOf is the shard of message id.
+func shardOf(id string) byte {
+	if id == "" {
+		return '0'
+	}
+	return id[0]
+}
+
+// allShards lists every shard character.
+func allShards() []byte { return []byte(shardAlphabet) }
+
+// RecordKeyPattern matches every record key, for SCAN (tools and tests).
+const RecordKeyPattern = "wxpush:{?}:msg:*"
+
+// RecordKey is the Redis key of message id's record (tools and tests).
+func RecordKey(id string) string { return recordKey(id) }
+
+// IDOfRecordKey is the message id of a record key.
+func IDOfRecordKey(key string) string {
+	_, id, _ := strings.Cut(key, "}:msg:")
+	return id
+}
