@@ -155,10 +155,7 @@ func TestCreateMessage(t *testing.T) {
 
 			// The stored body is WeChat's send body: the request's WeChat fields and
 			// nothing of wxpush's own.
-			raw, err := b.rdb.HGet(t.Context(), delivery.RecordKey(id), "body").Bytes()
-			if err != nil {
-				t.Fatalf("stored body: %v", err)
-			}
+			raw := rec.Body
 			var sent map[string]any
 			if err := json.Unmarshal(raw, &sent); err != nil {
 				t.Fatalf("stored body %s: %v", raw, err)

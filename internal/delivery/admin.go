@@ -33,7 +33,7 @@ func (s *Store) Requeue(ctx context.Context, id, app string) (queue string, err 
 
 // AppOf returns the app of message id.
 func (s *Store) AppOf(ctx context.Context, id string) (string, error) {
-	app, err := s.rdb.HGet(ctx, recordKey(id), "app").Result()
+	app, err := s.rdb.HGet(ctx, recordKey(id), "a").Result()
 	if err == redis.Nil {
 		return "", ErrNotFound
 	}

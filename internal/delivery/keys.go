@@ -22,6 +22,16 @@ import (
 //	wxpush:{S}:dead:<app>           ZSET  id → when it died (ms)
 //	wxpush:{S}:wxid:<app>:<msgid>   STRING WeChat msgid → id (msgids are unique per account)
 //	wxpush:{S}:held:<app>:<msgid>   STRING a result callback that came before its msgid was stored
+//
+// A record's fields have one- or two-letter names, so that a settled record
+// (without its send body) fits Redis's compact listpack encoding in few bytes:
+//
+//	a app          s state        q asynq queue    b send body (JSON)
+//	c created ms   sa send_at ms  ea expire_at ms  k kind ("subscribe"; absent: template)
+//	n attempts     fl attempt in flight until (ms)
+//	ts sent ms     tf final ms    m WeChat msgid   w WeChat's result status
+//	ec, em         last errcode and errmsg
+//	hn, h1…hN      history entries after "enqueued" (which c and s imply), short JSON
 const (
 	// Shards is how many hash tags wxpush's message keys are spread over.
 	Shards       = 32

@@ -29,8 +29,8 @@ local function move(backlog, app, from, to)
   count(backlog, app, to, 1)
 end
 local function settle(rec, backlog, app, from, to, now, retention)
-  redis.call("HSET", rec, "state", to, "finished_ms", now)
-  redis.call("HDEL", rec, "inflight_ms")
+  redis.call("HSET", rec, "s", to, "tf", now)
+  redis.call("HDEL", rec, "fl")
   if redis.call("HINCRBY", backlog, app, -1) <= 0 then redis.call("HDEL", backlog, app) end
   count(backlog, app, from, -1)
   redis.call("PEXPIRE", rec, retention)
@@ -45,7 +45,7 @@ local function compact(rec, to, retention)
   local all = redis.call("HGETALL", rec)
   local kept = {}
   for i = 1, #all, 2 do
-    if all[i] ~= "body" and all[i] ~= "inflight_ms" then
+    if all[i] ~= "b" and all[i] ~= "fl" then
       kept[#kept + 1] = all[i]
       kept[#kept + 1] = all[i + 1]
     end
@@ -71,7 +71,7 @@ return "created"`)
 // deleteScript undoes a create whose task could not be enqueued.
 // KEYS: rec, backlog.
 var deleteScript = redis.NewScript(luaPrelude + `
-local v = redis.call("HMGET", KEYS[1], "app", "state")
+local v = redis.call("HMGET", KEYS[1], "a", "s")
 local app = v[1]
 if not app then return 0 end
 redis.call("DEL", KEYS[1])
@@ -87,7 +87,7 @@ return 1`)
 // {"expired", app, "changed"} when it expired the message; {"parked", app, until};
 // {} when missing.
 var beginScript = redis.NewScript(luaPrelude + `
-local v = redis.call("HMGET", KEYS[1], "state", "app", "body", "expire_ms", "kind")
+local v = redis.call("HMGET", KEYS[1], "s", "a", "b", "ea", "k")
 local st, app = v[1], v[2]
 if not st then return {} end
 if final[st] or st == "sent" then return {st, app} end
@@ -101,8 +101,8 @@ if exp and exp > 0 and now >= exp then
 end
 local parked = tonumber(redis.call("ZSCORE", KEYS[3], app))
 if parked and parked > now then return {"parked", app, tostring(parked)} end
-local n = redis.call("HINCRBY", KEYS[1], "attempts", 1)
-redis.call("HSET", KEYS[1], "inflight_ms", ARGV[4])
+local n = redis.call("HINCRBY", KEYS[1], "n", 1)
+redis.call("HSET", KEYS[1], "fl", ARGV[4])
 return {st, app, v[3], n, v[5] or ""}`)
 
 // sentScript records WeChat's acceptance: state sent, the msgid and its index, and
@@ -112,23 +112,23 @@ return {st, app, v[3], n, v[5] or ""}`)
 // index ttl once settled.
 // Returns {state, "changed"|"", app, created ms}.
 var sentScript = redis.NewScript(luaPrelude + `
-local v = redis.call("HMGET", KEYS[1], "state", "app", "created_ms")
+local v = redis.call("HMGET", KEYS[1], "s", "a", "c")
 local st, app = v[1], v[2]
 if not st then return {} end
-redis.call("HDEL", KEYS[1], "inflight_ms")
+redis.call("HDEL", KEYS[1], "fl")
 if final[st] or st == "sent" then
   -- Settled meanwhile: keep the final state, but keep what WeChat said.
-  redis.call("HSET", KEYS[1], "msgid", ARGV[2])
+  redis.call("HSET", KEYS[1], "m", ARGV[2])
   hist(KEYS[1], ARGV[4])
   return {st, "", app}
 end
-redis.call("HSET", KEYS[1], "state", "sent", "sent_ms", ARGV[3])
+redis.call("HSET", KEYS[1], "s", "sent", "ts", ARGV[3])
 move(KEYS[5], app, st, "sent")
 hist(KEYS[1], ARGV[4])
 local held = false
 -- msgid 0: WeChat accepted without saying which msgid; no callback can match.
 if ARGV[2] ~= "0" then
-  redis.call("HSET", KEYS[1], "msgid", ARGV[2])
+  redis.call("HSET", KEYS[1], "m", ARGV[2])
   redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[5])
   held = redis.call("GET", KEYS[3])
 end
@@ -136,7 +136,7 @@ if held then
   local sep = string.find(held, "|", 1, true)
   local to, raw = string.sub(held, 1, sep - 1), string.sub(held, sep + 1)
   settle(KEYS[1], KEYS[5], app, "sent", to, ARGV[3], ARGV[7])
-  redis.call("HSET", KEYS[1], "wx_status", raw)
+  redis.call("HSET", KEYS[1], "w", raw)
   hist(KEYS[1], cjson.encode({t = tonumber(ARGV[3]), e = "callback", s = to, n = "held"}))
   redis.call("DEL", KEYS[3])
   compact(KEYS[1], to, ARGV[7])
@@ -164,12 +164,12 @@ if not id then
   return {"held"}
 end
 local rec = KEYS[5]
-local v = redis.call("HMGET", rec, "state", "app", "wx_status", "sent_ms")
+local v = redis.call("HMGET", rec, "s", "a", "w", "ts")
 local st, app = v[1], v[2]
 if not st then return {"unknown", id} end
 if st == "sent" then
   settle(rec, KEYS[4], app, "sent", ARGV[1], ARGV[3], ARGV[5])
-  redis.call("HSET", rec, "wx_status", ARGV[2])
+  redis.call("HSET", rec, "w", ARGV[2])
   hist(rec, ARGV[6])
   redis.call("ZREM", KEYS[3], id)
   compact(rec, ARGV[1], ARGV[5])
@@ -181,7 +181,7 @@ end
 if st == "unconfirmed" and not v[3] then
   -- The result came after we gave up waiting: keep it in the record, but a final
   -- state is final.
-  redis.call("HSET", rec, "wx_status", ARGV[2])
+  redis.call("HSET", rec, "w", ARGV[2])
   hist(rec, ARGV[7])
   return {"late", id, app, st}
 end
@@ -190,13 +190,13 @@ return {"duplicate", id, app or "", st}`)
 // retryScript records a failed attempt that will be retried.
 // KEYS: rec, backlog. ARGV: history entry, errcode, errmsg.
 var retryScript = redis.NewScript(luaPrelude + `
-local v = redis.call("HMGET", KEYS[1], "state", "app")
+local v = redis.call("HMGET", KEYS[1], "s", "a")
 local st = v[1]
 if not st then return "" end
-redis.call("HDEL", KEYS[1], "inflight_ms")
+redis.call("HDEL", KEYS[1], "fl")
 if final[st] or st == "sent" then return st end
 move(KEYS[2], v[2], st, "retrying")
-redis.call("HSET", KEYS[1], "state", "retrying", "err_code", ARGV[2], "err_msg", ARGV[3])
+redis.call("HSET", KEYS[1], "s", "retrying", "ec", ARGV[2], "em", ARGV[3])
 hist(KEYS[1], ARGV[1])
 return "retrying"`)
 
@@ -207,7 +207,7 @@ return "retrying"`)
 // ARGV: state, now, history entry, errcode, errmsg, retention, id, mode.
 // Returns {state, "changed"|""|"inflight", app}.
 var finishScript = redis.NewScript(luaPrelude + `
-local v = redis.call("HMGET", KEYS[1], "state", "app", "inflight_ms")
+local v = redis.call("HMGET", KEYS[1], "s", "a", "fl")
 local st, app = v[1], v[2]
 if not st then
   redis.call("ZREM", KEYS[2], ARGV[7])
@@ -219,7 +219,7 @@ if ARGV[8] == "cancel" and tonumber(v[3] or "0") > tonumber(ARGV[2]) then
   return {st, "inflight", app}
 end
 settle(KEYS[1], KEYS[3], app, st, ARGV[1], ARGV[2], ARGV[6])
-if ARGV[4] ~= "" then redis.call("HSET", KEYS[1], "err_code", ARGV[4], "err_msg", ARGV[5]) end
+if ARGV[4] ~= "" then redis.call("HSET", KEYS[1], "ec", ARGV[4], "em", ARGV[5]) end
 hist(KEYS[1], ARGV[3])
 redis.call("ZREM", KEYS[2], ARGV[7])
 if ARGV[1] == "dead" then
@@ -233,12 +233,12 @@ return {ARGV[1], "changed", app}`)
 // KEYS: rec, backlog, dead index. ARGV: id, history entry.
 // Returns {"requeued", app, queue}, or {state, app, queue} when not dead.
 var requeueScript = redis.NewScript(luaPrelude + `
-local v = redis.call("HMGET", KEYS[1], "state", "app", "queue")
+local v = redis.call("HMGET", KEYS[1], "s", "a", "q")
 local st, app = v[1], v[2]
 if not st then return {} end
 if st ~= "dead" then return {st, app, v[3]} end
-redis.call("HSET", KEYS[1], "state", "queued")
-redis.call("HDEL", KEYS[1], "finished_ms")
+redis.call("HSET", KEYS[1], "s", "queued")
+redis.call("HDEL", KEYS[1], "tf")
 redis.call("PERSIST", KEYS[1])
 redis.call("HINCRBY", KEYS[2], app, 1)
 count(KEYS[2], app, "queued", 1)

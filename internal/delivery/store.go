@@ -141,22 +141,23 @@ func createKeys(m NewMessage) []string {
 func (s *Store) createArgs(m NewMessage) (State, []any) {
 	now := s.cfg.Now()
 	state := StateQueued
-	if m.SendAt.After(now) {
+	if !m.SendAt.IsZero() && m.SendAt.UnixMilli() > now.UnixMilli() {
 		state = StateScheduled
 	}
+	// Fields are named short (see keys.go) and only what cannot be derived is
+	// stored: no attempt count yet (absent is 0), and the "enqueued" history
+	// entry is the creation time and first state.
 	args := []any{m.App, m.MaxBacklog,
-		"app", m.App, "state", string(state), "queue", m.Queue, "body", m.Body,
-		"attempts", 0, "created_ms", now.UnixMilli(),
-		"hn", 1, "h1", s.line(now, historyLine{Event: "enqueued", State: state}),
+		"a", m.App, "s", string(state), "q", m.Queue, "b", m.Body, "c", now.UnixMilli(),
 	}
 	if m.Kind != "" {
-		args = append(args, "kind", m.Kind)
+		args = append(args, "k", m.Kind)
 	}
 	if !m.SendAt.IsZero() {
-		args = append(args, "send_ms", m.SendAt.UnixMilli())
+		args = append(args, "sa", m.SendAt.UnixMilli())
 	}
 	if !m.ExpireAt.IsZero() {
-		args = append(args, "expire_ms", m.ExpireAt.UnixMilli())
+		args = append(args, "ea", m.ExpireAt.UnixMilli())
 	}
 	return state, args
 }
@@ -496,20 +497,26 @@ func (s *Store) Get(ctx context.Context, id string) (*Message, error) {
 	if err != nil {
 		return nil, fmt.Errorf("delivery: get: %w", err)
 	}
-	if len(h) == 0 || h["state"] == "" {
+	if len(h) == 0 || h["s"] == "" {
 		return nil, ErrNotFound
 	}
 	m := &Message{
-		ID: id, App: h["app"], Kind: cmp.Or(h["kind"], "template"), State: State(h["state"]), Queue: h["queue"], Body: []byte(h["body"]),
-		WeChatMsgID: h["msgid"], Status: h["wx_status"],
-		CreatedAt: msTime(h["created_ms"]), SendAt: optTime(h["send_ms"]), ExpireAt: optTime(h["expire_ms"]),
-		SentAt: optTime(h["sent_ms"]), FinishedAt: optTime(h["finished_ms"]),
-		History: []Event{},
+		ID: id, App: h["a"], Kind: cmp.Or(h["k"], "template"), State: State(h["s"]), Queue: h["q"], Body: []byte(h["b"]),
+		WeChatMsgID: h["m"], Status: h["w"],
+		CreatedAt: msTime(h["c"]), SendAt: optTime(h["sa"]), ExpireAt: optTime(h["ea"]),
+		SentAt: optTime(h["ts"]), FinishedAt: optTime(h["tf"]),
 	}
-	m.Attempts, _ = strconv.Atoi(h["attempts"])
-	if c := h["err_code"]; c != "" {
+	// The first event is implied by the creation time: scheduled when it was
+	// created with a send time still ahead, else queued.
+	first := StateQueued
+	if m.SendAt != nil && m.SendAt.After(m.CreatedAt) {
+		first = StateScheduled
+	}
+	m.History = []Event{{At: m.CreatedAt, Event: "enqueued", State: first}}
+	m.Attempts, _ = strconv.Atoi(h["n"])
+	if c := h["ec"]; c != "" {
 		code, _ := strconv.Atoi(c)
-		m.LastError = &ErrorInfo{Code: code, Msg: h["err_msg"]}
+		m.LastError = &ErrorInfo{Code: code, Msg: h["em"]}
 	}
 	n, _ := strconv.Atoi(h["hn"])
 	for i := 1; i <= n; i++ {

@@ -1234,6 +1234,7 @@ func (c *cluster) orphans(acked map[string]string) orphanFigures {
 	c.t.Helper()
 	ctx := context.Background()
 	f := orphanFigures{unacked: map[string]int{}}
+	store := delivery.NewStore(c.rdb, delivery.Config{})
 	iter := c.rdb.Scan(ctx, 0, delivery.RecordKeyPattern, 1000).Iterator()
 	for iter.Next(ctx) {
 		key := iter.Val()
@@ -1242,7 +1243,10 @@ func (c *cluster) orphans(acked map[string]string) orphanFigures {
 		if _, ok := acked[id]; ok {
 			continue
 		}
-		st, _ := c.rdb.HGet(ctx, key, "state").Result()
+		var st string
+		if m, err := store.Get(ctx, id); err == nil {
+			st = string(m.State)
+		}
 		f.unacked[st]++
 		if !finalStates[st] {
 			f.stuckIDs = append(f.stuckIDs, id+"="+st)
@@ -1253,7 +1257,7 @@ func (c *cluster) orphans(acked map[string]string) orphanFigures {
 	if err := iter.Err(); err != nil {
 		c.t.Errorf("scan records: %v", err)
 	}
-	f.backlog, _ = delivery.NewStore(c.rdb, delivery.Config{}).Backlog(ctx, "default")
+	f.backlog, _ = store.Backlog(ctx, "default")
 	return f
 }
 

@@ -167,8 +167,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.client == nil {
 		// A transport of our own, so Close can drop its idle connections and
-		// leave no goroutines behind.
-		s.client = &http.Client{Timeout: defaultCallbackTimeout, Transport: http.DefaultTransport.(*http.Transport).Clone()}
+		// leave no goroutines behind. Callbacks go out concurrently, one per
+		// accepted message, to one receiver: keep enough connections alive
+		// for them (the default keeps 2 and dials the rest afresh).
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.MaxIdleConnsPerHost = 256
+		tr.MaxIdleConns = 256
+		s.client = &http.Client{Timeout: defaultCallbackTimeout, Transport: tr}
 		s.ownClient = true
 	}
 	if s.log == nil {
