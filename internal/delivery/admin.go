@@ -15,7 +15,7 @@ import (
 // enqueues its task again; queue is the message's asynq queue.
 func (s *Store) Requeue(ctx context.Context, id, app string) (queue string, err error) {
 	now := s.cfg.Now()
-	res, err := requeueScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id)), deadKey(app)},
+	res, err := requeueScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id)), deadKey(app), bodyKey(id)},
 		id, s.line(now, historyLine{Event: "requeued", State: StateQueued})).Slice()
 	if err != nil {
 		return "", fmt.Errorf("delivery: requeue: %w", err)

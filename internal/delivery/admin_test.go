@@ -157,8 +157,9 @@ func TestDeadListAndRequeue(t *testing.T) {
 		t.Fatalf("Requeue = %q, %v", q, err)
 	}
 	m, _ := b.store.Get(b.ctx, "Yd1")
-	if m.State != StateQueued || m.FinishedAt != nil || b.ttl(t, recordKey("Yd1")) != -1 {
-		t.Errorf("requeued record = %s finished %v ttl %v; want queued, no finish time, no expiry", m.State, m.FinishedAt, b.ttl(t, recordKey("Yd1")))
+	if m.State != StateQueued || m.FinishedAt != nil || b.ttl(t, recordKey("Yd1")) != -1 || b.ttl(t, bodyKey("Yd1")) != -1 || len(m.Body) == 0 {
+		t.Errorf("requeued record = %s finished %v ttl %v (body %v, %d bytes); want queued, no finish time, no expiry, its body",
+			m.State, m.FinishedAt, b.ttl(t, recordKey("Yd1")), b.ttl(t, bodyKey("Yd1")), len(m.Body))
 	}
 	if p, _ := b.store.ListDead(b.ctx, "default", 0, 10); p.Total != 2 {
 		t.Errorf("dead list holds %d after a requeue, want 2", p.Total)

@@ -16,6 +16,7 @@ import (
 // installation's records over the masters; one app's messages stay on one.
 //
 //	wxpush:{S}:msg:<id>             HASH  the record
+//	wxpush:{S}:body:<id>            STRING its WeChat send body, until it is delivered
 //	wxpush:{S}:backlog              HASH  app → unfinished messages; app|state → by state
 //	wxpush:{S}:sent                 ZSET  id → confirmation deadline (ms)
 //	wxpush:{S}:parked               ZSET  app → parked until (ms)
@@ -26,7 +27,7 @@ import (
 // A record's fields have one- or two-letter names, so that a settled record
 // (without its send body) fits Redis's compact listpack encoding in few bytes:
 //
-//	a app          s state        q asynq queue    b send body (JSON)
+//	a app          s state        q asynq queue
 //	c created ms   sa send_at ms  ea expire_at ms  k kind ("subscribe"; absent: template)
 //	n attempts     fl attempt in flight until (ms)
 //	ts sent ms     tf final ms    m WeChat msgid   w WeChat's result status
@@ -68,6 +69,16 @@ func recordKey(id string) string {
 		return tag('0') + "msg:"
 	}
 	return tag(id[0]) + "msg:" + id
+}
+
+// bodyKey holds the send body apart from the record: a body is longer than the
+// 64 bytes up to which Redis stores a hash compactly, so inside the record it
+// would cost every field of the record a full hash-table entry.
+func bodyKey(id string) string {
+	if id == "" {
+		return tag('0') + "body:"
+	}
+	return tag(id[0]) + "body:" + id
 }
 
 func backlogKey(shard byte) string { return tag(shard) + "backlog" }

@@ -35,46 +35,40 @@ local function settle(rec, backlog, app, from, to, now, retention)
   count(backlog, app, from, -1)
   redis.call("PEXPIRE", rec, retention)
 end
--- compact rewrites a settled record without its send body, unless it may be
--- requeued (dead) or shows why it was refused (rejected). Redis keeps a hash in
--- its compact encoding only while every value is short, and never converts back
--- by itself: rewriting the hash is what returns the memory.
+-- settleBody ends a settled record's keeping of its send body: the body goes,
+-- unless the message may be requeued (dead) or shows why it was refused
+-- (rejected), when it stays as long as the record.
 local keepBody = {dead=true, rejected=true}
-local function compact(rec, to, retention)
-  if keepBody[to] then return end
-  local all = redis.call("HGETALL", rec)
-  local kept = {}
-  for i = 1, #all, 2 do
-    if all[i] ~= "b" and all[i] ~= "fl" then
-      kept[#kept + 1] = all[i]
-      kept[#kept + 1] = all[i + 1]
-    end
+local function settleBody(body, to, retention)
+  if keepBody[to] then
+    redis.call("PEXPIRE", body, retention)
+  else
+    redis.call("DEL", body)
   end
-  redis.call("DEL", rec)
-  redis.call("HSET", rec, unpack(kept))
-  redis.call("PEXPIRE", rec, retention)
 end
 `
 
-// createScript writes a new record unless the id exists or the app's backlog is
-// full. KEYS: rec, backlog. ARGV: app, max backlog (0 = none), field, value, ...
+// createScript writes a new record and its send body unless the id exists or
+// the app's backlog is full. KEYS: rec, backlog, body. ARGV: app, max backlog
+// (0 = none), body, "a", app, "s", state, field, value, ...
 // Returns "created", "exists" or "full".
 var createScript = redis.NewScript(`
 if redis.call("EXISTS", KEYS[1]) == 1 then return "exists" end
 local max = tonumber(ARGV[2])
 if max > 0 and (tonumber(redis.call("HGET", KEYS[2], ARGV[1])) or 0) >= max then return "full" end
-redis.call("HSET", KEYS[1], unpack(ARGV, 3))
+redis.call("HSET", KEYS[1], unpack(ARGV, 4))
+redis.call("SET", KEYS[3], ARGV[3])
 redis.call("HINCRBY", KEYS[2], ARGV[1], 1)
-redis.call("HINCRBY", KEYS[2], ARGV[1] .. "|" .. ARGV[6], 1) -- ARGV[6] is the state
+redis.call("HINCRBY", KEYS[2], ARGV[1] .. "|" .. ARGV[7], 1) -- ARGV[7] is the state
 return "created"`)
 
 // deleteScript undoes a create whose task could not be enqueued.
-// KEYS: rec, backlog.
+// KEYS: rec, backlog, body.
 var deleteScript = redis.NewScript(luaPrelude + `
 local v = redis.call("HMGET", KEYS[1], "a", "s")
 local app = v[1]
 if not app then return 0 end
-redis.call("DEL", KEYS[1])
+redis.call("DEL", KEYS[1], KEYS[3])
 if redis.call("HINCRBY", KEYS[2], app, -1) <= 0 then redis.call("HDEL", KEYS[2], app) end
 count(KEYS[2], app, v[2], -1)
 return 1`)
@@ -82,32 +76,32 @@ return 1`)
 // beginScript starts a send attempt: it refuses a message that is sent or final,
 // settles one past its expiry as expired, defers one whose app is parked, and
 // otherwise counts the attempt and marks it in flight (so a cancel cannot race it).
-// KEYS: rec, backlog, parked. ARGV: now, expiry history entry, retention, in-flight deadline.
+// KEYS: rec, backlog, parked, body. ARGV: now, expiry history entry, retention, in-flight deadline.
 // Returns {state, app, body, attempts, kind} to proceed; {state, app} to stop;
 // {"expired", app, "changed"} when it expired the message; {"parked", app, until};
 // {} when missing.
 var beginScript = redis.NewScript(luaPrelude + `
-local v = redis.call("HMGET", KEYS[1], "s", "a", "b", "ea", "k")
+local v = redis.call("HMGET", KEYS[1], "s", "a", "ea", "k")
 local st, app = v[1], v[2]
 if not st then return {} end
 if final[st] or st == "sent" then return {st, app} end
 local now = tonumber(ARGV[1])
-local exp = tonumber(v[4])
+local exp = tonumber(v[3])
 if exp and exp > 0 and now >= exp then
   settle(KEYS[1], KEYS[2], app, st, "expired", ARGV[1], ARGV[3])
   hist(KEYS[1], ARGV[2])
-  compact(KEYS[1], "expired", ARGV[3])
+  settleBody(KEYS[4], "expired", ARGV[3])
   return {"expired", app, "changed"}
 end
 local parked = tonumber(redis.call("ZSCORE", KEYS[3], app))
 if parked and parked > now then return {"parked", app, tostring(parked)} end
 local n = redis.call("HINCRBY", KEYS[1], "n", 1)
 redis.call("HSET", KEYS[1], "fl", ARGV[4])
-return {st, app, v[3], n, v[5] or ""}`)
+return {st, app, redis.call("GET", KEYS[4]) or "", n, v[4] or ""}`)
 
 // sentScript records WeChat's acceptance: state sent, the msgid and its index, and
 // the confirmation deadline. A callback held for this msgid is applied at once.
-// KEYS: rec, index, held, sentz, backlog.
+// KEYS: rec, index, held, sentz, backlog, body.
 // ARGV: id, msgid, now, history entry, index ttl, confirm deadline, retention,
 // index ttl once settled.
 // Returns {state, "changed"|"", app, created ms}.
@@ -139,7 +133,7 @@ if held then
   redis.call("HSET", KEYS[1], "w", raw)
   hist(KEYS[1], cjson.encode({t = tonumber(ARGV[3]), e = "callback", s = to, n = "held"}))
   redis.call("DEL", KEYS[3])
-  compact(KEYS[1], to, ARGV[7])
+  settleBody(KEYS[6], to, ARGV[7])
   redis.call("PEXPIRE", KEYS[2], ARGV[8])
   return {to, "changed", app, v[3]}
 end
@@ -148,8 +142,8 @@ return {"sent", "changed", app, v[3]}`)
 
 // callbackScript applies a TEMPLATESENDJOBFINISH result. Unknown msgids are held
 // for a while: the sender may not have stored the msgid yet.
-// The caller read the index first: KEYS[5] is the record it names.
-// KEYS: index, held, sentz, backlog, record. ARGV: state, raw status, now, hold
+// The caller read the index first: KEYS[5] and KEYS[6] are the record and body
+// it names. KEYS: index, held, sentz, backlog, record, body. ARGV: state, raw status, now, hold
 // ttl, retention, history entry, history entry of a late result (with the raw
 // status, which the record's wx_status does not hold then), the id the caller
 // read from the index ("" for none).
@@ -172,7 +166,7 @@ if st == "sent" then
   redis.call("HSET", rec, "w", ARGV[2])
   hist(rec, ARGV[6])
   redis.call("ZREM", KEYS[3], id)
-  compact(rec, ARGV[1], ARGV[5])
+  settleBody(KEYS[6], ARGV[1], ARGV[5])
   -- Once settled, the index only catches WeChat's repeats of this callback,
   -- which come within minutes: keep it for the hold, not the whole retention.
   redis.call("PEXPIRE", KEYS[1], ARGV[4])
@@ -203,7 +197,7 @@ return "retrying"`)
 // finishScript settles a message in a final state. mode "unsent" requires a state
 // before sent (rejected, dead, expired); "sent" requires sent (unconfirmed);
 // "cancel" requires a state before sent and no attempt in flight.
-// KEYS: rec, sentz, backlog, dead index of the app (used for "dead" only).
+// KEYS: rec, sentz, backlog, dead index of the app (used for "dead" only), body.
 // ARGV: state, now, history entry, errcode, errmsg, retention, id, mode.
 // Returns {state, "changed"|""|"inflight", app}.
 var finishScript = redis.NewScript(luaPrelude + `
@@ -226,11 +220,11 @@ if ARGV[1] == "dead" then
   redis.call("ZADD", KEYS[4], ARGV[2], ARGV[7])
   redis.call("ZREMRANGEBYSCORE", KEYS[4], "-inf", tonumber(ARGV[2]) - tonumber(ARGV[6]))
 end
-compact(KEYS[1], ARGV[1], ARGV[6])
+settleBody(KEYS[5], ARGV[1], ARGV[6])
 return {ARGV[1], "changed", app}`)
 
 // requeueScript puts a dead message back in the queue with its id.
-// KEYS: rec, backlog, dead index. ARGV: id, history entry.
+// KEYS: rec, backlog, dead index, body. ARGV: id, history entry.
 // Returns {"requeued", app, queue}, or {state, app, queue} when not dead.
 var requeueScript = redis.NewScript(luaPrelude + `
 local v = redis.call("HMGET", KEYS[1], "s", "a", "q")
@@ -240,6 +234,7 @@ if st ~= "dead" then return {st, app, v[3]} end
 redis.call("HSET", KEYS[1], "s", "queued")
 redis.call("HDEL", KEYS[1], "tf")
 redis.call("PERSIST", KEYS[1])
+redis.call("PERSIST", KEYS[4])
 redis.call("HINCRBY", KEYS[2], app, 1)
 count(KEYS[2], app, "queued", 1)
 redis.call("ZREM", KEYS[3], ARGV[1])

@@ -135,7 +135,7 @@ func (s *Store) Create(ctx context.Context, m NewMessage) (State, error) {
 }
 
 func createKeys(m NewMessage) []string {
-	return []string{recordKey(m.ID), backlogKey(shardOf(m.ID))}
+	return []string{recordKey(m.ID), backlogKey(shardOf(m.ID)), bodyKey(m.ID)}
 }
 
 func (s *Store) createArgs(m NewMessage) (State, []any) {
@@ -147,8 +147,8 @@ func (s *Store) createArgs(m NewMessage) (State, []any) {
 	// Fields are named short (see keys.go) and only what cannot be derived is
 	// stored: no attempt count yet (absent is 0), and the "enqueued" history
 	// entry is the creation time and first state.
-	args := []any{m.App, m.MaxBacklog,
-		"a", m.App, "s", string(state), "q", m.Queue, "b", m.Body, "c", now.UnixMilli(),
+	args := []any{m.App, m.MaxBacklog, m.Body,
+		"a", m.App, "s", string(state), "q", m.Queue, "c", now.UnixMilli(),
 	}
 	if m.Kind != "" {
 		args = append(args, "k", m.Kind)
@@ -234,7 +234,7 @@ func (s *Store) CreateBatch(ctx context.Context, ms []NewMessage) ([]Created, er
 
 // Delete removes a record; it undoes a Create whose task could not be enqueued.
 func (s *Store) Delete(ctx context.Context, id string) error {
-	if err := deleteScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id))}).Err(); err != nil {
+	if err := deleteScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id)), bodyKey(id)}).Err(); err != nil {
 		return fmt.Errorf("delivery: delete: %w", err)
 	}
 	return nil
@@ -258,7 +258,7 @@ type Attempt struct {
 // sending it late.
 func (s *Store) Begin(ctx context.Context, id string) (Attempt, error) {
 	now := s.cfg.Now()
-	res, err := beginScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id)), parkedKey(shardOf(id))},
+	res, err := beginScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id)), parkedKey(shardOf(id)), bodyKey(id)},
 		now.UnixMilli(), s.line(now, historyLine{Event: "expired", State: StateExpired}),
 		s.cfg.Retention.Milliseconds(), now.Add(s.cfg.AttemptTimeout).UnixMilli()).Slice()
 	if err != nil {
@@ -302,7 +302,7 @@ func (s *Store) MarkSent(ctx context.Context, id, app string, msgID int64) (Tran
 	now := s.cfg.Now()
 	mid := strconv.FormatInt(msgID, 10)
 	res, err := sentScript.Run(ctx, s.rdb,
-		[]string{recordKey(id), indexKey(app, mid), heldKey(app, mid), sentKey(shardOf(id)), backlogKey(shardOf(id))},
+		[]string{recordKey(id), indexKey(app, mid), heldKey(app, mid), sentKey(shardOf(id)), backlogKey(shardOf(id)), bodyKey(id)},
 		id, mid, now.UnixMilli(),
 		s.line(now, historyLine{Event: "sent", State: StateSent}),
 		(s.cfg.ConfirmTimeout + s.cfg.Retention).Milliseconds(),
@@ -362,7 +362,7 @@ func (s *Store) finish(ctx context.Context, id, app string, to State, e *ErrorIn
 	if app == "" {
 		dead = tag(shardOf(id)) + "dead:"
 	}
-	res, err := finishScript.Run(ctx, s.rdb, []string{recordKey(id), sentKey(shardOf(id)), backlogKey(shardOf(id)), dead},
+	res, err := finishScript.Run(ctx, s.rdb, []string{recordKey(id), sentKey(shardOf(id)), backlogKey(shardOf(id)), dead, bodyKey(id)},
 		string(to), now.UnixMilli(), s.line(now, line), code, msg,
 		s.cfg.Retention.Milliseconds(), id, mode).Slice()
 	if err != nil {
@@ -405,7 +405,8 @@ func (s *Store) ApplyCallback(ctx context.Context, app, msgID string, to State, 
 		}
 		now := s.cfg.Now()
 		res, err := callbackScript.Run(ctx, s.rdb,
-			[]string{index, heldKey(app, msgID), sentKey(shard), backlogKey(shard), recordKey(cmp.Or(id, string(shard)))},
+			[]string{index, heldKey(app, msgID), sentKey(shard), backlogKey(shard),
+				recordKey(cmp.Or(id, string(shard))), bodyKey(cmp.Or(id, string(shard)))},
 			string(to), raw, now.UnixMilli(), s.cfg.CallbackHold.Milliseconds(), s.cfg.Retention.Milliseconds(),
 			s.line(now, historyLine{Event: "callback", State: to}),
 			s.line(now, historyLine{Event: "late callback", State: to, Status: raw}), id).Slice()
@@ -493,15 +494,22 @@ type Message struct {
 
 // Get returns the record of id.
 func (s *Store) Get(ctx context.Context, id string) (*Message, error) {
-	h, err := s.rdb.HGetAll(ctx, recordKey(id)).Result()
-	if err != nil {
+	var rec *redis.MapStringStringCmd
+	var body *redis.StringCmd
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		rec = p.HGetAll(ctx, recordKey(id))
+		body = p.Get(ctx, bodyKey(id))
+		return nil
+	})
+	if err != nil && err != redis.Nil {
 		return nil, fmt.Errorf("delivery: get: %w", err)
 	}
+	h := rec.Val()
 	if len(h) == 0 || h["s"] == "" {
 		return nil, ErrNotFound
 	}
 	m := &Message{
-		ID: id, App: h["a"], Kind: cmp.Or(h["k"], "template"), State: State(h["s"]), Queue: h["q"], Body: []byte(h["b"]),
+		ID: id, App: h["a"], Kind: cmp.Or(h["k"], "template"), State: State(h["s"]), Queue: h["q"], Body: []byte(body.Val()),
 		WeChatMsgID: h["m"], Status: h["w"],
 		CreatedAt: msTime(h["c"]), SendAt: optTime(h["sa"]), ExpireAt: optTime(h["ea"]),
 		SentAt: optTime(h["ts"]), FinishedAt: optTime(h["tf"]),

@@ -423,6 +423,9 @@ func TestSettledRecordIsCompact(t *testing.T) {
 	if d := b.ttl(t, recordKey("Yok")); d <= 0 {
 		t.Errorf("compacted record lost its retention TTL (%v)", d)
 	}
+	if n, _ := b.rdb.Exists(b.ctx, bodyKey("Yok")).Result(); n != 0 {
+		t.Error("a delivered message's body is still stored")
+	}
 
 	for _, to := range []State{StateDead, StateRejected} {
 		id := "Ykeep-" + string(to)
@@ -431,6 +434,9 @@ func TestSettledRecordIsCompact(t *testing.T) {
 		b.store.Finish(b.ctx, id, "default", to, &ErrorInfo{Code: -1, Msg: "system error"})
 		if m, _ := b.store.Get(b.ctx, id); len(m.Body) == 0 {
 			t.Errorf("%s record lost its body", to)
+		}
+		if d := b.ttl(t, bodyKey(id)); d <= 0 || d > 48*time.Hour {
+			t.Errorf("%s body expires in %v, want with the record's retention", to, d)
 		}
 	}
 }
