@@ -121,6 +121,7 @@ func BenchmarkFigures(b *testing.B) {
 		{"enqueue", enqueueFigures},
 		{"ratelimit", rateLimitFigures},
 		{"memory", memoryFigures},
+		{"roundtrips", roundTripFigures},
 		{"manyapps", manyAppsFigures},
 	}
 	// WXPUSH_BENCH_ONLY=pipeline,memory runs only the parts named (for profiling).

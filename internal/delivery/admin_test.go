@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func (b *bundle) backlog(t *testing.T, app string) int64 {
@@ -324,5 +326,24 @@ func TestBacklogByState(t *testing.T) {
 	want("deleted", map[State]int64{})
 	if all, _ := b.store.Backlogs(b.ctx); all["default"].Total != 0 {
 		t.Errorf("total = %d, want 0", all["default"].Total)
+	}
+}
+
+// TestLoadScripts: after LoadScripts a fresh Redis runs every transition
+// without a NOSCRIPT round trip.
+func TestLoadScripts(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	if err := b.rdb.ScriptFlush(b.ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.store.LoadScripts(b.ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range []*redis.Script{createScript, deleteScript, beginScript, sentScript, callbackScript,
+		retryScript, finishScript, requeueScript} {
+		if ok, err := sc.Exists(b.ctx, b.rdb).Result(); err != nil || !ok[0] {
+			t.Errorf("script %s not loaded: %v %v", sc.Hash(), ok, err)
+		}
 	}
 }

@@ -69,6 +69,20 @@ func NewStore(rdb redis.UniversalClient, cfg Config) *Store {
 	return &Store{rdb: rdb, cfg: cfg}
 }
 
+// LoadScripts loads the transition scripts into Redis (every master of a
+// Cluster), so that the first calls after a start do not each fail with
+// NOSCRIPT and send their script again. Redis forgets scripts when it
+// restarts; the calls then load them again by themselves.
+func (s *Store) LoadScripts(ctx context.Context) error {
+	for _, sc := range []*redis.Script{createScript, deleteScript, beginScript, sentScript, callbackScript,
+		retryScript, finishScript, requeueScript} {
+		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+			return fmt.Errorf("delivery: load scripts: %w", err)
+		}
+	}
+	return nil
+}
+
 // NewMessage is what Create stores.
 type NewMessage struct {
 	ID       string

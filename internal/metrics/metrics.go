@@ -42,6 +42,8 @@ type Metrics struct {
 	// the result callback.
 	SentLatency  *prometheus.HistogramVec
 	FinalLatency *prometheus.HistogramVec
+	// RedisRoundTrips counts requests sent to Redis by command (see RedisHook).
+	RedisRoundTrips *prometheus.CounterVec
 }
 
 // Labels lists the known label values to initialise.
@@ -119,7 +121,11 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 		Help:    "Time from WeChat accepting a message to its result callback.",
 		Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 1800},
 	}, []string{"app"})
-	reg.MustRegister(m.SentLatency, m.FinalLatency, m.TemplateChecks, m.ConfigErrors, m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
+	m.RedisRoundTrips = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wxpush_redis_round_trips_total",
+		Help: "Requests this process sent to Redis, by command; a pipeline counts once, as command pipeline.",
+	}, []string{"command"})
+	reg.MustRegister(m.RedisRoundTrips, m.SentLatency, m.FinalLatency, m.TemplateChecks, m.ConfigErrors, m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
 		m.TokenFetches, m.RetriesWaited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector())

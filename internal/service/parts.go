@@ -68,6 +68,7 @@ func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *p
 	store := delivery.NewStore(rdb, delivery.Config{
 		Retention: cfg.Retention, ConfirmTimeout: cfg.ConfirmTimeout, CallbackHold: cfg.CallbackHold,
 	})
+	rdb.AddHook(m.RedisHook())
 	p := &parts{cfg: cfg, log: log, rdb: rdb, reg: reg, metrics: m, store: store}
 	p.apps.Store(&cfg)
 	reg.MustRegister(metrics.NewClusterCollector(store, func() []string { return p.current().AppNames() }),
@@ -171,6 +172,14 @@ func (p *parts) apiLimit() func(ctx context.Context, caller string) (time.Durati
 	return func(ctx context.Context, caller string) (time.Duration, error) {
 		wait, _, err := lim.Wait(ctx, "wxpush:api:"+caller, rate)
 		return wait, err
+	}
+}
+
+// loadScripts loads the store's scripts ahead of the first messages; a failure
+// only costs those messages a NOSCRIPT round trip.
+func (p *parts) loadScripts(ctx context.Context) {
+	if err := p.store.LoadScripts(ctx); err != nil {
+		p.log.Warn("could not preload the delivery scripts", "err", err)
 	}
 }
 

@@ -41,6 +41,7 @@ func RunEnqueuer(ctx context.Context, getenv Env, stdout, stderr io.Writer) erro
 		return fmt.Errorf("REDIS_URL: %w", err)
 	}
 	p := newParts(cfg, log, rdb)
+	p.loadScripts(ctx)
 	srv, err := p.apiServer()
 	if err != nil {
 		return err
@@ -83,6 +84,7 @@ func RunWorker(ctx context.Context, getenv Env, stdout, stderr io.Writer) error 
 		return fmt.Errorf("REDIS_URL: %w", err)
 	}
 	p := newParts(cfg, log, rdb)
+	p.loadScripts(ctx)
 	admin, err := net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {
 		return fmt.Errorf("listen on WXPUSH_ADMIN_ADDR %s: %w", cfg.AdminAddr, err)

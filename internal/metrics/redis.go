@@ -1,0 +1,34 @@
+package metrics
+
+import (
+	"context"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisHook counts the requests a process sends Redis: one per command, one
+// per pipeline (command "pipeline", however many commands it carries). Add it
+// to the client shared by wxpush's stores and asynq (AddHook), and
+// wxpush_redis_round_trips_total shows what each part of the pipeline costs
+// Redis. Command names are Redis's own, a bounded set.
+func (m *Metrics) RedisHook() redis.Hook { return redisHook{m.RedisRoundTrips} }
+
+type redisHook struct{ vec *prometheus.CounterVec }
+
+func (redisHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h redisHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.vec.WithLabelValues(strings.ToLower(cmd.Name())).Inc()
+		return next(ctx, cmd)
+	}
+}
+
+func (h redisHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.vec.WithLabelValues("pipeline").Inc()
+		return next(ctx, cmds)
+	}
+}
