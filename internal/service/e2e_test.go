@@ -3,6 +3,7 @@ package service_test
 import (
 	"context"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -171,5 +172,46 @@ func TestEndToEndSubscribe(t *testing.T) {
 	}
 	if st := c.Sim.Stats(); st.SendRequests != 0 {
 		t.Errorf("a subscribe message went to the template API (%d sends)", st.SendRequests)
+	}
+}
+
+// TestWorkerRefusesUnreachableRedis: a worker whose REDIS_URL names a Redis,
+// Sentinel or Cluster that does not answer, or a form wxpush does not know,
+// says so and returns an error: it never falls back to standalone mode (its
+// admin address stays closed).
+func TestWorkerRefusesUnreachableRedis(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	tests := []struct{ name, url, want string }{
+		{"redis", "redis://" + closed + "/0", closed},
+		{"sentinel", "redis-sentinel://" + closed + "/mymaster", "sentinel"},
+		{"cluster", "redis-cluster://" + closed, closed},
+		{"unknown form", "memcached://" + closed, "scheme must be"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			admin := servicetest.FreeAddr(t)
+			env := map[string]string{"REDIS_URL": tt.url, "WECHAT_APP_ID": "wx1", "WECHAT_APP_SECRET": "s",
+				"WECHAT_TOKEN": "tok123", "WXPUSH_ADMIN_ADDR": admin}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err := service.RunWorker(ctx, func(k string) string { return env[k] }, io.Discard, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), "REDIS_URL") || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("worker with REDIS_URL=%s: %v; want an error naming REDIS_URL and %q", tt.url, err, tt.want)
+			}
+			if ctx.Err() != nil {
+				t.Fatal("the worker took the whole timeout to give up")
+			}
+			if c, err := net.Dial("tcp", admin); err == nil {
+				c.Close()
+				t.Error("the worker opened its admin address: it ran something")
+			}
+		})
 	}
 }
