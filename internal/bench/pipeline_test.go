@@ -285,13 +285,9 @@ type workerProc struct {
 	once  sync.Once
 }
 
-// workerBinary builds cmd/worker once per run.
+// workerBinary builds cmd/worker once per run, over the previous run's binary.
 var workerBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "wxpush-bench")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "worker")
+	bin := filepath.Join(os.TempDir(), "wxpush-bench-worker")
 	build := exec.Command("go", "build", "-o", bin, "github.com/wxpush/wxpush/cmd/worker")
 	if out, err := build.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build worker: %v\n%s", err, out)

@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -14,6 +15,9 @@ import (
 // client_msg_id). It fails with ErrNotDead for any other state. The caller then
 // enqueues its task again; queue is the message's asynq queue.
 func (s *Store) Requeue(ctx context.Context, id, app string) (queue string, err error) {
+	if !validID(id) {
+		return "", ErrNotFound
+	}
 	now := s.cfg.Now()
 	res, err := requeueScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id)), deadKey(app), bodyKey(id)},
 		id, s.line(now, historyLine{Event: "requeued", State: StateQueued})).Slice()
@@ -33,6 +37,9 @@ func (s *Store) Requeue(ctx context.Context, id, app string) (queue string, err 
 
 // AppOf returns the app of message id.
 func (s *Store) AppOf(ctx context.Context, id string) (string, error) {
+	if !validID(id) {
+		return "", ErrNotFound
+	}
 	app, err := s.rdb.HGet(ctx, recordKey(id), "a").Result()
 	if err == redis.Nil {
 		return "", ErrNotFound
@@ -198,4 +205,27 @@ func (s *Store) Backlogs(ctx context.Context) (map[string]AppBacklog, error) {
 		}
 	}
 	return out, nil
+}
+
+// legacyBacklogKey is where the key layout before the shards (ids without a
+// shard character, records at wxpush:msg:{id}) counted unfinished messages.
+const legacyBacklogKey = "wxpush:backlog"
+
+// ErrLegacyMessages: Redis holds unfinished messages of the key layout before
+// the shards, which this version cannot read.
+var ErrLegacyMessages = errors.New("delivery: Redis holds unfinished messages of the key layout before wxpush's shards " +
+	"(the hash wxpush:backlog counts them): let the previous version finish them, or delete wxpush:backlog to give them up")
+
+// CheckLayout fails with ErrLegacyMessages when Redis holds unfinished messages
+// of the previous key layout: a process of this version would drop their tasks
+// as messages without a record.
+func (s *Store) CheckLayout(ctx context.Context) error {
+	n, err := s.rdb.Exists(ctx, legacyBacklogKey).Result()
+	if err != nil {
+		return fmt.Errorf("delivery: check layout: %w", err)
+	}
+	if n > 0 {
+		return ErrLegacyMessages
+	}
+	return nil
 }

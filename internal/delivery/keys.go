@@ -1,7 +1,6 @@
 package delivery
 
 import (
-	"fmt"
 	"hash/fnv"
 	"strings"
 )
@@ -16,7 +15,7 @@ import (
 // installation's records over the masters; one app's messages stay on one.
 //
 //	wxpush:{S}:msg:<id>             HASH  the record
-//	wxpush:{S}:body:<id>            STRING its WeChat send body, until it is delivered
+//	wxpush:{S}:body:<id>            STRING its WeChat send body, until it is final (dead and rejected keep it for the retention)
 //	wxpush:{S}:backlog              HASH  app → unfinished messages; app|state → by state
 //	wxpush:{S}:sent                 ZSET  id → confirmation deadline (ms)
 //	wxpush:{S}:parked               ZSET  app → parked until (ms)
@@ -32,7 +31,7 @@ import (
 //	n attempts     fl attempt in flight until (ms)
 //	ts sent ms     tf final ms    m WeChat msgid   w WeChat's result status
 //	ec, em         last errcode and errmsg
-//	hn, h1…hN      history entries after "enqueued" (which c and s imply), short JSON
+//	hn, h1…hN      history entries after "enqueued" (which c and sa imply), short JSON
 const (
 	// Shards is how many hash tags wxpush's message keys are spread over.
 	Shards       = 32
@@ -58,28 +57,14 @@ func IDFor(app, id string) string {
 	return string(Shard(app)) + id[1:]
 }
 
-// ErrWrongShard: a new message's id does not start with its app's shard
-// character (see IDFor).
-var ErrWrongShard = fmt.Errorf("delivery: message id does not start with its app's shard character")
-
 func tag(shard byte) string { return "wxpush:{" + string(shard) + "}:" }
 
-func recordKey(id string) string {
-	if id == "" {
-		return tag('0') + "msg:"
-	}
-	return tag(id[0]) + "msg:" + id
-}
+func recordKey(id string) string { return tag(shardOf(id)) + "msg:" + id }
 
 // bodyKey holds the send body apart from the record: a body is longer than the
 // 64 bytes up to which Redis stores a hash compactly, so inside the record it
 // would cost every field of the record a full hash-table entry.
-func bodyKey(id string) string {
-	if id == "" {
-		return tag('0') + "body:"
-	}
-	return tag(id[0]) + "body:" + id
-}
+func bodyKey(id string) string { return tag(shardOf(id)) + "body:" + id }
 
 func backlogKey(shard byte) string { return tag(shard) + "backlog" }
 func sentKey(shard byte) string    { return tag(shard) + "sent" }
@@ -89,7 +74,7 @@ func indexKey(app, msgID string) string { return tag(Shard(app)) + "wxid:" + app
 func heldKey(app, msgID string) string  { return tag(Shard(app)) + "held:" + app + ":" + msgID }
 func deadKey(app string) string         { return tag(Shard(app)) + "dead:" + app }
 
-// shardOf is the shard of message id.
+// shardOf is the shard of message id; validID has checked it.
 func shardOf(id string) byte {
 	if id == "" {
 		return '0'
@@ -97,10 +82,19 @@ func shardOf(id string) byte {
 	return id[0]
 }
 
+// validID reports whether id can name a record: it starts with a shard
+// character and holds no brace, so its keys have the shard as hash tag. Any
+// other id names no message (and on Redis Cluster would spread a script's keys
+// over several slots).
+func validID(id string) bool {
+	return id != "" && strings.IndexByte(shardAlphabet, id[0]) >= 0 && !strings.ContainsAny(id, "{}")
+}
+
 // allShards lists every shard character.
 func allShards() []byte { return []byte(shardAlphabet) }
 
-// RecordKeyPattern matches every record key, for SCAN (tools and tests).
+// RecordKeyPattern matches every record key, for SCAN (tools and tests; on
+// Redis Cluster, SCAN each master).
 const RecordKeyPattern = "wxpush:{?}:msg:*"
 
 // RecordKey is the Redis key of message id's record (tools and tests).

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -44,6 +45,8 @@ func TestSlot(t *testing.T) {
 
 // slotCheck fails the test when a script names keys in more than one hash slot:
 // Redis Cluster would refuse it with CROSSSLOT. Every store test runs with it.
+// (That a script touches only keys it names is what TestStoreOnRedisCluster
+// shows, with apps on three masters.)
 type slotCheck struct{ t *testing.T }
 
 func (slotCheck) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -121,5 +124,52 @@ func TestCreateRefusesAnotherAppsShard(t *testing.T) {
 	}
 	if n, _ := b.rdb.Exists(b.ctx, recordKey(id)).Result(); n != 0 {
 		t.Error("a refused message was stored")
+	}
+}
+
+// TestInvalidIDsNameNothing: an id that does not start with a shard character,
+// or that holds a brace (which would change its keys' hash tag), is not found,
+// without a storage error.
+func TestInvalidIDsNameNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for _, id := range []string{"", "}x", "{Y}", "Y{a}", "yx", "-x"} {
+		if _, err := b.store.Get(b.ctx, id); err != ErrNotFound {
+			t.Errorf("Get(%q) = %v, want ErrNotFound", id, err)
+		}
+		if _, err := b.store.Cancel(b.ctx, id); err != ErrNotFound {
+			t.Errorf("Cancel(%q) = %v, want ErrNotFound", id, err)
+		}
+		if _, err := b.store.Requeue(b.ctx, id, "default"); err != ErrNotFound {
+			t.Errorf("Requeue(%q) = %v, want ErrNotFound", id, err)
+		}
+		if _, err := b.store.Create(b.ctx, NewMessage{ID: id, App: "default", Body: []byte("{}")}); err != ErrWrongShard {
+			t.Errorf("Create(%q) = %v, want ErrWrongShard", id, err)
+		}
+	}
+}
+
+// TestSweepTakesShardsInTurn: a shard with many overdue messages does not hold
+// back the others.
+func TestSweepTakesShardsInTurn(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	// Shard 9 (app shop) comes before shard Y (app default) in the alphabet.
+	for i := 0; i < 5; i++ {
+		id := fmt.Sprintf("9busy%d", i)
+		b.create(t, id, func(m *NewMessage) { m.App = "shop" })
+		b.store.Begin(b.ctx, id)
+		b.store.MarkSent(b.ctx, id, "shop", int64(100+i))
+	}
+	b.create(t, "Yquiet")
+	b.store.Begin(b.ctx, "Yquiet")
+	b.store.MarkSent(b.ctx, "Yquiet", "default", 200)
+	b.clock.Advance(11 * time.Minute)
+	settled, err := b.store.SweepUnconfirmed(b.ctx, 2)
+	if err != nil || len(settled) != 2 {
+		t.Fatalf("SweepUnconfirmed(2) = %v, %v", settled, err)
+	}
+	if settled[0].App == settled[1].App {
+		t.Errorf("a sweep of 2 settled %v: both from one shard while the other waited", settled)
 	}
 }

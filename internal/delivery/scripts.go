@@ -143,10 +143,11 @@ return {"sent", "changed", app, v[3]}`)
 // callbackScript applies a TEMPLATESENDJOBFINISH result. Unknown msgids are held
 // for a while: the sender may not have stored the msgid yet.
 // The caller read the index first: KEYS[5] and KEYS[6] are the record and body
-// it names. KEYS: index, held, sentz, backlog, record, body. ARGV: state, raw status, now, hold
-// ttl, retention, history entry, history entry of a late result (with the raw
-// status, which the record's wx_status does not hold then), the id the caller
-// read from the index ("" for none).
+// it names (when it named none, keys in the app's slot that are not touched).
+// KEYS: index, held, sentz, backlog, record, body. ARGV: state, raw status, now,
+// hold ttl, retention, history entry, history entry of a late result (with the
+// raw status, which the record's w field does not hold then), the id the
+// caller read from the index ("" for none).
 // Returns {outcome, id, app, state, sent ms (when applied)}; {"moved"} when the
 // index no longer says what the caller read.
 var callbackScript = redis.NewScript(luaPrelude + `

@@ -24,6 +24,9 @@ var (
 	ErrInFlight = errors.New("delivery: a send attempt is in flight")
 	// ErrNotDead: only dead messages can be requeued.
 	ErrNotDead = errors.New("delivery: message is not dead")
+	// ErrWrongShard: a new message's id does not start with its app's shard
+	// character (see IDFor).
+	ErrWrongShard = errors.New("delivery: message id does not start with its app's shard character")
 )
 
 // Config tunes a Store. Zero values take the defaults shown.
@@ -137,7 +140,7 @@ func (s *Store) line(now time.Time, ev historyLine) string {
 // Create stores a new record in state queued (or scheduled when SendAt is in the
 // future). It fails with ErrBacklogFull or ErrExists and then stores nothing.
 func (s *Store) Create(ctx context.Context, m NewMessage) (State, error) {
-	if m.ID == "" || m.ID[0] != Shard(m.App) {
+	if !validID(m.ID) || m.ID[0] != Shard(m.App) {
 		return "", ErrWrongShard
 	}
 	state, args := s.createArgs(m)
@@ -199,10 +202,9 @@ type Created struct {
 func (s *Store) CreateBatch(ctx context.Context, ms []NewMessage) ([]Created, error) {
 	out := make([]Created, len(ms))
 	args := make([][]any, len(ms))
-	pending := make([]int, len(ms))
-	pending = pending[:0]
+	pending := make([]int, 0, len(ms))
 	for i, m := range ms {
-		if m.ID == "" || m.ID[0] != Shard(m.App) {
+		if !validID(m.ID) || m.ID[0] != Shard(m.App) {
 			out[i].Err = ErrWrongShard
 			continue
 		}
@@ -248,6 +250,9 @@ func (s *Store) CreateBatch(ctx context.Context, ms []NewMessage) ([]Created, er
 
 // Delete removes a record; it undoes a Create whose task could not be enqueued.
 func (s *Store) Delete(ctx context.Context, id string) error {
+	if !validID(id) {
+		return nil
+	}
 	if err := deleteScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id)), bodyKey(id)}).Err(); err != nil {
 		return fmt.Errorf("delivery: delete: %w", err)
 	}
@@ -271,6 +276,9 @@ type Attempt struct {
 // that is final, be sent again, and it settles an expired message instead of
 // sending it late.
 func (s *Store) Begin(ctx context.Context, id string) (Attempt, error) {
+	if !validID(id) {
+		return Attempt{}, ErrNotFound
+	}
 	now := s.cfg.Now()
 	res, err := beginScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id)), parkedKey(shardOf(id)), bodyKey(id)},
 		now.UnixMilli(), s.line(now, historyLine{Event: "expired", State: StateExpired}),
@@ -313,6 +321,9 @@ type Transition struct {
 // MarkSent records that WeChat accepted the message with msgID. If WeChat's result
 // callback arrived first, it is applied now and the returned state is final.
 func (s *Store) MarkSent(ctx context.Context, id, app string, msgID int64) (Transition, error) {
+	if !validID(id) {
+		return Transition{}, ErrNotFound
+	}
 	now := s.cfg.Now()
 	mid := strconv.FormatInt(msgID, 10)
 	res, err := sentScript.Run(ctx, s.rdb,
@@ -332,6 +343,9 @@ func (s *Store) MarkSent(ctx context.Context, id, app string, msgID int64) (Tran
 
 // MarkRetrying records a failed attempt that will be retried.
 func (s *Store) MarkRetrying(ctx context.Context, id string, e ErrorInfo) (State, error) {
+	if !validID(id) {
+		return "", ErrNotFound
+	}
 	now := s.cfg.Now()
 	st, err := retryScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id))},
 		s.line(now, historyLine{Event: "attempt failed", State: StateRetrying, ErrCode: e.Code, ErrMsg: e.Msg}),
@@ -363,6 +377,9 @@ func (s *Store) Cancel(ctx context.Context, id string) (Transition, error) {
 }
 
 func (s *Store) finish(ctx context.Context, id, app string, to State, e *ErrorInfo, mode, note string) (Transition, error) {
+	if !validID(id) {
+		return Transition{}, ErrNotFound
+	}
 	now := s.cfg.Now()
 	line := historyLine{Event: string(to), State: to, Note: note}
 	code, msg := "", ""
@@ -427,8 +444,13 @@ func (s *Store) ApplyCallback(ctx context.Context, app, msgID string, to State, 
 		if err != nil {
 			return CallbackResult{}, fmt.Errorf("delivery: apply callback: %w", err)
 		}
-		if str(res, 0) == "moved" && try < 3 {
-			continue
+		if str(res, 0) == "moved" {
+			if try < 3 {
+				continue
+			}
+			// The index is written once and expires once: four changes in a
+			// row mean something else is wrong. An error makes WeChat retry.
+			return CallbackResult{}, errors.New("delivery: apply callback: the msgid index kept changing")
 		}
 		return CallbackResult{Outcome: CallbackOutcome(str(res, 0)), ID: str(res, 1), App: str(res, 2), State: State(str(res, 3)),
 			SentAt: msTime(str(res, 4))}, nil
@@ -472,15 +494,20 @@ func (s *Store) SweepUnconfirmed(ctx context.Context, limit int) ([]Settled, err
 	return settled, nil
 }
 
-// due joins the shards' overdue ids, at most limit of them.
+// due takes up to limit of the shards' overdue ids, one shard after another
+// in turn, so that a shard with many cannot hold the others back.
 func due(cmds []*redis.StringSliceCmd, limit int) []string {
 	var ids []string
-	for _, c := range cmds {
-		for _, id := range c.Val() {
-			if len(ids) == limit {
-				return ids
+	for i := 0; len(ids) < limit; i++ {
+		took := false
+		for _, c := range cmds {
+			if v := c.Val(); i < len(v) && len(ids) < limit {
+				ids = append(ids, v[i])
+				took = true
 			}
-			ids = append(ids, id)
+		}
+		if !took {
+			break
 		}
 	}
 	return ids
@@ -508,6 +535,9 @@ type Message struct {
 
 // Get returns the record of id.
 func (s *Store) Get(ctx context.Context, id string) (*Message, error) {
+	if !validID(id) {
+		return nil, ErrNotFound
+	}
 	var rec *redis.MapStringStringCmd
 	var body *redis.StringCmd
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {

@@ -395,7 +395,7 @@ func TestRedisDown(t *testing.T) {
 	if _, err := store.Create(context.Background(), NewMessage{ID: "Cx", App: "a", Body: []byte("{}")}); err == nil {
 		t.Error("Create with Redis down returned nil")
 	}
-	if _, err := store.Get(context.Background(), "x"); err == nil || err == ErrNotFound {
+	if _, err := store.Get(context.Background(), "Cx"); err == nil || err == ErrNotFound {
 		t.Errorf("Get with Redis down = %v, want a storage error, not ErrNotFound", err)
 	}
 }

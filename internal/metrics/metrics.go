@@ -125,6 +125,9 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 		Name: "wxpush_redis_round_trips_total",
 		Help: "Requests this process sent to Redis, by command; a pipeline counts once, as command pipeline.",
 	}, []string{"command"})
+	for _, cmd := range []string{"evalsha", "get", "pipeline"} {
+		m.RedisRoundTrips.WithLabelValues(cmd)
+	}
 	reg.MustRegister(m.RedisRoundTrips, m.SentLatency, m.FinalLatency, m.TemplateChecks, m.ConfigErrors, m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
 		m.TokenFetches, m.RetriesWaited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -12,7 +12,9 @@ import (
 // per pipeline (command "pipeline", however many commands it carries). Add it
 // to the client shared by wxpush's stores and asynq (AddHook), and
 // wxpush_redis_round_trips_total shows what each part of the pipeline costs
-// Redis. Command names are Redis's own, a bounded set.
+// Redis. Command names are Redis's own, a bounded set. On Redis Cluster a
+// pipeline goes out as one request per master it touches, and redirections
+// (MOVED, ASK) are resent uncounted: there the figure is a lower bound.
 func (m *Metrics) RedisHook() redis.Hook { return redisHook{m.RedisRoundTrips} }
 
 type redisHook struct{ vec *prometheus.CounterVec }

@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/hibiken/asynq"
 
+	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/redistest"
 	"github.com/wxpush/wxpush/internal/service"
 	"github.com/wxpush/wxpush/internal/servicetest"
 )
@@ -213,5 +216,27 @@ func TestWorkerRefusesUnreachableRedis(t *testing.T) {
 				t.Error("the worker opened its admin address: it ran something")
 			}
 		})
+	}
+}
+
+// TestRefusesPreviousKeyLayout: a Redis that holds unfinished messages of the
+// key layout before the shards makes the worker and the enqueuer refuse to
+// start, saying what to do, rather than drop those messages' tasks.
+func TestRefusesPreviousKeyLayout(t *testing.T) {
+	t.Parallel()
+	redis := redistest.Start(t)
+	if err := redis.Client(t).HSet(context.Background(), "wxpush:backlog", "default", 3).Err(); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"REDIS_URL": redis.URL(), "WECHAT_APP_ID": "wx1", "WECHAT_APP_SECRET": "s",
+		"WECHAT_TOKEN": "tok123", "WXPUSH_ADMIN_ADDR": servicetest.FreeAddr(t), "WXPUSH_HTTP_ADDR": servicetest.FreeAddr(t)}
+	for name, run := range map[string]func(context.Context, service.Env, io.Writer, io.Writer) error{
+		"worker": service.RunWorker, "enqueuer": service.RunEnqueuer} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		err := run(ctx, func(k string) string { return env[k] }, io.Discard, io.Discard)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "wxpush:backlog") || !errors.Is(err, delivery.ErrLegacyMessages) {
+			t.Errorf("%s on a Redis with the previous layout's messages: %v, want ErrLegacyMessages", name, err)
+		}
 	}
 }

@@ -37,9 +37,32 @@ func writeApps(t testing.TB, n int) string {
 func TestManyAppsStayFlat(t *testing.T) {
 	redis := redistest.Start(t)
 	rdb := redis.Client(t)
+	// settled polls count until it gives the same value twice in a row, 100 ms
+	// apart (goroutines and connections of a stopped run finish going away).
+	settled := func(count func() int) int {
+		last := count()
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+			time.Sleep(100 * time.Millisecond)
+			n := count()
+			if n == last {
+				return n
+			}
+			last = n
+		}
+		t.Fatal("the count never settled")
+		return 0
+	}
+	clients := func() int {
+		list, err := rdb.ClientList(context.Background()).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Count(list, "\n")
+	}
 	footprint := func(apps int) (goroutines, conns int) {
 		t.Run(fmt.Sprintf("%d apps", apps), func(t *testing.T) {
-			before := runtime.NumGoroutine()
+			before := settled(runtime.NumGoroutine)
+			beforeConns := settled(clients)
 			apiAddr := servicetest.FreeAddr(t)
 			env := map[string]string{"REDIS_URL": redis.URL(), "WECHAT_API_BASE": "http://127.0.0.1:1",
 				"WXPUSH_CONFIG": writeApps(t, apps), "WXPUSH_HTTP_ADDR": apiAddr, "WXPUSH_ADMIN_ADDR": servicetest.FreeAddr(t),
@@ -48,16 +71,8 @@ func TestManyAppsStayFlat(t *testing.T) {
 			servicetest.Run(t, "worker", service.RunWorker, env)
 			servicetest.WaitHTTP(t, "http://"+apiAddr+"/healthz")
 			servicetest.WaitHTTP(t, "http://"+env["WXPUSH_ADMIN_ADDR"]+"/healthz")
-			// Settled: the fewest goroutines seen over a second of idling.
-			goroutines = 1 << 30
-			for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-				goroutines = min(goroutines, runtime.NumGoroutine()-before)
-			}
-			list, err := rdb.ClientList(context.Background()).Result()
-			if err != nil {
-				t.Fatal(err)
-			}
-			conns = strings.Count(list, "\n")
+			goroutines = settled(runtime.NumGoroutine) - before
+			conns = settled(clients) - beforeConns
 		})
 		return goroutines, conns
 	}

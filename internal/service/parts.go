@@ -108,7 +108,7 @@ func loadConfig(getenv func(string) string, stderr io.Writer) (config.Config, *s
 	if err != nil {
 		return cfg, nil, fmt.Errorf("configuration: %w", err)
 	}
-	releaseParseMemory(&cfg)
+	releaseParseMemory(len(cfg.Apps))
 	return cfg, logging.New(stderr, cfg.LogLevel, cfg.LogFormat), nil
 }
 

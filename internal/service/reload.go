@@ -51,7 +51,7 @@ func (p *parts) reload(getenv Env, srv *api.Server) {
 	}
 	after := cfg.AppNames()
 	p.log.Info("configuration reloaded", "apps", len(after), "added", missing(after, before), "removed", missing(before, after))
-	releaseParseMemory(&cfg)
+	releaseParseMemory(len(cfg.Apps))
 }
 
 // missing lists the names of a that are not in b.
@@ -69,12 +69,16 @@ func missing(a, b []string) []string {
 	return out
 }
 
+// manyApps is the app count from which a configuration file is large enough
+// that its parse garbage is worth returning to the OS at once.
+const manyApps = 100
+
 // releaseParseMemory hands the memory a large configuration file took to parse
 // back to the OS at once, rather than over the next minutes: with 10,000 apps
 // the YAML tree is tens of MiB of garbage, which would otherwise stay in the
 // process's resident set.
-func releaseParseMemory(cfg *config.Config) {
-	if len(cfg.Apps) > 100 {
+func releaseParseMemory(apps int) {
+	if apps > manyApps {
 		debug.FreeOSMemory()
 	}
 }

@@ -33,14 +33,16 @@ func RunEnqueuer(ctx context.Context, getenv Env, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer rdb.Close()
+	p := newParts(cfg, log, rdb)
 	// The enqueuer starts without Redis (it answers 503 until Redis is back), so
-	// the settings are checked only when Redis answers now.
+	// Redis is checked only when it answers now.
 	if err := redisconn.Ping(ctx, rdb); err != nil {
 		log.Warn("redis configuration check skipped: redis unreachable at startup", "err", err)
 	} else if err := redisconn.StartupCheck(ctx, rdb, log); err != nil {
 		return fmt.Errorf("REDIS_URL: %w", err)
+	} else if err := p.store.CheckLayout(ctx); err != nil {
+		return err
 	}
-	p := newParts(cfg, log, rdb)
 	p.loadScripts(ctx)
 	srv, err := p.apiServer()
 	if err != nil {
@@ -84,6 +86,9 @@ func RunWorker(ctx context.Context, getenv Env, stdout, stderr io.Writer) error 
 		return fmt.Errorf("REDIS_URL: %w", err)
 	}
 	p := newParts(cfg, log, rdb)
+	if err := p.store.CheckLayout(ctx); err != nil {
+		return err
+	}
 	p.loadScripts(ctx)
 	admin, err := net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {

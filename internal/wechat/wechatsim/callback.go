@@ -32,7 +32,8 @@ func (s *Server) reserve() bool {
 // push waits delay, then delivers every copy of ev. The caller reserved it.
 func (s *Server) push(ev event, delay time.Duration) {
 	defer s.wg.Done()
-	ctx := s.life
+	ctx, cancel := s.pushContext()
+	defer cancel()
 	if delay > 0 {
 		t := time.NewTimer(delay)
 		select {
@@ -48,6 +49,23 @@ func (s *Server) push(ev event, delay time.Duration) {
 		}
 		s.deliver(ctx, ev)
 	}
+}
+
+// pushContext returns a context that ends when the server closes, so Close
+// never waits on a slow receiver. Its watcher runs under the caller's
+// reservation, which keeps the wait group above zero while it is added.
+func (s *Server) pushContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		select {
+		case <-s.quit:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // deliver pushes one copy of ev the way WeChat does: up to three tries, each

@@ -116,10 +116,6 @@ type Server struct {
 
 	// quit is closed by Close; callback pushes and hanging replies watch it.
 	quit chan struct{}
-	// life ends with Close too: the context of every callback push, so that
-	// Close never waits on a slow receiver.
-	life context.Context
-	end  context.CancelFunc
 	wg   sync.WaitGroup
 
 	mu        sync.Mutex
@@ -169,7 +165,6 @@ func New(cfg Config) (*Server, error) {
 		stats:           counters{tokenFetches: make(map[string]int), subscribeSends: make(map[string]int)},
 		pairs:           make(map[PairKey]*PairStats),
 	}
-	s.life, s.end = context.WithCancel(context.Background())
 	if s.client == nil {
 		// A transport of our own, so Close can drop its idle connections and
 		// leave no goroutines behind. Callbacks go out concurrently, one per
@@ -335,7 +330,6 @@ func (s *Server) Close() {
 	if !s.closed {
 		s.closed = true
 		close(s.quit)
-		s.end()
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
