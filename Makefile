@@ -36,6 +36,7 @@ FUZZTIME ?= 10s
 .PHONY: fuzz
 fuzz: ## Run each fuzz target for FUZZTIME (default 10s); crashers land in testdata/fuzz
 	$(GO) test -run '^$$' -fuzz '^FuzzParseEvent$$' -fuzztime $(FUZZTIME) ./internal/wechat
+	$(GO) test -run '^$$' -fuzz '^FuzzFastEvent$$' -fuzztime $(FUZZTIME) ./internal/wechat
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenEnvelope$$' -fuzztime $(FUZZTIME) ./internal/wechat
 	$(GO) test -run '^$$' -fuzz '^FuzzCreateMessage$$' -fuzztime $(FUZZTIME) ./internal/api
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRules$$' -fuzztime $(FUZZTIME) ./internal/wechat/wechatsim

@@ -102,9 +102,23 @@ var ErrMalformedEvent = errors.New("wechat: malformed callback event")
 // MsgID or missing Status. Errors wrap ErrMalformedEvent. The caller bounds the
 // body size.
 func ParseEvent(body []byte) (*Event, error) {
-	malformed := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s", ErrMalformedEvent, fmt.Sprintf(format, args...))
+	ev, ok := fastEvent(body)
+	if !ok {
+		decoded, err := decodeEvent(body)
+		if err != nil {
+			return nil, err
+		}
+		ev = *decoded
 	}
+	return checkEvent(&ev)
+}
+
+func malformed(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrMalformedEvent, fmt.Sprintf(format, args...))
+}
+
+// decodeEvent reads any well-formed event with encoding/xml.
+func decodeEvent(body []byte) (*Event, error) {
 	// Strict (the default) rejects unknown entities such as the article's
 	// "]]&g;" and mismatched tags; with no CharsetReader, a non-UTF-8 encoding
 	// declaration is an error too.
@@ -164,7 +178,11 @@ func ParseEvent(body []byte) (*Event, error) {
 		}
 		return nil, malformed("content after </xml>")
 	}
+	return &ev, nil
+}
 
+// checkEvent normalises a decoded event and refuses what WeChat never sends.
+func checkEvent(ev *Event) (*Event, error) {
 	// WeChat wraps identifiers in CDATA with no padding, but a hand-formatted
 	// body may put them on their own lines; an openid never contains spaces.
 	for _, f := range []*string{&ev.ToUserName, &ev.FromUserName, &ev.MsgType, &ev.Event, &ev.MsgID} {
@@ -199,7 +217,7 @@ func ParseEvent(body []byte) (*Event, error) {
 			r.MsgID = strconv.FormatUint(id, 10)
 		}
 	}
-	return &ev, nil
+	return ev, nil
 }
 
 // DeliveryStatus classifies the Status of a TEMPLATESENDJOBFINISH event.
