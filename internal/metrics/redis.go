@@ -2,7 +2,6 @@ package metrics
 
 import (
 	"context"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -23,7 +22,7 @@ func (redisHook) DialHook(next redis.DialHook) redis.DialHook { return next }
 
 func (h redisHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		h.vec.WithLabelValues(strings.ToLower(cmd.Name())).Inc()
+		h.vec.WithLabelValues(cmd.Name()).Inc() // go-redis lowercases Name
 		return next(ctx, cmd)
 	}
 }
