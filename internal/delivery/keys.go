@@ -19,7 +19,6 @@ import (
 //	wxpush:{S}:backlog              HASH  app → unfinished messages; app|state → by state
 //	wxpush:{S}:sent                 ZSET  id → confirmation deadline (ms)
 //	wxpush:{S}:parked               ZSET  app → parked until (ms)
-//	wxpush:{S}:new                  ZSET  id → created (ms), until its task is known to be enqueued
 //	wxpush:{S}:dead:<app>           ZSET  id → when it died (ms)
 //	wxpush:{S}:wxid:<app>:<msgid>   STRING WeChat msgid → id (msgids are unique per account)
 //	wxpush:{S}:held:<app>:<msgid>   STRING a result callback that came before its msgid was stored
@@ -70,7 +69,6 @@ func bodyKey(id string) string { return tag(shardOf(id)) + "body:" + id }
 func backlogKey(shard byte) string { return tag(shard) + "backlog" }
 func sentKey(shard byte) string    { return tag(shard) + "sent" }
 func parkedKey(shard byte) string  { return tag(shard) + "parked" }
-func newKey(shard byte) string     { return tag(shard) + "new" }
 
 func indexKey(app, msgID string) string { return tag(Shard(app)) + "wxid:" + app + ":" + msgID }
 func heldKey(app, msgID string) string  { return tag(Shard(app)) + "held:" + app + ":" + msgID }

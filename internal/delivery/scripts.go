@@ -49,25 +49,22 @@ end
 `
 
 // createScript writes a new record and its send body unless the id exists or
-// the app's backlog is full, and notes the id as not yet known to have a task.
-// KEYS: rec, backlog, body, new. ARGV: app, max backlog (0 = none), body, id,
-// now, "a", app, "s", state, field, value, ...
+// the app's backlog is full. KEYS: rec, backlog, body. ARGV: app, max backlog
+// (0 = none), body, "a", app, "s", state, field, value, ...
 // Returns "created", "exists" or "full".
 var createScript = redis.NewScript(`
 if redis.call("EXISTS", KEYS[1]) == 1 then return "exists" end
 local max = tonumber(ARGV[2])
 if max > 0 and (tonumber(redis.call("HGET", KEYS[2], ARGV[1])) or 0) >= max then return "full" end
-redis.call("HSET", KEYS[1], unpack(ARGV, 6))
+redis.call("HSET", KEYS[1], unpack(ARGV, 4))
 redis.call("SET", KEYS[3], ARGV[3])
-redis.call("ZADD", KEYS[4], ARGV[5], ARGV[4])
 redis.call("HINCRBY", KEYS[2], ARGV[1], 1)
-redis.call("HINCRBY", KEYS[2], ARGV[1] .. "|" .. ARGV[9], 1) -- ARGV[9] is the state
+redis.call("HINCRBY", KEYS[2], ARGV[1] .. "|" .. ARGV[7], 1) -- ARGV[7] is the state
 return "created"`)
 
 // deleteScript undoes a create whose task could not be enqueued.
-// KEYS: rec, backlog, body, new. ARGV: id.
+// KEYS: rec, backlog, body.
 var deleteScript = redis.NewScript(luaPrelude + `
-redis.call("ZREM", KEYS[4], ARGV[1])
 local v = redis.call("HMGET", KEYS[1], "a", "s")
 local app = v[1]
 if not app then return 0 end

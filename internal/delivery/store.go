@@ -152,7 +152,7 @@ func (s *Store) Create(ctx context.Context, m NewMessage) (State, error) {
 }
 
 func createKeys(m NewMessage) []string {
-	return []string{recordKey(m.ID), backlogKey(shardOf(m.ID)), bodyKey(m.ID), newKey(shardOf(m.ID))}
+	return []string{recordKey(m.ID), backlogKey(shardOf(m.ID)), bodyKey(m.ID)}
 }
 
 func (s *Store) createArgs(m NewMessage) (State, []any) {
@@ -164,7 +164,7 @@ func (s *Store) createArgs(m NewMessage) (State, []any) {
 	// Fields are named short (see keys.go) and only what cannot be derived is
 	// stored: no attempt count yet (absent is 0), and the "enqueued" history
 	// entry is the creation time and first state.
-	args := []any{m.App, m.MaxBacklog, m.Body, m.ID, now.UnixMilli(),
+	args := []any{m.App, m.MaxBacklog, m.Body,
 		"a", m.App, "s", string(state), "q", m.Queue, "c", now.UnixMilli(),
 	}
 	if m.Kind != "" {
@@ -253,56 +253,10 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	if !validID(id) {
 		return nil
 	}
-	if err := deleteScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id)), bodyKey(id), newKey(shardOf(id))}, id).Err(); err != nil {
+	if err := deleteScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id)), bodyKey(id)}).Err(); err != nil {
 		return fmt.Errorf("delivery: delete: %w", err)
 	}
 	return nil
-}
-
-// Enqueued notes that the tasks of messages ids are on the queue (or that
-// their messages need none any more): they leave the set of new messages
-// whose enqueue is unconfirmed. One pipelined round trip.
-func (s *Store) Enqueued(ctx context.Context, ids ...string) error {
-	byShard := map[byte][]any{}
-	for _, id := range ids {
-		if validID(id) {
-			byShard[shardOf(id)] = append(byShard[shardOf(id)], id)
-		}
-	}
-	if len(byShard) == 0 {
-		return nil
-	}
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for sh, members := range byShard {
-			p.ZRem(ctx, newKey(sh), members...)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("delivery: enqueued: %w", err)
-	}
-	return nil
-}
-
-// Unenqueued returns up to limit ids of messages created before the given
-// time whose enqueue was never confirmed (see Enqueued): the process that
-// created them may have died before it enqueued their task.
-func (s *Store) Unenqueued(ctx context.Context, before time.Time, limit int) ([]string, error) {
-	stop := strconv.FormatInt(before.UnixMilli(), 10)
-	shards := allShards()
-	cmds := make([]*redis.StringSliceCmd, len(shards))
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, sh := range shards {
-			cmds[i] = p.ZRangeArgs(ctx, redis.ZRangeArgs{
-				Key: newKey(sh), ByScore: true, Start: "-inf", Stop: stop, Count: int64(limit),
-			})
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("delivery: unenqueued: %w", err)
-	}
-	return due(cmds, limit), nil
 }
 
 // Attempt is what Begin found.

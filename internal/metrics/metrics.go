@@ -44,9 +44,6 @@ type Metrics struct {
 	FinalLatency *prometheus.HistogramVec
 	// RedisRoundTrips counts requests sent to Redis by command (see RedisHook).
 	RedisRoundTrips *prometheus.CounterVec
-	// EnqueuesCompleted counts messages whose task a worker enqueued because the
-	// process that stored them died before it did (tasks.Submitter.Reconcile).
-	EnqueuesCompleted *prometheus.CounterVec
 }
 
 // Labels lists the known label values to initialise.
@@ -128,14 +125,10 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 		Name: "wxpush_redis_round_trips_total",
 		Help: "Requests this process sent to Redis, by command; a pipeline counts once, as command pipeline.",
 	}, []string{"command"})
-	m.EnqueuesCompleted = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "wxpush_enqueues_completed_total",
-		Help: "Stored messages whose task a worker enqueued because the enqueuer died between storing and enqueueing them.",
-	}, []string{"app"})
 	for _, cmd := range []string{"evalsha", "get", "pipeline"} {
 		m.RedisRoundTrips.WithLabelValues(cmd)
 	}
-	reg.MustRegister(m.EnqueuesCompleted, m.RedisRoundTrips, m.SentLatency, m.FinalLatency, m.TemplateChecks, m.ConfigErrors, m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
+	reg.MustRegister(m.RedisRoundTrips, m.SentLatency, m.FinalLatency, m.TemplateChecks, m.ConfigErrors, m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
 		m.TokenFetches, m.RetriesWaited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector())

@@ -48,11 +48,10 @@ func (p *parts) runWorker(ctx context.Context) error {
 	if err := srv.Start(mux); err != nil {
 		return fmt.Errorf("worker: start asynq: %w", err)
 	}
-	sub := tasks.NewSubmitter(p.store, asynq.NewClientFromRedisClient(p.rdb), asynq.NewInspectorFromRedisClient(p.rdb), p.cfg.MaxAttempts)
 	sweepDone := make(chan struct{})
 	go func() {
 		defer close(sweepDone)
-		p.sweep(ctx, sub)
+		p.sweep(ctx)
 	}()
 	<-ctx.Done()
 	// Shutdown stops fetching, waits for in-flight handlers up to ShutdownTimeout,
@@ -62,13 +61,10 @@ func (p *parts) runWorker(ctx context.Context) error {
 	return nil
 }
 
-// sweep settles sent messages whose callback never came, and finishes the
-// submissions an enqueuer died in the middle of (their messages stored, their
-// tasks not yet enqueued, for longer than two ticks: no live request takes
-// that long). Every worker ticks, but a cluster-wide lock lets one of them
-// sweep per tick; the store's transitions and asynq's task ids would keep
-// each effect single even without it.
-func (p *parts) sweep(ctx context.Context, sub *tasks.Submitter) {
+// sweep settles sent messages whose callback never came. Every worker ticks, but
+// a cluster-wide lock lets one of them sweep per tick; the store's transition
+// would settle each message once even without it.
+func (p *parts) sweep(ctx context.Context) {
 	every := min(p.cfg.ConfirmTimeout/4, 10*time.Second)
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -94,27 +90,6 @@ func (p *parts) sweep(ctx context.Context, sub *tasks.Submitter) {
 			if len(settled) < 500 {
 				break
 			}
-		}
-		p.reconcile(ctx, sub, time.Now().Add(-2*every))
-	}
-}
-
-// reconcile enqueues the tasks of messages stored before the given time whose
-// enqueue was never confirmed.
-func (p *parts) reconcile(ctx context.Context, sub *tasks.Submitter, before time.Time) {
-	for {
-		ids, err := sub.Reconcile(ctx, before, 500)
-		if err != nil {
-			p.log.Warn("reconciling unconfirmed enqueues failed", "err", err)
-			return
-		}
-		for _, id := range ids {
-			app, _ := p.store.AppOf(ctx, id)
-			p.metrics.EnqueuesCompleted.WithLabelValues(app).Inc()
-			p.log.Warn("enqueued the task of a message whose enqueuer died before it did", "msg_id", id, "app", app)
-		}
-		if len(ids) < 500 {
-			return
 		}
 	}
 }

@@ -22,8 +22,6 @@ type Records interface {
 	AppOf(ctx context.Context, id string) (string, error)
 	Requeue(ctx context.Context, id, app string) (queue string, err error)
 	Get(ctx context.Context, id string) (*delivery.Message, error)
-	Enqueued(ctx context.Context, ids ...string) error
-	Unenqueued(ctx context.Context, before time.Time, limit int) ([]string, error)
 }
 
 // Queue enqueues asynq tasks; *asynq.Client provides it.
@@ -72,8 +70,6 @@ func (s *Submitter) Submit(ctx context.Context, m delivery.NewMessage) (delivery
 	_, err = s.queue.EnqueueContext(ctx, NewDeliverTask(m.ID, m.App, m.To), deliverOptions(m.Queue, m.SendAt, s.maxRetry)...)
 	switch {
 	case err == nil, rerun && errors.Is(err, asynq.ErrTaskIDConflict):
-		// A failure here only leaves the id for Reconcile, which finds the task.
-		_ = s.records.Enqueued(ctx, m.ID)
 		return state, nil
 	case rerun:
 		return "", fmt.Errorf("tasks: enqueue: %w", err)
@@ -114,57 +110,7 @@ func (s *Submitter) SubmitBatch(ctx context.Context, ms []delivery.NewMessage) (
 	if err != nil {
 		return nil, s.undo(ctx, fmt.Errorf("tasks: enqueue fanout: %w", err), fresh...)
 	}
-	// The fanout task will enqueue each message's task; a failure here only
-	// leaves the ids for Reconcile.
-	ids := make([]string, len(items))
-	for i, it := range items {
-		ids[i] = it.ID
-	}
-	_ = s.records.Enqueued(ctx, ids...)
 	return created, nil
-}
-
-// Reconcile finishes the submissions of up to limit messages created before
-// the given time whose enqueue was never confirmed: the enqueuer died (or lost
-// Redis) between storing a message and enqueueing its task. A message still
-// waiting to be sent gets its task now (asynq refuses a second task with the
-// same id, so one that exists is left alone); the others only leave the list.
-// The record is the truth: it was stored, so it is sent, rather than left
-// counted in its app's backlog forever. It returns the tasks it enqueued.
-func (s *Submitter) Reconcile(ctx context.Context, before time.Time, limit int) ([]string, error) {
-	ids, err := s.records.Unenqueued(ctx, before, limit)
-	if err != nil {
-		return nil, err
-	}
-	var enqueued []string
-	for _, id := range ids {
-		m, err := s.records.Get(ctx, id)
-		switch {
-		case errors.Is(err, delivery.ErrNotFound):
-		case err != nil:
-			return enqueued, err
-		case m.State == delivery.StateQueued || m.State == delivery.StateScheduled:
-			var body struct {
-				ToUser string `json:"touser"`
-			}
-			_ = json.Unmarshal(m.Body, &body)
-			var sendAt time.Time
-			if m.SendAt != nil {
-				sendAt = *m.SendAt
-			}
-			_, err := s.queue.EnqueueContext(ctx, NewDeliverTask(id, m.App, body.ToUser), deliverOptions(m.Queue, sendAt, s.maxRetry)...)
-			switch {
-			case err == nil:
-				enqueued = append(enqueued, id)
-			case !errors.Is(err, asynq.ErrTaskIDConflict):
-				return enqueued, fmt.Errorf("tasks: reconcile %s: %w", id, err)
-			}
-		}
-		if err := s.records.Enqueued(ctx, id); err != nil {
-			return enqueued, err
-		}
-	}
-	return enqueued, nil
 }
 
 // undo removes records whose task could not be enqueued, so that an error
