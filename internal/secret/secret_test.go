@@ -19,7 +19,8 @@ func TestValueNeverPrints(t *testing.T) {
 		t.Fatal(err)
 	}
 	outputs := map[string]string{
-		"%v":   fmt.Sprintf("%v", v),
+		"%v": fmt.Sprintf("%v", v),
+		//lint:ignore S1025 the test is about what the %s verb prints
 		"%s":   fmt.Sprintf("%s", v),
 		"%#v":  fmt.Sprintf("%#v", v),
 		"%+v":  fmt.Sprintf("%+v", struct{ S Value }{v}),

@@ -781,6 +781,7 @@ func TestTokenStringHidesValue(t *testing.T) {
 		{name: "String", text: tok.String()},
 		{name: "%v", text: fmt.Sprintf("%v", tok)},
 		{name: "%+v", text: fmt.Sprintf("%+v", tok)},
+		//lint:ignore S1025 the test is about what the %s verb prints
 		{name: "%s", text: fmt.Sprintf("%s", tok)},
 		{name: "pointer %v", text: fmt.Sprintf("%v", &tok)},
 	}
