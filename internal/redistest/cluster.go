@@ -2,7 +2,6 @@ package redistest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -64,40 +63,19 @@ func StartCluster(tb testing.TB, masters int) *Cluster {
 func startClusterNode(tb testing.TB, bin string) *Server {
 	tb.Helper()
 	s := &Server{bin: bin, dir: tb.TempDir()}
-	tb.Cleanup(func() {
-		if err := s.kill(); err != nil {
-			tb.Errorf("redistest: cleanup: %v", err)
-		}
-	})
-	var lastErr error
-	for range portAttempts {
-		port, err := freePort()
-		if err != nil {
-			tb.Fatalf("redistest: pick a port: %v", err)
-		}
+	s.launch(tb, "cluster node", func(port int) bool {
 		bus, err := freePort()
 		if err != nil {
 			tb.Fatalf("redistest: pick a port: %v", err)
 		}
-		if bus == port {
-			continue
-		}
-		s.port = port
 		s.opts.args = []string{
 			"--cluster-enabled", "yes",
 			"--cluster-port", strconv.Itoa(bus),
 			"--cluster-config-file", filepath.Join(s.dir, fmt.Sprintf("nodes-%d.conf", port)),
 		}
-		lastErr = s.start()
-		if lastErr == nil {
-			return s
-		}
-		if !errors.Is(lastErr, errAddrInUse) {
-			break
-		}
-	}
-	tb.Fatalf("redistest: start cluster node: %v", lastErr)
-	return nil
+		return bus != port
+	})
+	return s
 }
 
 // requireCLI finds redis-cli, or skips (fails, under RequireEnv) the test.

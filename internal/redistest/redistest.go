@@ -115,6 +115,15 @@ func Start(tb testing.TB, opts ...Option) *Server {
 	for _, o := range opts {
 		o(&s.opts)
 	}
+	s.launch(tb, "redis-server", nil)
+	return s
+}
+
+// launch starts s on a free port, trying another while the one picked turns
+// out taken, and kills it in tb.Cleanup. prepare, when set, readies s for a
+// port (e.g. arguments that name it) and may refuse the port.
+func (s *Server) launch(tb testing.TB, what string, prepare func(port int) bool) {
+	tb.Helper()
 	// Registered after TempDir, so it runs before the directory is removed: the
 	// server must be gone before its files are.
 	tb.Cleanup(func() {
@@ -122,24 +131,25 @@ func Start(tb testing.TB, opts ...Option) *Server {
 			tb.Errorf("redistest: cleanup: %v", err)
 		}
 	})
-
 	var lastErr error
 	for range portAttempts {
 		port, err := freePort()
 		if err != nil {
 			tb.Fatalf("redistest: pick a port: %v", err)
 		}
+		if prepare != nil && !prepare(port) {
+			continue
+		}
 		s.port = port
 		lastErr = s.start()
 		if lastErr == nil {
-			return s
+			return
 		}
 		if !errors.Is(lastErr, errAddrInUse) {
 			break
 		}
 	}
-	tb.Fatalf("redistest: start redis-server: %v", lastErr)
-	return nil
+	tb.Fatalf("redistest: start %s: %v", what, lastErr)
 }
 
 // Addr returns the server's address, "127.0.0.1:PORT".
