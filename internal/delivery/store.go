@@ -140,7 +140,7 @@ func (s *Store) line(now time.Time, ev historyLine) string {
 // Create stores a new record in state queued (or scheduled when SendAt is in the
 // future). It fails with ErrBacklogFull or ErrExists and then stores nothing.
 func (s *Store) Create(ctx context.Context, m NewMessage) (State, error) {
-	if !validID(m.ID) || m.ID[0] != Shard(m.App) {
+	if !m.inAppShard() {
 		return "", ErrWrongShard
 	}
 	state, args := s.createArgs(m)
@@ -150,6 +150,10 @@ func (s *Store) Create(ctx context.Context, m NewMessage) (State, error) {
 	}
 	return state, createResult(res)
 }
+
+// inAppShard reports whether the message's id can name a record and starts
+// with its app's shard character (see IDFor).
+func (m NewMessage) inAppShard() bool { return validID(m.ID) && m.ID[0] == Shard(m.App) }
 
 func createKeys(m NewMessage) []string {
 	return []string{recordKey(m.ID), backlogKey(shardOf(m.ID)), bodyKey(m.ID)}
@@ -204,7 +208,7 @@ func (s *Store) CreateBatch(ctx context.Context, ms []NewMessage) ([]Created, er
 	args := make([][]any, len(ms))
 	pending := make([]int, 0, len(ms))
 	for i, m := range ms {
-		if !validID(m.ID) || m.ID[0] != Shard(m.App) {
+		if !m.inAppShard() {
 			out[i].Err = ErrWrongShard
 			continue
 		}

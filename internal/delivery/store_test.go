@@ -460,3 +460,58 @@ func TestIndexOutlivesRepeatsOnly(t *testing.T) {
 		t.Errorf("a repeat within the hold = %s, want duplicate", res.Outcome)
 	}
 }
+
+// sentBetween stores a message's msgid (MarkSent, on its own connection) right
+// after the callback has read the msgid index and found nothing, before the
+// callback's script runs: the race between a worker and an early callback
+// that the script's index check closes.
+type sentBetween struct {
+	index string
+	once  sync.Once
+	mark  func()
+}
+
+func (*sentBetween) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *sentBetween) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if args := cmd.Args(); cmd.Name() == "get" && len(args) == 2 && args[1] == h.index {
+			h.once.Do(h.mark)
+		}
+		return err
+	}
+}
+
+func (*sentBetween) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestCallbackRacingMarkSent: the msgid is stored between the callback's
+// index read and its script. The script sees the index changed and the
+// callback reads it again, so the result is applied now — neither held for a
+// MarkSent that has already run (which would leave the message sent until it
+// went unconfirmed) nor applied to the wrong record.
+func TestCallbackRacingMarkSent(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.create(t, "Yrace")
+	b.store.Begin(b.ctx, "Yrace")
+	worker := NewStore(redis.NewClient(&redis.Options{Addr: b.rdb.Options().Addr}), Config{Now: b.clock.Now})
+	hook := &sentBetween{index: indexKey("default", "88"), mark: func() {
+		if _, err := worker.MarkSent(b.ctx, "Yrace", "default", 88); err != nil {
+			t.Errorf("MarkSent: %v", err)
+		}
+	}}
+	b.rdb.AddHook(hook)
+	res, err := b.store.ApplyCallback(b.ctx, "default", "88", StateDelivered, "success")
+	if err != nil || res.Outcome != CallbackApplied || res.ID != "Yrace" {
+		t.Fatalf("callback racing MarkSent = %+v, %v; want applied to Yrace", res, err)
+	}
+	if got := b.state(t, "Yrace"); got != StateDelivered {
+		t.Errorf("state = %s, want delivered", got)
+	}
+	if n, _ := b.rdb.Exists(b.ctx, heldKey("default", "88")).Result(); n != 0 {
+		t.Error("the callback was also held: MarkSent has run, nothing would apply it")
+	}
+}
