@@ -4,11 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 
 	"github.com/wxpush/wxpush/internal/redistest"
+	"github.com/wxpush/wxpush/internal/testport"
 )
 
 func TestOpenForms(t *testing.T) {
@@ -131,12 +131,8 @@ func TestCluster(t *testing.T) {
 	}
 }
 
+// closedAddr is a loopback address nothing listens on.
 func closedAddr(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	t.Helper()
+	return testport.Addr(t)
 }

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/wxpush/wxpush/internal/testport"
 )
 
 // RequireEnv names the environment variable that turns a missing redis-server
@@ -302,16 +303,10 @@ func (p *process) wait(timeout time.Duration) error {
 	}
 }
 
-// freePort asks the kernel for a free loopback port. The port is released
-// before redis-server binds it, hence the retries in Start.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+// freePort picks a free loopback port (see testport). The port is released
+// before redis-server binds it, and another process may take it first, hence
+// the retries in launch.
+func freePort() (int, error) { return testport.Pick() }
 
 // probe checks that the server on addr is ready and is the process with the
 // given pid. The pid check matters: when our redis-server loses the race for

@@ -184,12 +184,7 @@ func TestEndToEndSubscribe(t *testing.T) {
 // admin address stays closed).
 func TestWorkerRefusesUnreachableRedis(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := ln.Addr().String()
-	ln.Close()
+	closed := servicetest.FreeAddr(t) // nothing listens there
 	tests := []struct{ name, url, want string }{
 		{"redis", "redis://" + closed + "/0", closed},
 		{"sentinel", "redis-sentinel://" + closed + "/mymaster", "sentinel"},

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/wxpush/wxpush/internal/config"
+	"github.com/wxpush/wxpush/internal/testport"
 )
 
 func TestHealthCheck(t *testing.T) {
@@ -160,15 +161,7 @@ func TestHealthCheckMain(t *testing.T) {
 // closedAddr is a loopback address nothing listens on.
 func closedAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	if err := ln.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return addr
+	return testport.Addr(t)
 }
 
 // TestPprofOnlyWhenEnabled: the profiler is on the admin listener only when

@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/wxpush/wxpush/internal/redistest"
 	"github.com/wxpush/wxpush/internal/service"
+	"github.com/wxpush/wxpush/internal/testport"
 	"github.com/wxpush/wxpush/internal/wechat/wechatsim"
 )
 
@@ -34,14 +34,11 @@ const (
 	Token  = "e2ecallbacktoken"
 )
 
+// FreeAddr is a loopback address for a process under test to listen on,
+// never handed out twice in one test binary (see testport).
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return testport.Addr(t)
 }
 
 // process runs one wxpush process function until the test ends; the test fails

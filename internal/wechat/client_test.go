@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -16,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wxpush/wxpush/internal/testport"
 	"github.com/wxpush/wxpush/internal/wechat"
 )
 
@@ -527,13 +527,7 @@ func clientTestFailures() []clientTestFailure {
 		{
 			name: "connection refused",
 			start: func(t *testing.T) string {
-				ln, err := net.Listen("tcp", "127.0.0.1:0")
-				if err != nil {
-					t.Fatalf("listen: %v", err)
-				}
-				addr := ln.Addr().String()
-				_ = ln.Close()
-				return "http://" + addr
+				return "http://" + testport.Addr(t) // nothing listens there
 			},
 		},
 		{
