@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 
@@ -61,8 +62,7 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	for i, raw := range req.Messages {
 		m, e := s.parseMessage(r.Context(), raw, i, now, sess)
 		if e != nil {
-			e.Field = itemField(i, e.Field)
-			resp.Results[i].Error = e
+			resp.Results[i].Error = e.item(i)
 			continue
 		}
 		valid = append(valid, m)
@@ -75,12 +75,18 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 			writeError(w, errStorage)
 			return
 		}
+		if unavailable(created) {
+			// Redis refused every item for a reason of its own (loading,
+			// read-only after a failover, no replicas): the batch as a whole
+			// could not be stored, as when the pipeline fails outright.
+			s.log.Error("could not accept batch", "messages", len(valid), "err", created[0].Err)
+			writeError(w, errStorage)
+			return
+		}
 		for j, c := range created {
 			i, m := at[j], valid[j]
 			if c.Err != nil {
-				e := s.submitError(m.App, c.Err)
-				e.Field = itemField(i, e.Field)
-				resp.Results[i].Error = e
+				resp.Results[i].Error = s.submitError(m.App, c.Err).item(i)
 				continue
 			}
 			resp.Results[i] = batchResult{ID: m.ID, State: c.State}
@@ -98,9 +104,13 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-func itemField(i int, field string) string {
-	if field == "" {
-		return fmt.Sprintf("messages[%d]", i)
+// unavailable reports whether every item failed for want of storage: no item
+// was stored, and none was refused for a reason of its own (a full backlog).
+func unavailable(created []delivery.Created) bool {
+	for _, c := range created {
+		if c.Err == nil || errors.Is(c.Err, delivery.ErrBacklogFull) {
+			return false
+		}
 	}
-	return fmt.Sprintf("messages[%d].%s", i, field)
+	return len(created) > 0
 }

@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -357,6 +358,41 @@ func TestBatchRedisUnreachable(t *testing.T) {
 	}
 	if bytes.Contains(r.body, []byte(`"accepted"`)) {
 		t.Errorf("503 body reports accepted items: %s", r.body)
+	}
+	if n := b.enqueued("default"); n != 0 {
+		t.Errorf("enqueued{default} = %v, want 0", n)
+	}
+}
+
+// TestBatchRedisRefusesWrites: a Redis that answers but refuses every write
+// (here NOREPLICAS; LOADING after a restart and READONLY after a failover look
+// the same) refuses each item of the pipeline on its own. The batch is then a
+// 503 as a whole, not a 200 listing every item as refused, and a second try
+// answers the same: the shared error is not modified by the first.
+func TestBatchRedisRefusesWrites(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	if err := b.rdb.ConfigSet(context.Background(), "min-replicas-to-write", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	var first []byte
+	for try := range 2 {
+		r := b.do(t, http.MethodPost, "/v1/messages/batch", batchOf(smallMessage("a"), smallMessage("b")))
+		if r.status != http.StatusServiceUnavailable || r.header.Get("Retry-After") == "" {
+			t.Fatalf("try %d: batch while Redis refuses writes = %d %s (Retry-After %q), want 503 with Retry-After",
+				try, r.status, r.body, r.header.Get("Retry-After"))
+		}
+		if code, field := mustError(t, r); code != "storage_unavailable" || field != "" {
+			t.Errorf("try %d: error %q on %q, want storage_unavailable on no field", try, code, field)
+		}
+		if try == 0 {
+			first = r.body
+		} else if !bytes.Equal(r.body, first) {
+			t.Errorf("second answer %s differs from the first %s", r.body, first)
+		}
+	}
+	if ids := recordIDs(t, b); len(ids) != 0 {
+		t.Errorf("records stored: %v, want none", ids)
 	}
 	if n := b.enqueued("default"); n != 0 {
 		t.Errorf("enqueued{default} = %v, want 0", n)

@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 )
 
@@ -14,6 +15,18 @@ type apiError struct {
 }
 
 func (e *apiError) Error() string { return e.Message }
+
+// item is e as the error of a batch's i-th item: a copy whose field is
+// prefixed with messages[i]. Shared errors (errStorage) are never modified.
+func (e *apiError) item(i int) *apiError {
+	c := *e
+	if c.Field == "" {
+		c.Field = fmt.Sprintf("messages[%d]", i)
+	} else {
+		c.Field = fmt.Sprintf("messages[%d].%s", i, c.Field)
+	}
+	return &c
+}
 
 func badField(field, code, msg string) *apiError {
 	return &apiError{Status: http.StatusBadRequest, Code: code, Message: msg, Field: field}
