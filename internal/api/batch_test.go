@@ -84,7 +84,7 @@ func recordIDs(t *testing.T, b *bundle) []string {
 // runFanout runs the worker's fanout handler on a task found by the inspector.
 func runFanout(t *testing.T, b *bundle, info *asynq.TaskInfo) {
 	t.Helper()
-	h := tasks.NewFanoutHandler(asynq.NewClientFromRedisClient(b.rdb), 10)
+	h := tasks.NewFanoutHandler(asynq.NewClientFromRedisClient(b.rdb), b.store, 10)
 	if err := h.ProcessTask(t.Context(), asynq.NewTask(info.Type, info.Payload)); err != nil {
 		t.Fatalf("fanout handler: %v", err)
 	}

@@ -724,7 +724,7 @@ func TestResumeWakesEveryPage(t *testing.T) {
 	}
 	mux := asynq.NewServeMux()
 	mux.Handle(tasks.TypeDeliver, deliverHandler(b))
-	mux.Handle(tasks.TypeFanout, tasks.NewFanoutHandler(asynq.NewClientFromRedisClient(b.rdb), 10))
+	mux.Handle(tasks.TypeFanout, tasks.NewFanoutHandler(asynq.NewClientFromRedisClient(b.rdb), b.store, 10))
 	runWorker(t, b, mux, fmt.Sprintf("%d parked messages in the retry set", n), func() bool { return len(retryTasks(t, b)) == n })
 
 	r := b.do(t, http.MethodPost, "/v1/apps/default/resume", nil)

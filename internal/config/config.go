@@ -75,14 +75,18 @@ type Config struct {
 	// replacing the whole slice is fine (App then falls back to a scan).
 	Apps []App
 
-	Concurrency       int           // worker goroutines sending at once
-	MaxAttempts       int           // send attempts before a message is dead
-	RetryBase         time.Duration // first retry delay (exponential, jittered)
-	RetryCap          time.Duration // largest retry delay
-	SendTimeout       time.Duration // one WeChat API call
-	Retention         time.Duration // how long final records are kept
-	ConfirmTimeout    time.Duration // how long a sent message waits for its callback
-	CallbackHold      time.Duration // how long a callback for an unknown msgid is kept
+	Concurrency    int           // worker goroutines sending at once
+	MaxAttempts    int           // send attempts before a message is dead
+	RetryBase      time.Duration // first retry delay (exponential, jittered)
+	RetryCap       time.Duration // largest retry delay
+	SendTimeout    time.Duration // one WeChat API call
+	Retention      time.Duration // how long final records are kept
+	ConfirmTimeout time.Duration // how long a sent message waits for its callback
+	CallbackHold   time.Duration // how long a callback for an unknown msgid is kept
+	// OrphanAfter is how long a record may stay without a task before the
+	// worker's sweep ends it as canceled: its request was never acknowledged
+	// (see tasks.SweepOrphans). At least tasks.SubmitTimeout.
+	OrphanAfter       time.Duration
 	TaskCheckInterval time.Duration // worker's poll interval when the queues are empty
 	ShutdownTimeout   time.Duration // how long SIGTERM waits for in-flight sends
 	IdempotencyWindow time.Duration // how long an Idempotency-Key's response is kept
@@ -118,6 +122,7 @@ func Defaults() Config {
 		Retention:         7 * 24 * time.Hour,
 		ConfirmTimeout:    time.Hour,
 		CallbackHold:      time.Hour,
+		OrphanAfter:       10 * time.Minute,
 		TaskCheckInterval: 10 * time.Millisecond,
 		ShutdownTimeout:   10 * time.Second,
 		IdempotencyWindow: 24 * time.Hour,

@@ -31,6 +31,7 @@ var knobs = []knob{
 	{"WXPUSH_RETENTION", "retention", func(c *Config) any { return &c.Retention }},
 	{"WXPUSH_CONFIRM_TIMEOUT", "confirm_timeout", func(c *Config) any { return &c.ConfirmTimeout }},
 	{"WXPUSH_CALLBACK_HOLD", "callback_hold", func(c *Config) any { return &c.CallbackHold }},
+	{"WXPUSH_ORPHAN_AFTER", "orphan_after", func(c *Config) any { return &c.OrphanAfter }},
 	{"WXPUSH_TASK_CHECK_INTERVAL", "task_check_interval", func(c *Config) any { return &c.TaskCheckInterval }},
 	{"WXPUSH_SHUTDOWN_TIMEOUT", "shutdown_timeout", func(c *Config) any { return &c.ShutdownTimeout }},
 	{"WXPUSH_IDEMPOTENCY_WINDOW", "idempotency_window", func(c *Config) any { return &c.IdempotencyWindow }},

@@ -91,7 +91,7 @@ func TestLoadExampleFile(t *testing.T) {
 		RedisURL: "redis://127.0.0.1:6379/2", WeChatAPIBase: "http://127.0.0.1:8081",
 		HTTPAddr: "0.0.0.0:8080", AdminAddr: "0.0.0.0:9090", Concurrency: 50, MaxAttempts: 12,
 		RetryBase: 2 * time.Second, RetryCap: 15 * time.Minute, SendTimeout: 5 * time.Second,
-		Retention: 72 * time.Hour, ConfirmTimeout: 45 * time.Minute, CallbackHold: 2 * time.Hour,
+		Retention: 72 * time.Hour, ConfirmTimeout: 45 * time.Minute, CallbackHold: 2 * time.Hour, OrphanAfter: 20 * time.Minute,
 		TaskCheckInterval: 250 * time.Millisecond, ShutdownTimeout: 30 * time.Second, IdempotencyWindow: 12 * time.Hour, UIWritable: true, Pprof: true, APIRate: 200, APIBurst: 400,
 		LogLevel: "debug", LogFormat: "text",
 	}
@@ -420,6 +420,11 @@ func TestLoadFileErrors(t *testing.T) {
 			name: "tuning checked by Validate",
 			file: "tuning:\n  log_format: xml\n  send_timeout: 0s\n",
 			want: []string{`tuning.log_format: "xml" must be json, text or auto`, "tuning.send_timeout: 0s must be positive"},
+		},
+		{
+			name: "orphan cut-off shorter than a request",
+			file: "tuning:\n  orphan_after: 10s\n",
+			want: []string{"tuning.orphan_after: 10s must be at least 30s, longer than a request may take to store and enqueue a message"},
 		},
 		{
 			name:    "unknown app key",

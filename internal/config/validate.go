@@ -12,6 +12,11 @@ import (
 	"github.com/wxpush/wxpush/internal/secret"
 )
 
+// MinOrphanAfter is the least OrphanAfter: three times the longest a request
+// may take to store a message and enqueue its task (tasks.SubmitTimeout),
+// which leaves room for clock skew between enqueuers and workers.
+const MinOrphanAfter = 30 * time.Second
+
 var (
 	appNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
 	// tokenRE is WeChat's rule for the callback token: 3–32 letters and digits.
@@ -66,6 +71,10 @@ func (c Config) Validate() error {
 	}
 	if c.APIRate < 0 || c.APIBurst < 0 {
 		bad("%s: %d/%d must not be negative", name("api_rate"), c.APIRate, c.APIBurst)
+	}
+	if c.OrphanAfter < MinOrphanAfter {
+		bad("%s: %s must be at least %s, longer than a request may take to store and enqueue a message",
+			name("orphan_after"), c.OrphanAfter, MinOrphanAfter)
 	}
 	if c.RetryCap < c.RetryBase {
 		bad("%s: %s is less than %s %s", name("retry_cap"), c.RetryCap, name("retry_base"), c.RetryBase)

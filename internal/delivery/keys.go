@@ -18,6 +18,7 @@ import (
 //	wxpush:{S}:body:<id>            STRING its WeChat send body, until it is final (dead and rejected keep it for the retention)
 //	wxpush:{S}:backlog              HASH  app → unfinished messages; app|state → by state
 //	wxpush:{S}:sent                 ZSET  id → confirmation deadline (ms)
+//	wxpush:{S}:unowned              ZSET  id → created (ms), until its delivery task (or batch fanout) exists
 //	wxpush:{S}:parked               ZSET  app → parked until (ms)
 //	wxpush:{S}:dead:<app>           ZSET  id → when it died (ms)
 //	wxpush:{S}:wxid:<app>:<msgid>   STRING WeChat msgid → id (msgids are unique per account)
@@ -29,6 +30,7 @@ import (
 //	a app          s state        q asynq queue
 //	c created ms   sa send_at ms  ea expire_at ms  k kind ("subscribe"; absent: template)
 //	n attempts     fl attempt in flight until (ms)
+//	fo the batch's fanout task id  or canceled as never acknowledged ("1")
 //	ts sent ms     tf final ms    m WeChat msgid   w WeChat's result status
 //	ec, em         last errcode and errmsg
 //	hn, h1…hN      history entries after "enqueued" (which c and sa imply), short JSON
@@ -69,6 +71,7 @@ func bodyKey(id string) string { return tag(shardOf(id)) + "body:" + id }
 func backlogKey(shard byte) string { return tag(shard) + "backlog" }
 func sentKey(shard byte) string    { return tag(shard) + "sent" }
 func parkedKey(shard byte) string  { return tag(shard) + "parked" }
+func unownedKey(shard byte) string { return tag(shard) + "unowned" }
 
 func indexKey(app, msgID string) string { return tag(Shard(app)) + "wxid:" + app + ":" + msgID }
 func heldKey(app, msgID string) string  { return tag(Shard(app)) + "held:" + app + ":" + msgID }

@@ -49,29 +49,64 @@ end
 `
 
 // createScript writes a new record and its send body unless the id exists or
-// the app's backlog is full. KEYS: rec, backlog, body. ARGV: app, max backlog
-// (0 = none), body, "a", app, "s", state, field, value, ...
-// Returns "created", "exists" or "full".
+// the app's backlog is full, and lists the record as not yet owned by a task
+// (see Store.Owned). A record canceled as never acknowledged (field "or") is
+// revived instead: its request has been retried with the same Idempotency-Key,
+// so it is accepted after all; it keeps its creation time and history.
+// KEYS: rec, backlog, body, unowned. ARGV: app, max backlog (0 = none), body,
+// id, now ms, "a", app, "s", state, field, value, ...
+// Returns "created", "revived", "exists" or "full".
 var createScript = redis.NewScript(`
-if redis.call("EXISTS", KEYS[1]) == 1 then return "exists" end
+local old = redis.call("HMGET", KEYS[1], "s", "or", "c")
+if old[1] and (old[1] ~= "canceled" or old[2] ~= "1") then return "exists" end
 local max = tonumber(ARGV[2])
 if max > 0 and (tonumber(redis.call("HGET", KEYS[2], ARGV[1])) or 0) >= max then return "full" end
-redis.call("HSET", KEYS[1], unpack(ARGV, 4))
+redis.call("HSET", KEYS[1], unpack(ARGV, 6))
 redis.call("SET", KEYS[3], ARGV[3])
 redis.call("HINCRBY", KEYS[2], ARGV[1], 1)
-redis.call("HINCRBY", KEYS[2], ARGV[1] .. "|" .. ARGV[7], 1) -- ARGV[7] is the state
-return "created"`)
+redis.call("HINCRBY", KEYS[2], ARGV[1] .. "|" .. ARGV[9], 1) -- ARGV[9] is the state
+redis.call("ZADD", KEYS[4], ARGV[5], ARGV[4])
+if not old[1] then return "created" end
+redis.call("HDEL", KEYS[1], "or", "tf")
+redis.call("HSET", KEYS[1], "c", old[3])
+redis.call("PERSIST", KEYS[1])
+local n = redis.call("HINCRBY", KEYS[1], "hn", 1)
+redis.call("HSET", KEYS[1], "h" .. n, cjson.encode({t=tonumber(ARGV[5]), e="revived", s=ARGV[9], n="its request was retried"}))
+return "revived"`)
 
-// deleteScript undoes a create whose task could not be enqueued.
-// KEYS: rec, backlog, body.
+// deleteScript undoes a create whose task could not be enqueued. A record
+// that is final meanwhile (canceled as never acknowledged) has released its
+// backlog slot already. KEYS: rec, backlog, body, unowned. ARGV: id.
 var deleteScript = redis.NewScript(luaPrelude + `
 local v = redis.call("HMGET", KEYS[1], "a", "s")
 local app = v[1]
+redis.call("ZREM", KEYS[4], ARGV[1])
 if not app then return 0 end
 redis.call("DEL", KEYS[1], KEYS[3])
+if final[v[2]] then return 1 end
 if redis.call("HINCRBY", KEYS[2], app, -1) <= 0 then redis.call("HDEL", KEYS[2], app) end
 count(KEYS[2], app, v[2], -1)
 return 1`)
+
+// orphanScript ends a record that no task owns and none will: its request was
+// never acknowledged (the enqueuer died, or lost Redis, between writing the
+// record and enqueueing its task). It must still be listed as unowned, and
+// unsent with no attempt; it is settled canceled and marked ("or") so that a
+// retry of its request revives it (see createScript).
+// KEYS: rec, backlog, body, unowned. ARGV: id, now, history entry, retention.
+// Returns {state, "changed"|"", app}, or {} when it is gone or owned meanwhile.
+var orphanScript = redis.NewScript(luaPrelude + `
+if not redis.call("ZSCORE", KEYS[4], ARGV[1]) then return {} end
+redis.call("ZREM", KEYS[4], ARGV[1])
+local v = redis.call("HMGET", KEYS[1], "s", "a", "n")
+local st, app = v[1], v[2]
+if not st then return {} end
+if (st ~= "queued" and st ~= "scheduled") or tonumber(v[3] or "0") > 0 then return {st, "", app} end
+settle(KEYS[1], KEYS[2], app, st, "canceled", ARGV[2], ARGV[4])
+redis.call("HSET", KEYS[1], "or", "1")
+hist(KEYS[1], ARGV[3])
+settleBody(KEYS[3], "canceled", ARGV[4])
+return {"canceled", "changed", app}`)
 
 // beginScript starts a send attempt: it refuses a message that is sent or final,
 // settles one past its expiry as expired, defers one whose app is parked, and

@@ -78,7 +78,7 @@ func NewStore(rdb redis.UniversalClient, cfg Config) *Store {
 // restarts; the calls then load them again by themselves.
 func (s *Store) LoadScripts(ctx context.Context) error {
 	for _, sc := range []*redis.Script{createScript, deleteScript, beginScript, sentScript, callbackScript,
-		retryScript, finishScript, requeueScript} {
+		retryScript, finishScript, requeueScript, orphanScript} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("delivery: load scripts: %w", err)
 		}
@@ -99,6 +99,9 @@ type NewMessage struct {
 	// MaxBacklog refuses the message (ErrBacklogFull) when the app already has
 	// this many unfinished messages; 0 = no limit.
 	MaxBacklog int
+	// Fanout is the id of the asynq task that will enqueue this message's
+	// delivery task (batches); "" when the caller enqueues it directly.
+	Fanout string
 }
 
 // ErrorInfo is the last error WeChat (or the transport) reported.
@@ -156,7 +159,7 @@ func (s *Store) Create(ctx context.Context, m NewMessage) (State, error) {
 func (m NewMessage) inAppShard() bool { return validID(m.ID) && m.ID[0] == Shard(m.App) }
 
 func createKeys(m NewMessage) []string {
-	return []string{recordKey(m.ID), backlogKey(shardOf(m.ID)), bodyKey(m.ID)}
+	return []string{recordKey(m.ID), backlogKey(shardOf(m.ID)), bodyKey(m.ID), unownedKey(shardOf(m.ID))}
 }
 
 func (s *Store) createArgs(m NewMessage) (State, []any) {
@@ -168,8 +171,11 @@ func (s *Store) createArgs(m NewMessage) (State, []any) {
 	// Fields are named short (see keys.go) and only what cannot be derived is
 	// stored: no attempt count yet (absent is 0), and the "enqueued" history
 	// entry is the creation time and first state.
-	args := []any{m.App, m.MaxBacklog, m.Body,
+	args := []any{m.App, m.MaxBacklog, m.Body, m.ID, now.UnixMilli(),
 		"a", m.App, "s", string(state), "q", m.Queue, "c", now.UnixMilli(),
+	}
+	if m.Fanout != "" {
+		args = append(args, "fo", m.Fanout)
 	}
 	if m.Kind != "" {
 		args = append(args, "k", m.Kind)
@@ -185,7 +191,7 @@ func (s *Store) createArgs(m NewMessage) (State, []any) {
 
 func createResult(res string) error {
 	switch res {
-	case "created":
+	case "created", "revived":
 		return nil
 	case "full":
 		return ErrBacklogFull
@@ -257,10 +263,107 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	if !validID(id) {
 		return nil
 	}
-	if err := deleteScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id)), bodyKey(id)}).Err(); err != nil {
+	keys := []string{recordKey(id), backlogKey(shardOf(id)), bodyKey(id), unownedKey(shardOf(id))}
+	if err := deleteScript.Run(ctx, s.rdb, keys, id).Err(); err != nil {
 		return fmt.Errorf("delivery: delete: %w", err)
 	}
 	return nil
+}
+
+// Owned says that the messages' delivery tasks exist (or, for a batch, that
+// its fanout has enqueued them): asynq owns them from now on, and they are no
+// longer candidates for SweepOrphans. Records are listed as unowned from
+// Create until then; a call that fails leaves them listed, and the sweep finds
+// their tasks and unlists them.
+func (s *Store) Owned(ctx context.Context, ids ...string) error {
+	byShard := map[byte][]any{}
+	for _, id := range ids {
+		if validID(id) {
+			byShard[shardOf(id)] = append(byShard[shardOf(id)], id)
+		}
+	}
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for sh, members := range byShard {
+			p.ZRem(ctx, unownedKey(sh), members...)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("delivery: owned: %w", err)
+	}
+	return nil
+}
+
+// Unowned is a record listed as not owned by a task since before a sweep's
+// cut-off: an orphan, unless its task or its batch's fanout task exists.
+type Unowned struct {
+	ID       string
+	App      string
+	State    State // "" when the record is gone
+	Queue    string
+	Fanout   string // the batch's fanout task, if it came in a batch
+	Attempts int
+}
+
+// Unowned lists up to limit records listed as unowned since before before,
+// taking shards in turn.
+func (s *Store) Unowned(ctx context.Context, before time.Time, limit int) ([]Unowned, error) {
+	stop := strconv.FormatInt(before.UnixMilli(), 10)
+	shards := allShards()
+	cmds := make([]*redis.StringSliceCmd, len(shards))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, sh := range shards {
+			cmds[i] = p.ZRangeArgs(ctx, redis.ZRangeArgs{Key: unownedKey(sh), ByScore: true, Start: "-inf", Stop: stop, Count: int64(limit)})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("delivery: unowned: %w", err)
+	}
+	ids := due(cmds, limit)
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	fields := make([]*redis.SliceCmd, len(ids))
+	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range ids {
+			fields[i] = p.HMGet(ctx, recordKey(id), "a", "s", "q", "fo", "n")
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("delivery: unowned: %w", err)
+	}
+	out := make([]Unowned, len(ids))
+	for i, id := range ids {
+		v := fields[i].Val()
+		field := func(j int) string { s, _ := v[j].(string); return s }
+		n, _ := strconv.Atoi(field(4))
+		out[i] = Unowned{ID: id, App: field(0), State: State(field(1)), Queue: field(2), Fanout: field(3), Attempts: n}
+	}
+	return out, nil
+}
+
+// CancelOrphan settles as canceled a message still listed as unowned, unsent
+// and never attempted: its request was never acknowledged and no task will
+// ever run it. A retry of that request with the same Idempotency-Key revives
+// it (Create). The caller has checked that no task owns it; the record's
+// listing, checked here, settles the race with one that came meanwhile (Owned).
+func (s *Store) CancelOrphan(ctx context.Context, id string) (Transition, error) {
+	if !validID(id) {
+		return Transition{}, ErrNotFound
+	}
+	now := s.cfg.Now()
+	res, err := orphanScript.Run(ctx, s.rdb,
+		[]string{recordKey(id), backlogKey(shardOf(id)), bodyKey(id), unownedKey(shardOf(id))},
+		id, now.UnixMilli(),
+		s.line(now, historyLine{Event: string(StateCanceled), State: StateCanceled,
+			Note: "its request was never acknowledged and no task was enqueued"}),
+		s.cfg.Retention.Milliseconds()).Slice()
+	if err != nil {
+		return Transition{}, fmt.Errorf("delivery: cancel orphan: %w", err)
+	}
+	return transition(res)
 }
 
 // Attempt is what Begin found.

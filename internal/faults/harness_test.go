@@ -1261,6 +1261,20 @@ func (c *cluster) orphans(acked map[string]string) orphanFigures {
 	return f
 }
 
+// waitOrphans is orphans once no unacknowledged record is left non-final and
+// the backlog is empty, or at the deadline (the orphan sweep's cut-off plus
+// its ticks, past the last write an orphan can come from).
+func (c *cluster) waitOrphans(acked map[string]string, deadline time.Time) orphanFigures {
+	c.t.Helper()
+	for {
+		o := c.orphans(acked)
+		if (o.backlog == 0 && len(o.stuckIDs) == 0) || time.Now().After(deadline) {
+			return o
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
 // checkBacklog fails when records are left unfinished for ever (a backlog slot
 // leak: admission control and the backlog gauge count them).
 func (c *cluster) checkBacklog(o orphanFigures) {

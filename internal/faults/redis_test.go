@@ -25,7 +25,9 @@ import (
 func TestRedisRestart(t *testing.T) {
 	requireFaults(t)
 	const down = 4 * time.Second
-	c := startCluster(t, options{workers: 2, env: map[string]string{"WXPUSH_CONFIRM_TIMEOUT": "10s"}})
+	// A record stored just before the kill whose task could not be enqueued
+	// is ended canceled by the orphan sweep, 30 s on.
+	c := startCluster(t, options{workers: 2, env: map[string]string{"WXPUSH_CONFIRM_TIMEOUT": "10s", "WXPUSH_ORPHAN_AFTER": "30s"}})
 	c.front.setLatency(func(string, int) time.Duration { return 20 * time.Millisecond })
 	p := newProducer(c)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -134,7 +136,7 @@ func TestRedisRestart(t *testing.T) {
 	views := c.waitFinal(ids, 110*time.Second-time.Since(killAt), rec.tick)
 	byState := c.checkStates(ids, views, expectDeliveredOrLostCallback)
 	push := c.checkPushes(ids, itemOf, views, false)
-	orph := c.orphans(itemOf)
+	orph := c.waitOrphans(itemOf, killAt.Add(30*time.Second+2*10*time.Second))
 	c.checkBacklog(orph)
 	if len(orph.pushedIDs) > 0 {
 		sort.Strings(orph.pushedIDs)

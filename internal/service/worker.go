@@ -44,7 +44,7 @@ func (p *parts) runWorker(ctx context.Context) error {
 	})
 	mux := asynq.NewServeMux()
 	mux.Handle(tasks.TypeDeliver, handler)
-	mux.Handle(tasks.TypeFanout, tasks.NewFanoutHandler(asynq.NewClientFromRedisClient(p.rdb), p.cfg.MaxAttempts))
+	mux.Handle(tasks.TypeFanout, tasks.NewFanoutHandler(asynq.NewClientFromRedisClient(p.rdb), p.store, p.cfg.MaxAttempts))
 	if err := srv.Start(mux); err != nil {
 		return fmt.Errorf("worker: start asynq: %w", err)
 	}
@@ -61,13 +61,15 @@ func (p *parts) runWorker(ctx context.Context) error {
 	return nil
 }
 
-// sweep settles sent messages whose callback never came. Every worker ticks, but
-// a cluster-wide lock lets one of them sweep per tick; the store's transition
+// sweep settles sent messages whose callback never came, and ends records no
+// task will ever run (tasks.SweepOrphans). Every worker ticks, but a
+// cluster-wide lock lets one of them sweep per tick; the store's transitions
 // would settle each message once even without it.
 func (p *parts) sweep(ctx context.Context) {
 	every := min(p.cfg.ConfirmTimeout/4, 10*time.Second)
 	t := time.NewTicker(every)
 	defer t.Stop()
+	insp := asynq.NewInspectorFromRedisClient(p.rdb)
 	for {
 		select {
 		case <-ctx.Done():
@@ -91,6 +93,20 @@ func (p *parts) sweep(ctx context.Context) {
 				break
 			}
 		}
+		p.sweepOrphans(ctx, insp)
+	}
+}
+
+// sweepOrphans runs one pass of tasks.SweepOrphans.
+func (p *parts) sweepOrphans(ctx context.Context, insp tasks.TaskLookup) {
+	settled, err := tasks.SweepOrphans(ctx, p.store, insp, time.Now().Add(-p.cfg.OrphanAfter), 500)
+	for _, s := range settled {
+		p.metrics.Finished.WithLabelValues(s.App, string(delivery.StateCanceled)).Inc()
+		p.log.Warn("message canceled: its request was never acknowledged and no task was enqueued",
+			"msg_id", s.ID, "app", s.App, "state", delivery.StateCanceled)
+	}
+	if err != nil {
+		p.log.Warn("orphan sweep failed", "err", err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -120,7 +121,8 @@ func (q *fakeQueue) EnqueueContext(_ context.Context, task *asynq.Task, opts ...
 // already enqueued are skipped, not duplicated.
 func TestFanoutResumes(t *testing.T) {
 	q := &fakeQueue{ids: map[string]bool{}, fail: 3}
-	h := NewFanoutHandler(q, 10)
+	owner := &fakeOwner{}
+	h := NewFanoutHandler(q, owner, 10)
 	items := []FanoutItem{{ID: "a", App: "x", Queue: QueueNormal}, {ID: "b", App: "x", Queue: QueueNormal},
 		{ID: "c", App: "x", Queue: QueueLow}, {ID: "d", App: "x", Queue: QueueHigh}}
 	b, _ := json.Marshal(fanoutPayload{Items: items})
@@ -128,12 +130,26 @@ func TestFanoutResumes(t *testing.T) {
 	if err := h.ProcessTask(context.Background(), task); err == nil {
 		t.Fatal("fanout with a failing enqueue returned nil; asynq would not retry it")
 	}
+	if len(owner.ids) != 0 {
+		t.Errorf("a fanout that failed halfway said %v are owned; their tasks may not exist", owner.ids)
+	}
 	if err := h.ProcessTask(context.Background(), task); err != nil {
 		t.Fatalf("retried fanout: %v", err)
 	}
 	if len(q.ids) != 4 {
 		t.Errorf("enqueued %v, want all four exactly once", q.ids)
 	}
+	if want := []string{"a", "b", "c", "d"}; !slices.Equal(owner.ids, want) {
+		t.Errorf("owned %v, want %v once their tasks exist", owner.ids, want)
+	}
+}
+
+// fakeOwner records the ids said to be owned.
+type fakeOwner struct{ ids []string }
+
+func (o *fakeOwner) Owned(_ context.Context, ids ...string) error {
+	o.ids = append(o.ids, ids...)
+	return nil
 }
 
 // TestConfigErrorStopsApp: a wrong secret (40125 from the token endpoint) stops

@@ -30,15 +30,22 @@ type fanoutPayload struct {
 	Items []FanoutItem `json:"items"`
 }
 
+// Owner records that messages' delivery tasks exist; *delivery.Store provides it.
+type Owner interface {
+	Owned(ctx context.Context, ids ...string) error
+}
+
 // FanoutHandler handles TypeFanout tasks.
 type FanoutHandler struct {
 	queue    Queue
+	owner    Owner
 	maxRetry int
 }
 
-// NewFanoutHandler returns a handler enqueueing on queue with the delivery retry budget.
-func NewFanoutHandler(queue Queue, maxAttempts int) *FanoutHandler {
-	return &FanoutHandler{queue: queue, maxRetry: maxAttempts - 1}
+// NewFanoutHandler returns a handler enqueueing on queue with the delivery
+// retry budget, and telling owner once the tasks exist.
+func NewFanoutHandler(queue Queue, owner Owner, maxAttempts int) *FanoutHandler {
+	return &FanoutHandler{queue: queue, owner: owner, maxRetry: maxAttempts - 1}
 }
 
 // ProcessTask implements asynq.Handler.
@@ -47,12 +54,17 @@ func (h *FanoutHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if err := json.Unmarshal(t.Payload(), &p); err != nil {
 		return fmt.Errorf("tasks: bad %s payload: %w", TypeFanout, asynq.SkipRetry)
 	}
-	for _, it := range p.Items {
+	ids := make([]string, len(p.Items))
+	for i, it := range p.Items {
 		_, err := h.queue.EnqueueContext(ctx, NewDeliverTask(it.ID, it.App, it.To), deliverOptions(it.Queue, it.SendAt, h.maxRetry)...)
 		if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
 			return fmt.Errorf("tasks: fanout enqueue %s: %w", it.ID, err)
 		}
+		ids[i] = it.ID
 	}
+	// A failure here leaves the messages listed as unowned: the orphan sweep
+	// finds their tasks and unlists them, so the fanout need not run again.
+	_ = h.owner.Owned(ctx, ids...)
 	return nil
 }
 

@@ -19,6 +19,7 @@ type Records interface {
 	Create(ctx context.Context, m delivery.NewMessage) (delivery.State, error)
 	CreateBatch(ctx context.Context, ms []delivery.NewMessage) ([]delivery.Created, error)
 	Delete(ctx context.Context, id string) error
+	Owned(ctx context.Context, ids ...string) error
 	AppOf(ctx context.Context, id string) (string, error)
 	Requeue(ctx context.Context, id, app string) (queue string, err error)
 	Get(ctx context.Context, id string) (*delivery.Message, error)
@@ -42,6 +43,13 @@ var (
 	_ Tasks   = (*asynq.Inspector)(nil)
 )
 
+// SubmitTimeout bounds how long a Submit or SubmitBatch may write records and
+// enqueue their task, and so how long a record may wait for its task while its
+// request is alive. The orphan sweep's cut-off is at least
+// config.MinOrphanAfter, three times as long, which leaves room for clock skew
+// between enqueuers and workers. The undo of a failed enqueue has as long again.
+const SubmitTimeout = 10 * time.Second
+
 // Submitter puts messages on the queue: it writes the record, then the task.
 type Submitter struct {
 	records  Records
@@ -59,6 +67,8 @@ func NewSubmitter(records Records, queue Queue, tasks Tasks, maxAttempts int) *S
 // durable in Redis and will reach a final state. On error nothing is left behind
 // (the record is removed if the task could not be enqueued).
 func (s *Submitter) Submit(ctx context.Context, m delivery.NewMessage) (delivery.State, error) {
+	ctx, cancel := context.WithTimeout(ctx, SubmitTimeout)
+	defer cancel()
 	state, err := s.records.Create(ctx, m)
 	rerun := errors.Is(err, delivery.ErrExists)
 	if err != nil && !rerun {
@@ -70,6 +80,9 @@ func (s *Submitter) Submit(ctx context.Context, m delivery.NewMessage) (delivery
 	_, err = s.queue.EnqueueContext(ctx, NewDeliverTask(m.ID, m.App, m.To), deliverOptions(m.Queue, m.SendAt, s.maxRetry)...)
 	switch {
 	case err == nil, rerun && errors.Is(err, asynq.ErrTaskIDConflict):
+		// The task owns the message now. Should this fail, the message stays
+		// listed as unowned and the orphan sweep finds its task and unlists it.
+		_ = s.records.Owned(ctx, m.ID)
 		return state, nil
 	case rerun:
 		return "", fmt.Errorf("tasks: enqueue: %w", err)
@@ -81,6 +94,18 @@ func (s *Submitter) Submit(ctx context.Context, m delivery.NewMessage) (delivery
 // fanout task for those accepted (two round trips in all). Per-message refusals
 // (a full backlog) are in the results; an error means nothing was accepted.
 func (s *Submitter) SubmitBatch(ctx context.Context, ms []delivery.NewMessage) ([]delivery.Created, error) {
+	if len(ms) == 0 {
+		return nil, nil
+	}
+	// Each record names the fanout task that will enqueue its delivery task, so
+	// that the orphan sweep leaves it alone while that task exists. The id
+	// derives from the first message's, so an idempotent rerun names the same.
+	ctx, cancel := context.WithTimeout(ctx, SubmitTimeout)
+	defer cancel()
+	fanout := "fanout-" + ms[0].ID
+	for i := range ms {
+		ms[i].Fanout = fanout
+	}
 	created, err := s.records.CreateBatch(ctx, ms)
 	if err != nil {
 		return nil, err
@@ -106,7 +131,12 @@ func (s *Submitter) SubmitBatch(ctx context.Context, ms []delivery.NewMessage) (
 	b, _ := json.Marshal(fanoutPayload{Items: items}) // plain strings and times cannot fail
 	// The fanout runs on the high queue: it only moves work, and a batch should
 	// not wait behind the backlog it is adding to.
-	_, err = s.queue.EnqueueContext(ctx, asynq.NewTask(TypeFanout, b), asynq.Queue(QueueHigh), asynq.MaxRetry(25))
+	_, err = s.queue.EnqueueContext(ctx, asynq.NewTask(TypeFanout, b), asynq.Queue(QueueHigh), asynq.MaxRetry(25), asynq.TaskID(fanout))
+	if errors.Is(err, asynq.ErrTaskIDConflict) {
+		// An earlier run of this idempotent request enqueued it, and it has
+		// not run yet: it holds the same messages.
+		err = nil
+	}
 	if err != nil {
 		return nil, s.undo(ctx, fmt.Errorf("tasks: enqueue fanout: %w", err), fresh...)
 	}
@@ -116,7 +146,9 @@ func (s *Submitter) SubmitBatch(ctx context.Context, ms []delivery.NewMessage) (
 // undo removes records whose task could not be enqueued, so that an error
 // response leaves nothing behind.
 func (s *Submitter) undo(ctx context.Context, cause error, ids ...string) error {
-	ctx = context.WithoutCancel(ctx)
+	// The undo runs even when the request is gone, within the same bound.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SubmitTimeout)
+	defer cancel()
 	errs := []error{cause}
 	for _, id := range ids {
 		if err := s.records.Delete(ctx, id); err != nil {

@@ -1,0 +1,181 @@
+package delivery
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"time"
+)
+
+// unownedIDs lists the records listed as unowned, whatever their age.
+func (b *bundle) unownedIDs(t *testing.T) []string {
+	t.Helper()
+	recs, err := b.store.Unowned(b.ctx, b.clock.Now().Add(time.Hour), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, r := range recs {
+		ids = append(ids, r.ID)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// TestUnownedUntilOwned: a new record is listed as unowned, with its batch's
+// fanout and its age, until Owned; a cut-off leaves younger records out.
+func TestUnownedUntilOwned(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.create(t, "Yo1")
+	b.clock.Advance(time.Minute)
+	b.create(t, "Yo2", func(m *NewMessage) { m.Fanout = "fanout-Yo2" })
+	if got := b.unownedIDs(t); !slices.Equal(got, []string{"Yo1", "Yo2"}) {
+		t.Fatalf("unowned = %v, want both new records", got)
+	}
+	old, err := b.store.Unowned(b.ctx, b.clock.Now().Add(-30*time.Second), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(old) != 1 || old[0] != (Unowned{ID: "Yo1", App: "default", State: StateQueued, Queue: "normal"}) {
+		t.Errorf("unowned before the cut-off = %+v, want only Yo1, queued in normal, no fanout", old)
+	}
+	recs, _ := b.store.Unowned(b.ctx, b.clock.Now().Add(time.Second), 100)
+	if len(recs) != 2 || recs[1].Fanout != "fanout-Yo2" && recs[0].Fanout != "fanout-Yo2" {
+		t.Errorf("unowned = %+v, want Yo2 naming its fanout", recs)
+	}
+	if err := b.store.Owned(b.ctx, "Yo1", "Yo2"); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.unownedIDs(t); len(got) != 0 {
+		t.Errorf("unowned after Owned = %v, want none", got)
+	}
+}
+
+// TestCancelOrphan: an orphan is settled canceled, releasing its backlog slot
+// and its body; one owned meanwhile, or attempted, is left alone.
+func TestCancelOrphan(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.create(t, "Yorphan")
+	b.create(t, "Yowned")
+	b.create(t, "Ytried")
+	if n := b.backlog(t, "default"); n != 3 {
+		t.Fatalf("backlog = %d, want 3", n)
+	}
+	if err := b.store.Owned(b.ctx, "Yowned"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.Begin(b.ctx, "Ytried"); err != nil {
+		t.Fatal(err)
+	}
+
+	tr, err := b.store.CancelOrphan(b.ctx, "Yorphan")
+	if err != nil || !tr.Changed || tr.State != StateCanceled || tr.App != "default" {
+		t.Fatalf("CancelOrphan(orphan) = %+v, %v, want changed to canceled", tr, err)
+	}
+	m, err := b.store.Get(b.ctx, "Yorphan")
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := m.History[len(m.History)-1]
+	if m.State != StateCanceled || m.FinishedAt == nil || last.State != StateCanceled || last.Note == "" {
+		t.Errorf("orphan record = %+v (last event %+v), want canceled with a note saying why", m, last)
+	}
+	if n, _ := b.rdb.Exists(b.ctx, bodyKey("Yorphan")).Result(); n != 0 {
+		t.Error("a canceled orphan kept its send body")
+	}
+	if ttl := b.ttl(t, recordKey("Yorphan")); ttl <= 0 {
+		t.Errorf("canceled orphan's record TTL = %v, want the retention", ttl)
+	}
+	if n := b.backlog(t, "default"); n != 2 {
+		t.Errorf("backlog after the orphan = %d, want 2", n)
+	}
+
+	if _, err := b.store.CancelOrphan(b.ctx, "Yowned"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("CancelOrphan(owned) = %v, want ErrNotFound (not listed)", err)
+	}
+	if tr, err := b.store.CancelOrphan(b.ctx, "Ytried"); err != nil || tr.Changed || tr.State != StateQueued {
+		t.Errorf("CancelOrphan(attempted) = %+v, %v, want unchanged queued", tr, err)
+	}
+	for _, id := range []string{"Yowned", "Ytried"} {
+		if got := b.state(t, id); got != StateQueued {
+			t.Errorf("%s = %s, want queued", id, got)
+		}
+	}
+	if got := b.unownedIDs(t); len(got) != 0 {
+		t.Errorf("unowned = %v, want none left", got)
+	}
+	if _, err := b.store.CancelOrphan(b.ctx, "Ymissing"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("CancelOrphan(missing) = %v, want ErrNotFound", err)
+	}
+}
+
+// TestRetryRevivesOrphan: the same id created again (a retry of the request
+// with its Idempotency-Key) revives a canceled orphan with its body and
+// creation time, while any other existing record still refuses it.
+func TestRetryRevivesOrphan(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.create(t, "Yrev", func(m *NewMessage) { m.Body = []byte(`{"touser":"o-rev"}`) })
+	created := b.clock.Now()
+	b.clock.Advance(time.Hour)
+	if _, err := b.store.CancelOrphan(b.ctx, "Yrev"); err != nil {
+		t.Fatal(err)
+	}
+	b.clock.Advance(time.Minute)
+	state, err := b.store.Create(b.ctx, NewMessage{ID: "Yrev", App: "default", Queue: "normal", Body: []byte(`{"touser":"o-rev"}`)})
+	if err != nil || state != StateQueued {
+		t.Fatalf("Create(canceled orphan) = %s, %v, want queued, nil", state, err)
+	}
+	m, err := b.store.Get(b.ctx, "Yrev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := m.History[len(m.History)-1]
+	if m.State != StateQueued || m.FinishedAt != nil || !m.CreatedAt.Equal(created) || last.Event != "revived" {
+		t.Errorf("revived record = %+v (last event %+v), want queued, not finished, created %v, last event revived", m, last, created)
+	}
+	if ttl := b.ttl(t, recordKey("Yrev")); ttl != -1 {
+		t.Errorf("revived record TTL = %v, want none", ttl)
+	}
+	if n := b.backlog(t, "default"); n != 1 {
+		t.Errorf("backlog = %d, want 1", n)
+	}
+	if got := b.unownedIDs(t); !slices.Equal(got, []string{"Yrev"}) {
+		t.Errorf("unowned = %v, want the revived record listed again", got)
+	}
+	a, err := b.store.Begin(b.ctx, "Yrev")
+	if err != nil || string(a.Body) != `{"touser":"o-rev"}` {
+		t.Errorf("Begin(revived) = %+v, %v, want its body back", a, err)
+	}
+	// Only an orphan revives: a record canceled by the API does not.
+	b.create(t, "Ycan")
+	if _, err := b.store.Cancel(b.ctx, "Ycan"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.Create(b.ctx, NewMessage{ID: "Ycan", App: "default", Body: []byte("{}")}); !errors.Is(err, ErrExists) {
+		t.Errorf("Create(canceled by the API) = %v, want ErrExists", err)
+	}
+}
+
+// TestDeleteAfterOrphanCancel: the undo of a create that the orphan sweep
+// canceled first does not release the backlog slot twice.
+func TestDeleteAfterOrphanCancel(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.create(t, "Ykeep")
+	b.create(t, "Yundo")
+	if _, err := b.store.CancelOrphan(b.ctx, "Yundo"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.store.Delete(b.ctx, "Yundo"); err != nil {
+		t.Fatal(err)
+	}
+	if n := b.backlog(t, "default"); n != 1 {
+		t.Errorf("backlog = %d, want 1 (Ykeep)", n)
+	}
+	if _, err := b.store.Get(b.ctx, "Yundo"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get(undone) = %v, want ErrNotFound", err)
+	}
+}

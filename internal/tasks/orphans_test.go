@@ -1,0 +1,202 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/oklog/ulid/v2"
+
+	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/redistest"
+)
+
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *testClock) Advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+type orphanBundle struct {
+	store  *delivery.Store
+	client *asynq.Client
+	insp   *asynq.Inspector
+	clock  *testClock
+	ctx    context.Context
+}
+
+func setupOrphans(t *testing.T) *orphanBundle {
+	t.Helper()
+	rdb := redistest.Start(t).Client(t)
+	c := &testClock{t: time.Now()}
+	return &orphanBundle{
+		store:  delivery.NewStore(rdb, delivery.Config{Retention: time.Hour, Now: c.Now}),
+		client: asynq.NewClientFromRedisClient(rdb),
+		insp:   asynq.NewInspectorFromRedisClient(rdb),
+		clock:  c,
+		ctx:    context.Background(),
+	}
+}
+
+func newMessage(fanout string) delivery.NewMessage {
+	return delivery.NewMessage{ID: delivery.IDFor("default", ulid.Make().String()), App: "default", To: "o1",
+		Queue: QueueNormal, Body: []byte(`{"touser":"o1"}`), Fanout: fanout}
+}
+
+func (b *orphanBundle) create(t *testing.T, fanout string) string {
+	t.Helper()
+	m := newMessage(fanout)
+	if _, err := b.store.Create(b.ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	return m.ID
+}
+
+func (b *orphanBundle) state(t *testing.T, id string) delivery.State {
+	t.Helper()
+	m, err := b.store.Get(b.ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m.State
+}
+
+func (b *orphanBundle) unowned(t *testing.T) []string {
+	t.Helper()
+	recs, err := b.store.Unowned(b.ctx, b.clock.Now().Add(time.Hour), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, r := range recs {
+		ids = append(ids, r.ID)
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// TestSweepOrphans: of the records no one said were owned, the sweep cancels
+// those with no task and no waiting fanout, unlists those whose delivery task
+// exists, leaves those whose fanout has yet to run, and leaves young ones.
+func TestSweepOrphans(t *testing.T) {
+	t.Parallel()
+	b := setupOrphans(t)
+	enqueue := func(task *asynq.Task, opts ...asynq.Option) {
+		t.Helper()
+		if _, err := b.client.Enqueue(task, opts...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Its task exists; only the Owned call after the enqueue was lost.
+	withTask := b.create(t, "")
+	enqueue(NewDeliverTask(withTask, "default", "o1"), asynq.Queue(QueueNormal), asynq.TaskID(withTask))
+	// Its batch's fanout is still pending.
+	waiting := b.create(t, "fanout-w")
+	enqueue(asynq.NewTask(TypeFanout, []byte(`{}`)), asynq.Queue(QueueHigh), asynq.TaskID("fanout-w"))
+	// Its batch's fanout gave up (archived) before enqueueing its task.
+	gaveUp := b.create(t, "fanout-g")
+	enqueue(asynq.NewTask(TypeFanout, []byte(`{}`)), asynq.Queue(QueueHigh), asynq.TaskID("fanout-g"))
+	if err := b.insp.ArchiveTask(QueueHigh, "fanout-g"); err != nil {
+		t.Fatal(err)
+	}
+	// No task, and a batch whose fanout never got enqueued.
+	single := b.create(t, "")
+	batch := b.create(t, "fanout-never")
+	b.clock.Advance(time.Hour)
+	young := b.create(t, "")
+
+	settled, err := SweepOrphans(b.ctx, b.store, b.insp, b.clock.Now().Add(-time.Minute), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ended []string
+	for _, s := range settled {
+		ended = append(ended, s.ID)
+		if s.App != "default" {
+			t.Errorf("settled %+v, want app default", s)
+		}
+	}
+	slices.Sort(ended)
+	want := []string{gaveUp, single, batch}
+	slices.Sort(want)
+	if !slices.Equal(ended, want) {
+		t.Errorf("settled %v, want the three orphans %v", ended, want)
+	}
+	for id, st := range map[string]delivery.State{withTask: delivery.StateQueued, waiting: delivery.StateQueued,
+		young: delivery.StateQueued, gaveUp: delivery.StateCanceled, single: delivery.StateCanceled, batch: delivery.StateCanceled} {
+		if got := b.state(t, id); got != st {
+			t.Errorf("%s = %s, want %s", id, got, st)
+		}
+	}
+	left := []string{waiting, young}
+	slices.Sort(left)
+	if got := b.unowned(t); !slices.Equal(got, left) {
+		t.Errorf("still unowned %v, want the one waiting for its fanout and the young one %v", got, left)
+	}
+	if n, _ := b.store.Backlog(b.ctx, "default"); n != 3 {
+		t.Errorf("backlog = %d, want 3 (the orphans' slots released)", n)
+	}
+
+	// The producer retries with the same Idempotency-Key (the same id): the
+	// message is accepted after all, and gets its task.
+	retry := newMessage("")
+	retry.ID = single
+	state, err := NewSubmitter(b.store, b.client, b.insp, 10).Submit(b.ctx, retry)
+	if err != nil || state != delivery.StateQueued {
+		t.Fatalf("Submit(retry of an orphan) = %s, %v, want queued", state, err)
+	}
+	if got := b.state(t, single); got != delivery.StateQueued {
+		t.Errorf("revived orphan = %s, want queued", got)
+	}
+	if _, err := b.insp.GetTaskInfo(QueueNormal, single); err != nil {
+		t.Errorf("revived orphan's task: %v", err)
+	}
+}
+
+// TestSubmitLeavesNothingUnowned: a single submit unlists its record once its
+// task is enqueued; a batch's records stay listed, naming their fanout, until
+// the fanout has enqueued their tasks.
+func TestSubmitLeavesNothingUnowned(t *testing.T) {
+	t.Parallel()
+	b := setupOrphans(t)
+	s := NewSubmitter(b.store, b.client, b.insp, 10)
+	if _, err := s.Submit(b.ctx, newMessage("")); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.unowned(t); len(got) != 0 {
+		t.Errorf("unowned after Submit = %v, want none", got)
+	}
+	ms := []delivery.NewMessage{newMessage(""), newMessage("")}
+	if _, err := s.SubmitBatch(b.ctx, ms); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := b.store.Unowned(b.ctx, b.clock.Now().Add(time.Hour), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fanout := "fanout-" + ms[0].ID
+	if len(recs) != 2 || recs[0].Fanout != fanout || recs[1].Fanout != fanout {
+		t.Fatalf("unowned after SubmitBatch = %+v, want both, naming fanout %s", recs, fanout)
+	}
+	info, err := b.insp.GetTaskInfo(QueueHigh, fanout)
+	if err != nil {
+		t.Fatalf("the fanout task %s: %v", fanout, err)
+	}
+	var p fanoutPayload
+	if err := json.Unmarshal(info.Payload, &p); err != nil || len(p.Items) != 2 {
+		t.Fatalf("fanout payload %s: %v", info.Payload, err)
+	}
+	h := NewFanoutHandler(b.client, b.store, 10)
+	if err := h.ProcessTask(b.ctx, asynq.NewTask(TypeFanout, info.Payload)); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.unowned(t); len(got) != 0 {
+		t.Errorf("unowned after the fanout = %v, want none", got)
+	}
+}
