@@ -1032,6 +1032,20 @@ type msgView struct {
 		Code int    `json:"errcode"`
 		Msg  string `json:"errmsg"`
 	} `json:"last_error"`
+	History []struct {
+		Event string `json:"event"`
+	} `json:"history"`
+}
+
+// lateCallback reports whether the message's result callback came after it
+// had settled unconfirmed (recorded, but no longer able to change its state).
+func (v msgView) lateCallback() bool {
+	for _, e := range v.History {
+		if e.Event == "late callback" {
+			return true
+		}
+	}
+	return false
 }
 
 var finalStates = map[string]bool{"delivered": true, "user_blocked": true, "wechat_failed": true, "rejected": true,
@@ -1129,6 +1143,7 @@ func (c *cluster) checkStates(ids []string, views map[string]msgView, exp expect
 	c.t.Helper()
 	byState := map[string]int{}
 	var bad []string
+	late := 0
 	for _, id := range ids {
 		v, ok := views[id]
 		if !ok || !finalStates[v.State] {
@@ -1138,6 +1153,10 @@ func (c *cluster) checkStates(ids []string, views map[string]msgView, exp expect
 		switch {
 		case v.State == "delivered":
 		case v.State == "unconfirmed" && exp == expectDeliveredOrLostCallback && !c.cb.wasAcked(v.WeChatMsgID):
+		case v.State == "unconfirmed" && exp == expectDeliveredOrLostCallback && v.lateCallback():
+			// Acknowledged, but only after WXPUSH_CONFIRM_TIMEOUT had settled
+			// the message: the state machine keeps its one final state.
+			late++
 		default:
 			why := ""
 			if v.LastError != nil {
@@ -1151,6 +1170,9 @@ func (c *cluster) checkStates(ids []string, views map[string]msgView, exp expect
 	}
 	if len(bad) > 0 {
 		c.t.Errorf("%d messages in the wrong final state, e.g.:\n  %s", len(bad), strings.Join(bad[:min(len(bad), 15)], "\n  "))
+	}
+	if late > 0 {
+		c.t.Logf("%d unconfirmed messages had their callback acknowledged after they settled (recorded as late)", late)
 	}
 	return byState
 }
