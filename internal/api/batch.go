@@ -34,7 +34,9 @@ type batchResponse struct {
 
 // handleBatch accepts up to MaxBatch messages. Each item is validated and
 // accepted on its own; the valid ones are written in one pipelined round trip.
-// A request that is malformed as a whole is refused whole.
+// A request that is malformed as a whole is refused whole. When Redis stores
+// none of the valid items, the answer is a 503 for the whole batch: the
+// invalid items' 400 details come back when the batch is retried.
 func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 	body, e := readBody(w, r, maxBatchBytes)
 	if e != nil {

@@ -391,6 +391,12 @@ func TestBatchRedisRefusesWrites(t *testing.T) {
 			t.Errorf("second answer %s differs from the first %s", r.body, first)
 		}
 	}
+	// With an invalid item beside them the batch is still a 503: nothing was
+	// stored, and the invalid item's 400 comes back on the retry.
+	r := b.do(t, http.MethodPost, "/v1/messages/batch", batchOf([]byte(`{"touser":""}`), smallMessage("c")))
+	if r.status != http.StatusServiceUnavailable {
+		t.Errorf("batch with an invalid item while Redis refuses writes = %d %s, want 503", r.status, r.body)
+	}
 	if ids := recordIDs(t, b); len(ids) != 0 {
 		t.Errorf("records stored: %v, want none", ids)
 	}

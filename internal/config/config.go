@@ -85,7 +85,7 @@ type Config struct {
 	CallbackHold   time.Duration // how long a callback for an unknown msgid is kept
 	// OrphanAfter is how long a record may stay without a task before the
 	// worker's sweep ends it as canceled: its request was never acknowledged
-	// (see tasks.SweepOrphans). At least tasks.SubmitTimeout.
+	// (see tasks.SweepOrphans). At least MinOrphanAfter.
 	OrphanAfter       time.Duration
 	TaskCheckInterval time.Duration // worker's poll interval when the queues are empty
 	ShutdownTimeout   time.Duration // how long SIGTERM waits for in-flight sends

@@ -70,7 +70,7 @@ func TestCancelOrphan(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	tr, err := b.store.CancelOrphan(b.ctx, "Yorphan")
+	tr, err := b.store.CancelOrphan(b.ctx, "Yorphan", b.clock.Now())
 	if err != nil || !tr.Changed || tr.State != StateCanceled || tr.App != "default" {
 		t.Fatalf("CancelOrphan(orphan) = %+v, %v, want changed to canceled", tr, err)
 	}
@@ -92,10 +92,10 @@ func TestCancelOrphan(t *testing.T) {
 		t.Errorf("backlog after the orphan = %d, want 2", n)
 	}
 
-	if _, err := b.store.CancelOrphan(b.ctx, "Yowned"); !errors.Is(err, ErrNotFound) {
+	if _, err := b.store.CancelOrphan(b.ctx, "Yowned", b.clock.Now()); !errors.Is(err, ErrNotFound) {
 		t.Errorf("CancelOrphan(owned) = %v, want ErrNotFound (not listed)", err)
 	}
-	if tr, err := b.store.CancelOrphan(b.ctx, "Ytried"); err != nil || tr.Changed || tr.State != StateQueued {
+	if tr, err := b.store.CancelOrphan(b.ctx, "Ytried", b.clock.Now()); err != nil || tr.Changed || tr.State != StateQueued {
 		t.Errorf("CancelOrphan(attempted) = %+v, %v, want unchanged queued", tr, err)
 	}
 	for _, id := range []string{"Yowned", "Ytried"} {
@@ -106,7 +106,7 @@ func TestCancelOrphan(t *testing.T) {
 	if got := b.unownedIDs(t); len(got) != 0 {
 		t.Errorf("unowned = %v, want none left", got)
 	}
-	if _, err := b.store.CancelOrphan(b.ctx, "Ymissing"); !errors.Is(err, ErrNotFound) {
+	if _, err := b.store.CancelOrphan(b.ctx, "Ymissing", b.clock.Now()); !errors.Is(err, ErrNotFound) {
 		t.Errorf("CancelOrphan(missing) = %v, want ErrNotFound", err)
 	}
 }
@@ -117,10 +117,13 @@ func TestCancelOrphan(t *testing.T) {
 func TestRetryRevivesOrphan(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.create(t, "Yrev", func(m *NewMessage) { m.Body = []byte(`{"touser":"o-rev"}`) })
+	b.create(t, "Yrev", func(m *NewMessage) {
+		m.Body = []byte(`{"touser":"o-rev"}`)
+		m.Fanout, m.Kind, m.ExpireAt = "fanout-first", "subscribe", b.clock.Now().Add(2*time.Hour)
+	})
 	created := b.clock.Now()
 	b.clock.Advance(time.Hour)
-	if _, err := b.store.CancelOrphan(b.ctx, "Yrev"); err != nil {
+	if _, err := b.store.CancelOrphan(b.ctx, "Yrev", b.clock.Now()); err != nil {
 		t.Fatal(err)
 	}
 	b.clock.Advance(time.Minute)
@@ -136,14 +139,17 @@ func TestRetryRevivesOrphan(t *testing.T) {
 	if m.State != StateQueued || m.FinishedAt != nil || !m.CreatedAt.Equal(created) || last.Event != "revived" {
 		t.Errorf("revived record = %+v (last event %+v), want queued, not finished, created %v, last event revived", m, last, created)
 	}
+	if m.Kind != "template" || m.ExpireAt != nil {
+		t.Errorf("revived record kept the first request's fields: kind %q, expire_at %v", m.Kind, m.ExpireAt)
+	}
+	if recs, _ := b.store.Unowned(b.ctx, b.clock.Now(), 10); len(recs) != 1 || recs[0].Fanout != "" {
+		t.Errorf("revived record listed as %+v, want listed without the first request's fanout", recs)
+	}
 	if ttl := b.ttl(t, recordKey("Yrev")); ttl != -1 {
 		t.Errorf("revived record TTL = %v, want none", ttl)
 	}
 	if n := b.backlog(t, "default"); n != 1 {
 		t.Errorf("backlog = %d, want 1", n)
-	}
-	if got := b.unownedIDs(t); !slices.Equal(got, []string{"Yrev"}) {
-		t.Errorf("unowned = %v, want the revived record listed again", got)
 	}
 	a, err := b.store.Begin(b.ctx, "Yrev")
 	if err != nil || string(a.Body) != `{"touser":"o-rev"}` {
@@ -166,7 +172,7 @@ func TestDeleteAfterOrphanCancel(t *testing.T) {
 	b := setup(t)
 	b.create(t, "Ykeep")
 	b.create(t, "Yundo")
-	if _, err := b.store.CancelOrphan(b.ctx, "Yundo"); err != nil {
+	if _, err := b.store.CancelOrphan(b.ctx, "Yundo", b.clock.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.store.Delete(b.ctx, "Yundo"); err != nil {
@@ -177,5 +183,48 @@ func TestDeleteAfterOrphanCancel(t *testing.T) {
 	}
 	if _, err := b.store.Get(b.ctx, "Yundo"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Get(undone) = %v, want ErrNotFound", err)
+	}
+}
+
+// TestRetryRenewsListing: a retry of a request whose record still waits for
+// its task (Create answers ErrExists) renews the listing and names the
+// retry's fanout, so a sweep that decided on the old listing cancels nothing
+// while the retry enqueues; Postpone renews the same way.
+func TestRetryRenewsListing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.create(t, "Yretry", func(m *NewMessage) { m.Fanout = "fanout-1" })
+	b.create(t, "Ywait", func(m *NewMessage) { m.Fanout = "fanout-w" })
+	cutoff := b.clock.Now()
+	b.clock.Advance(time.Hour)
+	retry := NewMessage{ID: "Yretry", App: "default", Queue: "normal", Body: []byte("{}"), Fanout: "fanout-2"}
+	if _, err := b.store.Create(b.ctx, retry); !errors.Is(err, ErrExists) {
+		t.Fatalf("Create(retry) = %v, want ErrExists", err)
+	}
+	if err := b.store.Postpone(b.ctx, "Ywait", "Ynotlisted"); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"Yretry", "Ywait"} {
+		if _, err := b.store.CancelOrphan(b.ctx, id, cutoff); !errors.Is(err, ErrNotFound) {
+			t.Errorf("CancelOrphan(%s) with the old cut-off = %v, want ErrNotFound (renewed)", id, err)
+		}
+		if got := b.state(t, id); got != StateQueued {
+			t.Errorf("%s = %s, want queued", id, got)
+		}
+	}
+	if old, _ := b.store.Unowned(b.ctx, cutoff, 10); len(old) != 0 {
+		t.Errorf("listed before the old cut-off: %+v, want none", old)
+	}
+	recs, _ := b.store.Unowned(b.ctx, b.clock.Now(), 10)
+	if len(recs) != 2 {
+		t.Fatalf("listed = %+v, want both, renewed", recs)
+	}
+	for _, r := range recs {
+		if r.ID == "Yretry" && r.Fanout != "fanout-2" {
+			t.Errorf("retried record names fanout %q, want the retry's fanout-2", r.Fanout)
+		}
+	}
+	if n, _ := b.rdb.ZScore(b.ctx, unownedKey('Y'), "Ynotlisted").Result(); n != 0 {
+		t.Error("Postpone listed a record that was not listed")
 	}
 }

@@ -50,28 +50,42 @@ end
 
 // createScript writes a new record and its send body unless the id exists or
 // the app's backlog is full, and lists the record as not yet owned by a task
-// (see Store.Owned). A record canceled as never acknowledged (field "or") is
-// revived instead: its request has been retried with the same Idempotency-Key,
-// so it is accepted after all; it keeps its creation time and history.
+// (see Store.Owned).
+//
+// The same id again is a retry of the request with its Idempotency-Key. When
+// the record exists and is still listed, the retry is about to enqueue its
+// task: the listing is renewed (now, and the retry's fanout), so that the
+// orphan sweep does not end it meanwhile. A record the sweep has ended
+// (canceled, field "or") is revived: the retry is accepted after all; it keeps
+// its creation time and history, and takes the retry's fields.
 // KEYS: rec, backlog, body, unowned. ARGV: app, max backlog (0 = none), body,
-// id, now ms, "a", app, "s", state, field, value, ...
+// id, now ms, fanout id ("" for none), "a", app, "s", state, field, value, ...
 // Returns "created", "revived", "exists" or "full".
 var createScript = redis.NewScript(`
 local old = redis.call("HMGET", KEYS[1], "s", "or", "c")
-if old[1] and (old[1] ~= "canceled" or old[2] ~= "1") then return "exists" end
+if old[1] and (old[1] ~= "canceled" or old[2] ~= "1") then
+  if redis.call("ZSCORE", KEYS[4], ARGV[4]) then
+    redis.call("ZADD", KEYS[4], ARGV[5], ARGV[4])
+    if ARGV[6] ~= "" then redis.call("HSET", KEYS[1], "fo", ARGV[6]) end
+  end
+  return "exists"
+end
 local max = tonumber(ARGV[2])
 if max > 0 and (tonumber(redis.call("HGET", KEYS[2], ARGV[1])) or 0) >= max then return "full" end
-redis.call("HSET", KEYS[1], unpack(ARGV, 6))
+if old[1] then
+  -- Revived: fields of the first request the retry does not set must go.
+  redis.call("HDEL", KEYS[1], "or", "tf", "fo", "k", "sa", "ea")
+end
+redis.call("HSET", KEYS[1], unpack(ARGV, 7))
 redis.call("SET", KEYS[3], ARGV[3])
 redis.call("HINCRBY", KEYS[2], ARGV[1], 1)
-redis.call("HINCRBY", KEYS[2], ARGV[1] .. "|" .. ARGV[9], 1) -- ARGV[9] is the state
+redis.call("HINCRBY", KEYS[2], ARGV[1] .. "|" .. ARGV[10], 1) -- ARGV[10] is the state
 redis.call("ZADD", KEYS[4], ARGV[5], ARGV[4])
 if not old[1] then return "created" end
-redis.call("HDEL", KEYS[1], "or", "tf")
 redis.call("HSET", KEYS[1], "c", old[3])
 redis.call("PERSIST", KEYS[1])
 local n = redis.call("HINCRBY", KEYS[1], "hn", 1)
-redis.call("HSET", KEYS[1], "h" .. n, cjson.encode({t=tonumber(ARGV[5]), e="revived", s=ARGV[9], n="its request was retried"}))
+redis.call("HSET", KEYS[1], "h" .. n, cjson.encode({t=tonumber(ARGV[5]), e="revived", s=ARGV[10], n="its request was retried"}))
 return "revived"`)
 
 // deleteScript undoes a create whose task could not be enqueued. A record
@@ -90,13 +104,15 @@ return 1`)
 
 // orphanScript ends a record that no task owns and none will: its request was
 // never acknowledged (the enqueuer died, or lost Redis, between writing the
-// record and enqueueing its task). It must still be listed as unowned, and
-// unsent with no attempt; it is settled canceled and marked ("or") so that a
-// retry of its request revives it (see createScript).
-// KEYS: rec, backlog, body, unowned. ARGV: id, now, history entry, retention.
-// Returns {state, "changed"|"", app}, or {} when it is gone or owned meanwhile.
+// record and enqueueing its task). It must still be listed as unowned since
+// before the cut-off (a retry renews the listing), and be unsent with no
+// attempt; it is settled canceled and marked ("or") so that a retry of its
+// request revives it (see createScript).
+// KEYS: rec, backlog, body, unowned. ARGV: id, now, history entry, retention, cut-off ms.
+// Returns {state, "changed"|"", app}, or {} when it is gone, owned or renewed meanwhile.
 var orphanScript = redis.NewScript(luaPrelude + `
-if not redis.call("ZSCORE", KEYS[4], ARGV[1]) then return {} end
+local listed = tonumber(redis.call("ZSCORE", KEYS[4], ARGV[1]))
+if not listed or listed > tonumber(ARGV[5]) then return {} end
 redis.call("ZREM", KEYS[4], ARGV[1])
 local v = redis.call("HMGET", KEYS[1], "s", "a", "n")
 local st, app = v[1], v[2]

@@ -171,7 +171,7 @@ func (s *Store) createArgs(m NewMessage) (State, []any) {
 	// Fields are named short (see keys.go) and only what cannot be derived is
 	// stored: no attempt count yet (absent is 0), and the "enqueued" history
 	// entry is the creation time and first state.
-	args := []any{m.App, m.MaxBacklog, m.Body, m.ID, now.UnixMilli(),
+	args := []any{m.App, m.MaxBacklog, m.Body, m.ID, now.UnixMilli(), m.Fanout,
 		"a", m.App, "s", string(state), "q", m.Queue, "c", now.UnixMilli(),
 	}
 	if m.Fanout != "" {
@@ -294,6 +294,26 @@ func (s *Store) Owned(ctx context.Context, ids ...string) error {
 	return nil
 }
 
+// Postpone renews the listing of unowned records that wait for a task to be
+// enqueued (their batch's fanout has not run yet), so that a sweep looks at
+// them again only after its cut-off, and newer records come first meanwhile.
+// Records no longer listed stay unlisted.
+func (s *Store) Postpone(ctx context.Context, ids ...string) error {
+	now := s.cfg.Now().UnixMilli()
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, id := range ids {
+			if validID(id) {
+				p.ZAddXX(ctx, unownedKey(shardOf(id)), redis.Z{Score: float64(now), Member: id})
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("delivery: postpone: %w", err)
+	}
+	return nil
+}
+
 // Unowned is a record listed as not owned by a task since before a sweep's
 // cut-off: an orphan, unless its task or its batch's fanout task exists.
 type Unowned struct {
@@ -344,12 +364,13 @@ func (s *Store) Unowned(ctx context.Context, before time.Time, limit int) ([]Uno
 	return out, nil
 }
 
-// CancelOrphan settles as canceled a message still listed as unowned, unsent
-// and never attempted: its request was never acknowledged and no task will
-// ever run it. A retry of that request with the same Idempotency-Key revives
-// it (Create). The caller has checked that no task owns it; the record's
-// listing, checked here, settles the race with one that came meanwhile (Owned).
-func (s *Store) CancelOrphan(ctx context.Context, id string) (Transition, error) {
+// CancelOrphan settles as canceled a message listed as unowned since before
+// cutoff, unsent and never attempted: its request was never acknowledged and
+// no task will ever run it. A retry of that request with the same
+// Idempotency-Key revives it (Create). The caller has checked that no task
+// owns it; the listing, checked here, settles the race with a task enqueued
+// meanwhile (Owned unlists it) or a retry under way (Create renews it).
+func (s *Store) CancelOrphan(ctx context.Context, id string, cutoff time.Time) (Transition, error) {
 	if !validID(id) {
 		return Transition{}, ErrNotFound
 	}
@@ -359,7 +380,7 @@ func (s *Store) CancelOrphan(ctx context.Context, id string) (Transition, error)
 		id, now.UnixMilli(),
 		s.line(now, historyLine{Event: string(StateCanceled), State: StateCanceled,
 			Note: "its request was never acknowledged and no task was enqueued"}),
-		s.cfg.Retention.Milliseconds()).Slice()
+		s.cfg.Retention.Milliseconds(), cutoff.UnixMilli()).Slice()
 	if err != nil {
 		return Transition{}, fmt.Errorf("delivery: cancel orphan: %w", err)
 	}

@@ -44,6 +44,10 @@ type Metrics struct {
 	FinalLatency *prometheus.HistogramVec
 	// RedisRoundTrips counts requests sent to Redis by command (see RedisHook).
 	RedisRoundTrips *prometheus.CounterVec
+	// OrphansCanceled counts records the worker's sweep ended canceled because
+	// their request was never acknowledged (tasks.SweepOrphans). They were
+	// never counted as enqueued, so they are not counted as finished either.
+	OrphansCanceled *prometheus.CounterVec // app
 }
 
 // Labels lists the known label values to initialise.
@@ -128,13 +132,18 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 	for _, cmd := range []string{"evalsha", "get", "pipeline"} {
 		m.RedisRoundTrips.WithLabelValues(cmd)
 	}
-	reg.MustRegister(m.RedisRoundTrips, m.SentLatency, m.FinalLatency, m.TemplateChecks, m.ConfigErrors, m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
+	m.OrphansCanceled = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wxpush_orphans_canceled_total",
+		Help: "Stored messages ended canceled because their request was never acknowledged and no task was enqueued.",
+	}, []string{"app"})
+	reg.MustRegister(m.OrphansCanceled, m.RedisRoundTrips, m.SentLatency, m.FinalLatency, m.TemplateChecks, m.ConfigErrors, m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
 		m.TokenFetches, m.RetriesWaited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector())
 
 	for _, app := range zeroedApps(l.Apps) {
 		m.Enqueued.WithLabelValues(app)
+		m.OrphansCanceled.WithLabelValues(app)
 		m.ConfigErrors.WithLabelValues(app)
 		m.SentLatency.WithLabelValues(app)
 		m.FinalLatency.WithLabelValues(app)

@@ -38,8 +38,13 @@ func TestWorkerEndsOrphans(t *testing.T) {
 	if m := servicetest.WaitFinal(t, c.API, accepted, 20*time.Second); m.State != "delivered" {
 		t.Errorf("accepted message = %+v, want delivered", m)
 	}
-	if got := servicetest.SumSeries(t, c.Scrape, `wxpush_messages_finished_total{app="default",state="canceled"}`); got != 1 {
-		t.Errorf("finished{canceled} = %v, want 1", got)
+	if got := servicetest.SumSeries(t, c.Scrape, `wxpush_orphans_canceled_total{app="default"}`); got != 1 {
+		t.Errorf("orphans_canceled = %v, want 1", got)
+	}
+	// Never counted as enqueued, so not as finished: enqueued − finished stays
+	// the messages in flight.
+	if got := servicetest.SumSeries(t, c.Scrape, `wxpush_messages_finished_total{app="default",state="canceled"}`); got != 0 {
+		t.Errorf("finished{canceled} = %v, want 0", got)
 	}
 	if n, err := store.Backlog(context.Background(), "default"); err != nil || n != 0 {
 		t.Errorf("backlog = %d, %v, want 0", n, err)

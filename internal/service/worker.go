@@ -101,7 +101,7 @@ func (p *parts) sweep(ctx context.Context) {
 func (p *parts) sweepOrphans(ctx context.Context, insp tasks.TaskLookup) {
 	settled, err := tasks.SweepOrphans(ctx, p.store, insp, time.Now().Add(-p.cfg.OrphanAfter), 500)
 	for _, s := range settled {
-		p.metrics.Finished.WithLabelValues(s.App, string(delivery.StateCanceled)).Inc()
+		p.metrics.OrphansCanceled.WithLabelValues(s.App).Inc()
 		p.log.Warn("message canceled: its request was never acknowledged and no task was enqueued",
 			"msg_id", s.ID, "app", s.App, "state", delivery.StateCanceled)
 	}

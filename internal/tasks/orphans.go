@@ -11,16 +11,19 @@ import (
 	"github.com/wxpush/wxpush/internal/delivery"
 )
 
-// TaskLookup finds an asynq task by queue and id; *asynq.Inspector provides it.
+// TaskLookup finds an asynq task by queue and id, and runs an archived one
+// again; *asynq.Inspector provides it.
 type TaskLookup interface {
 	GetTaskInfo(queue, id string) (*asynq.TaskInfo, error)
+	RunTask(queue, id string) error
 }
 
 // OrphanStore is the part of the delivery store the orphan sweep needs.
 type OrphanStore interface {
 	Unowned(ctx context.Context, before time.Time, limit int) ([]delivery.Unowned, error)
 	Owned(ctx context.Context, ids ...string) error
-	CancelOrphan(ctx context.Context, id string) (delivery.Transition, error)
+	Postpone(ctx context.Context, ids ...string) error
+	CancelOrphan(ctx context.Context, id string, cutoff time.Time) (delivery.Transition, error)
 }
 
 var (
@@ -34,55 +37,84 @@ var (
 // got no 2xx, so it is not an accepted message, but it holds a slot of its
 // app's backlog until it is final.
 //
-// It looks at up to limit records listed as unowned since before (a cut-off
-// well past any request's life). A record whose batch fanout task still waits
-// to run is left alone; one whose delivery task exists is unlisted; the others
-// are settled canceled (a retry of their request with the same
-// Idempotency-Key revives them). The fanout is looked up before the delivery
-// task: a fanout that completes in between has enqueued the task by then.
-func SweepOrphans(ctx context.Context, store OrphanStore, inspector TaskLookup, before time.Time, limit int) ([]delivery.Settled, error) {
-	recs, err := store.Unowned(ctx, before, limit)
+// It looks at up to limit records listed as unowned since before cutoff (well
+// past any request's life):
+//   - a record whose delivery task exists is unlisted;
+//   - one whose batch's fanout task exists waits for it (its listing is
+//     renewed); a fanout that gave up (archived) is run again, since its
+//     batch was acknowledged;
+//   - the others are settled canceled. A retry of their request with the same
+//     Idempotency-Key revives them.
+//
+// The fanout is looked up before the delivery task: a fanout that completes
+// in between has enqueued the task by then. A failed lookup skips its record
+// and the pass goes on; the first error is returned with what was settled.
+func SweepOrphans(ctx context.Context, store OrphanStore, inspector TaskLookup, cutoff time.Time, limit int) ([]delivery.Settled, error) {
+	recs, err := store.Unowned(ctx, cutoff, limit)
 	if err != nil {
 		return nil, err
 	}
-	var owned []string
+	var owned, waiting []string
 	var settled []delivery.Settled
+	var errs []error
 	for _, r := range recs {
 		if (r.State != delivery.StateQueued && r.State != delivery.StateScheduled) || r.Attempts > 0 {
 			owned = append(owned, r.ID) // gone, or a task has run it
 			continue
 		}
 		if r.Fanout != "" {
-			info, err := lookup(inspector, QueueHigh, r.Fanout)
+			wait, err := fanoutPending(inspector, r.Fanout)
 			if err != nil {
-				return settled, err
+				errs = append(errs, err)
+				continue
 			}
-			if info != nil && info.State != asynq.TaskStateArchived {
-				continue // its fanout will enqueue its task
+			if wait {
+				waiting = append(waiting, r.ID)
+				continue
 			}
 		}
 		info, err := lookup(inspector, r.Queue, r.ID)
-		if err != nil {
-			return settled, err
-		}
-		if info != nil {
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+			continue
+		case info != nil:
 			owned = append(owned, r.ID)
 			continue
 		}
-		tr, err := store.CancelOrphan(ctx, r.ID)
-		if err != nil && !errors.Is(err, delivery.ErrNotFound) {
-			return settled, err
-		}
-		if tr.Changed {
+		tr, err := store.CancelOrphan(ctx, r.ID, cutoff)
+		switch {
+		case err != nil && !errors.Is(err, delivery.ErrNotFound):
+			errs = append(errs, err)
+		case tr.Changed:
 			settled = append(settled, delivery.Settled{ID: r.ID, App: tr.App})
 		}
 	}
 	if len(owned) > 0 {
-		if err := store.Owned(ctx, owned...); err != nil {
-			return settled, err
-		}
+		errs = append(errs, store.Owned(ctx, owned...))
+	}
+	if len(waiting) > 0 {
+		errs = append(errs, store.Postpone(ctx, waiting...))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return settled, fmt.Errorf("tasks: orphan sweep: %w", err)
 	}
 	return settled, nil
+}
+
+// fanoutPending reports whether fanout task id exists and will run: one that
+// gave up (archived) is run again.
+func fanoutPending(inspector TaskLookup, id string) (bool, error) {
+	info, err := lookup(inspector, QueueHigh, id)
+	if err != nil || info == nil {
+		return false, err
+	}
+	if info.State == asynq.TaskStateArchived {
+		if err := inspector.RunTask(QueueHigh, id); err != nil {
+			return false, fmt.Errorf("tasks: run archived fanout %s: %w", id, err)
+		}
+	}
+	return true, nil
 }
 
 // lookup is the task, or nil when there is none.

@@ -11,6 +11,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/wxpush/wxpush/internal/config"
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/redistest"
 )
@@ -82,8 +83,9 @@ func (b *orphanBundle) unowned(t *testing.T) []string {
 }
 
 // TestSweepOrphans: of the records no one said were owned, the sweep cancels
-// those with no task and no waiting fanout, unlists those whose delivery task
-// exists, leaves those whose fanout has yet to run, and leaves young ones.
+// those with no task and no fanout, unlists those whose delivery task exists,
+// postpones those whose fanout has yet to run (running one that gave up, as
+// its batch was acknowledged), and leaves young ones.
 func TestSweepOrphans(t *testing.T) {
 	t.Parallel()
 	b := setupOrphans(t)
@@ -123,24 +125,31 @@ func TestSweepOrphans(t *testing.T) {
 		}
 	}
 	slices.Sort(ended)
-	want := []string{gaveUp, single, batch}
+	want := []string{single, batch}
 	slices.Sort(want)
 	if !slices.Equal(ended, want) {
-		t.Errorf("settled %v, want the three orphans %v", ended, want)
+		t.Errorf("settled %v, want the two orphans %v", ended, want)
 	}
 	for id, st := range map[string]delivery.State{withTask: delivery.StateQueued, waiting: delivery.StateQueued,
-		young: delivery.StateQueued, gaveUp: delivery.StateCanceled, single: delivery.StateCanceled, batch: delivery.StateCanceled} {
+		young: delivery.StateQueued, gaveUp: delivery.StateQueued, single: delivery.StateCanceled, batch: delivery.StateCanceled} {
 		if got := b.state(t, id); got != st {
 			t.Errorf("%s = %s, want %s", id, got, st)
 		}
 	}
-	left := []string{waiting, young}
+	left := []string{waiting, gaveUp, young}
 	slices.Sort(left)
 	if got := b.unowned(t); !slices.Equal(got, left) {
-		t.Errorf("still unowned %v, want the one waiting for its fanout and the young one %v", got, left)
+		t.Errorf("still unowned %v, want those waiting for their fanout and the young one %v", got, left)
 	}
-	if n, _ := b.store.Backlog(b.ctx, "default"); n != 3 {
-		t.Errorf("backlog = %d, want 3 (the orphans' slots released)", n)
+	if info, err := b.insp.GetTaskInfo(QueueHigh, "fanout-g"); err != nil || info.State != asynq.TaskStatePending {
+		t.Errorf("the fanout that gave up = %+v, %v, want pending again", info, err)
+	}
+	if n, _ := b.store.Backlog(b.ctx, "default"); n != 4 {
+		t.Errorf("backlog = %d, want 4 (the orphans' slots released)", n)
+	}
+	// The waiting records' listing was renewed: the same cut-off sees none.
+	if again, err := b.store.Unowned(b.ctx, b.clock.Now().Add(-time.Minute), 100); err != nil || len(again) != 0 {
+		t.Errorf("listed before the cut-off after the sweep: %+v, %v, want none (postponed)", again, err)
 	}
 
 	// The producer retries with the same Idempotency-Key (the same id): the
@@ -180,10 +189,10 @@ func TestSubmitLeavesNothingUnowned(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fanout := "fanout-" + ms[0].ID
-	if len(recs) != 2 || recs[0].Fanout != fanout || recs[1].Fanout != fanout {
-		t.Fatalf("unowned after SubmitBatch = %+v, want both, naming fanout %s", recs, fanout)
+	if len(recs) != 2 || recs[0].Fanout == "" || recs[1].Fanout != recs[0].Fanout {
+		t.Fatalf("unowned after SubmitBatch = %+v, want both, naming one fanout", recs)
 	}
+	fanout := recs[0].Fanout
 	info, err := b.insp.GetTaskInfo(QueueHigh, fanout)
 	if err != nil {
 		t.Fatalf("the fanout task %s: %v", fanout, err)
@@ -198,5 +207,14 @@ func TestSubmitLeavesNothingUnowned(t *testing.T) {
 	}
 	if got := b.unowned(t); len(got) != 0 {
 		t.Errorf("unowned after the fanout = %v, want none", got)
+	}
+}
+
+// TestOrphanCutOffOutlivesRequests: the least orphan cut-off configuration
+// accepts leaves a request's bounded time to store and enqueue three times
+// over, for clock skew between enqueuers and workers.
+func TestOrphanCutOffOutlivesRequests(t *testing.T) {
+	if config.MinOrphanAfter < 3*SubmitTimeout {
+		t.Errorf("config.MinOrphanAfter = %v, want at least 3 × SubmitTimeout (%v)", config.MinOrphanAfter, SubmitTimeout)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/oklog/ulid/v2"
 
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/wechat"
@@ -97,12 +98,14 @@ func (s *Submitter) SubmitBatch(ctx context.Context, ms []delivery.NewMessage) (
 	if len(ms) == 0 {
 		return nil, nil
 	}
-	// Each record names the fanout task that will enqueue its delivery task, so
-	// that the orphan sweep leaves it alone while that task exists. The id
-	// derives from the first message's, so an idempotent rerun names the same.
 	ctx, cancel := context.WithTimeout(ctx, SubmitTimeout)
 	defer cancel()
-	fanout := "fanout-" + ms[0].ID
+	// Each record names the fanout task that will enqueue its delivery task, so
+	// that the orphan sweep leaves it alone while that task exists. Every run
+	// has its own: an idempotent rerun renames it in the records it finds still
+	// waiting for a task (see delivery.Store.Create), whatever became of the
+	// first run's fanout.
+	fanout := "fanout-" + ulid.Make().String()
 	for i := range ms {
 		ms[i].Fanout = fanout
 	}
@@ -132,11 +135,6 @@ func (s *Submitter) SubmitBatch(ctx context.Context, ms []delivery.NewMessage) (
 	// The fanout runs on the high queue: it only moves work, and a batch should
 	// not wait behind the backlog it is adding to.
 	_, err = s.queue.EnqueueContext(ctx, asynq.NewTask(TypeFanout, b), asynq.Queue(QueueHigh), asynq.MaxRetry(25), asynq.TaskID(fanout))
-	if errors.Is(err, asynq.ErrTaskIDConflict) {
-		// An earlier run of this idempotent request enqueued it, and it has
-		// not run yet: it holds the same messages.
-		err = nil
-	}
 	if err != nil {
 		return nil, s.undo(ctx, fmt.Errorf("tasks: enqueue fanout: %w", err), fresh...)
 	}
