@@ -215,7 +215,8 @@ type simFront struct {
 	sends    []time.Time                // arrival of every send request
 	okAt     []time.Time                // arrival of every send answered errcode 0
 	codes    map[string]int             // "errcode N" / "http N" / "no reply" → count
-	codeAt   map[string][]time.Time
+	codeAt   map[string][]time.Time // when each reply was noted
+	codeArr  map[string][]time.Time // when its request arrived, in the same order
 	inflight int
 	// abandoned counts sends whose client went away before the reply
 	// (a client timeout, or a sender that died or gave up).
@@ -240,7 +241,7 @@ func newSimFront(t *testing.T, callbackURL string) *simFront {
 		t.Fatal(err)
 	}
 	f := &simFront{sim: sim, pairs: map[wechatsim.PairKey]*pairLog{}, cmids: map[string]map[string]bool{},
-		codes: map[string]int{}, codeAt: map[string][]time.Time{}}
+		codes: map[string]int{}, codeAt: map[string][]time.Time{}, codeArr: map[string][]time.Time{}}
 	srv := httptest.NewServer(f)
 	f.url = srv.URL
 	t.Cleanup(func() { srv.CloseClientConnections(); srv.Close(); sim.Close() })
@@ -330,6 +331,7 @@ func (f *simFront) note(arrived time.Time, status int, body []byte, gone bool) {
 	defer f.mu.Unlock()
 	f.codes[code]++
 	f.codeAt[code] = append(f.codeAt[code], now)
+	f.codeArr[code] = append(f.codeArr[code], arrived)
 	if code == "errcode 0" && !gone {
 		f.okAt = append(f.okAt, arrived)
 	}
@@ -411,6 +413,23 @@ func (f *simFront) firstSendAfter(t0 time.Time) time.Time {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return firstAfter(f.sends, t0)
+}
+
+// codesWithin counts the replies of each kind to requests that arrived at or
+// after from and were answered before to: sends the simulator decided wholly
+// within the window, none straddling a change of its rules at either end.
+func (f *simFront) codesWithin(from, to time.Time) map[string]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]int{}
+	for code, ts := range f.codeAt {
+		for i, t := range ts {
+			if !f.codeArr[code][i].Before(from) && t.Before(to) {
+				out[code]++
+			}
+		}
+	}
+	return out
 }
 
 // codesBetween counts the replies of each kind in [from, to).
