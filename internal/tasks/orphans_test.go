@@ -218,3 +218,37 @@ func TestOrphanCutOffOutlivesRequests(t *testing.T) {
 		t.Errorf("config.MinOrphanAfter = %v, want at least 3 × SubmitTimeout (%v)", config.MinOrphanAfter, SubmitTimeout)
 	}
 }
+
+// TestRequeueFailureLeavesDead: a requeue whose task cannot be enqueued puts
+// the message back to dead, where a later requeue can take it, instead of
+// leaving it queued without a task.
+func TestRequeueFailureLeavesDead(t *testing.T) {
+	t.Parallel()
+	b := setupOrphans(t)
+	id := b.create(t, "")
+	if err := b.store.Owned(b.ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.store.Finish(b.ctx, id, "default", delivery.StateDead, &delivery.ErrorInfo{Code: -1, Msg: "system error"}); err != nil {
+		t.Fatal(err)
+	}
+	failing := NewSubmitter(b.store, &fakeQueue{ids: map[string]bool{}, fail: 1}, b.insp, 10)
+	if err := failing.Requeue(b.ctx, id); err == nil {
+		t.Fatal("Requeue with a failing enqueue returned nil")
+	}
+	if got := b.state(t, id); got != delivery.StateDead {
+		t.Fatalf("after a failed requeue the message is %s, want dead", got)
+	}
+	if n, _ := b.store.Backlog(b.ctx, "default"); n != 0 {
+		t.Errorf("backlog = %d, want 0", n)
+	}
+	if err := NewSubmitter(b.store, b.client, b.insp, 10).Requeue(b.ctx, id); err != nil {
+		t.Fatalf("a second requeue: %v", err)
+	}
+	if got := b.state(t, id); got != delivery.StateQueued {
+		t.Errorf("after the second requeue the message is %s, want queued", got)
+	}
+	if _, err := b.insp.GetTaskInfo(QueueNormal, id); err != nil {
+		t.Errorf("its task: %v", err)
+	}
+}

@@ -23,6 +23,7 @@ type Records interface {
 	Owned(ctx context.Context, ids ...string) error
 	AppOf(ctx context.Context, id string) (string, error)
 	Requeue(ctx context.Context, id, app string) (queue string, err error)
+	Finish(ctx context.Context, id, app string, to delivery.State, e *delivery.ErrorInfo) (delivery.Transition, error)
 	Get(ctx context.Context, id string) (*delivery.Message, error)
 }
 
@@ -185,7 +186,15 @@ func (s *Submitter) Requeue(ctx context.Context, id string) error {
 	_ = json.Unmarshal(m.Body, &body)
 	_, err = s.queue.EnqueueContext(ctx, NewDeliverTask(id, app, body.ToUser), deliverOptions(queue, time.Time{}, s.maxRetry)...)
 	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
-		return fmt.Errorf("tasks: requeue: %w", err)
+		// Without its task the message would stay queued for ever, and could
+		// not be requeued again (it is no longer dead): it goes back to dead.
+		err = fmt.Errorf("tasks: requeue: %w", err)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SubmitTimeout)
+		defer cancel()
+		if _, uerr := s.records.Finish(ctx, id, app, delivery.StateDead, nil); uerr != nil {
+			return errors.Join(err, uerr)
+		}
+		return err
 	}
 	return nil
 }
