@@ -215,8 +215,8 @@ type simFront struct {
 	sends    []time.Time                // arrival of every send request
 	okAt     []time.Time                // arrival of every send answered errcode 0
 	codes    map[string]int             // "errcode N" / "http N" / "no reply" → count
-	codeAt   map[string][]time.Time // when each reply was noted
-	codeArr  map[string][]time.Time // when its request arrived, in the same order
+	codeAt   map[string][]time.Time     // when each reply was noted
+	codeArr  map[string][]time.Time     // when its request arrived, in the same order
 	inflight int
 	// abandoned counts sends whose client went away before the reply
 	// (a client timeout, or a sender that died or gave up).
