@@ -66,8 +66,9 @@ func NewSubmitter(records Records, queue Queue, tasks Tasks, maxAttempts int) *S
 }
 
 // Submit stores m and enqueues its delivery. When it returns nil the message is
-// durable in Redis and will reach a final state. On error nothing is left behind
-// (the record is removed if the task could not be enqueued).
+// durable in Redis and will reach a final state. On error nothing is accepted:
+// the record is removed if the task could not be enqueued, and should the
+// removal fail too, the orphan sweep ends it canceled (SweepOrphans).
 func (s *Submitter) Submit(ctx context.Context, m delivery.NewMessage) (delivery.State, error) {
 	ctx, cancel := context.WithTimeout(ctx, SubmitTimeout)
 	defer cancel()
@@ -94,7 +95,8 @@ func (s *Submitter) Submit(ctx context.Context, m delivery.NewMessage) (delivery
 
 // SubmitBatch stores many messages in one pipelined round trip and enqueues one
 // fanout task for those accepted (two round trips in all). Per-message refusals
-// (a full backlog) are in the results; an error means nothing was accepted.
+// (a full backlog) are in the results; an error means nothing was accepted. It
+// sets each message's Fanout to the fanout task's id.
 func (s *Submitter) SubmitBatch(ctx context.Context, ms []delivery.NewMessage) ([]delivery.Created, error) {
 	if len(ms) == 0 {
 		return nil, nil
