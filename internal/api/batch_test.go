@@ -106,7 +106,8 @@ func onlyFanout(t *testing.T, b *bundle) *asynq.TaskInfo {
 	return f.info
 }
 
-// deliverTasks returns the pending and scheduled delivery tasks by message id.
+// deliverTasks returns the pending and scheduled delivery and chunk tasks by
+// the id of each message they carry.
 func deliverTasks(t *testing.T, b *bundle) map[string]queuedTask {
 	t.Helper()
 	queues, err := b.insp.Queues()
@@ -119,13 +120,19 @@ func deliverTasks(t *testing.T, b *bundle) map[string]queuedTask {
 			t.Fatalf("%s tasks of %s: %v", kind, q, err)
 		}
 		for _, ti := range infos {
-			if ti.Type != tasks.TypeDeliver {
+			if ti.Type != tasks.TypeDeliver && ti.Type != tasks.TypeChunk {
 				continue
 			}
-			if _, dup := out[ti.ID]; dup {
-				t.Errorf("two delivery tasks for message %s", ti.ID)
+			msgs, err := tasks.Carried(ti.Type, ti.Payload)
+			if err != nil {
+				t.Errorf("task %s: %v", ti.ID, err)
 			}
-			out[ti.ID] = queuedTask{queue: q, kind: kind, info: ti}
+			for _, m := range msgs {
+				if _, dup := out[m.ID]; dup {
+					t.Errorf("two delivery tasks for message %s", m.ID)
+				}
+				out[m.ID] = queuedTask{queue: q, kind: kind, info: ti, msg: m}
+			}
 		}
 	}
 	// allTasks lists one page (30) per queue; batches are larger.
@@ -142,7 +149,8 @@ func deliverTasks(t *testing.T, b *bundle) map[string]queuedTask {
 // TestBatch: valid and invalid items in one request. The valid ones are stored in
 // request order, the invalid ones are reported at their index with the item's
 // field, and the API enqueues one fanout task; the worker's fanout handler then
-// enqueues one delivery task per accepted message.
+// enqueues a chunk task per app and priority for the messages due now, and a
+// delivery task for each message with a send_at.
 func TestBatch(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -244,15 +252,22 @@ func TestBatch(t *testing.T) {
 			t.Errorf("no delivery task for item %d (%s)", i, id)
 			continue
 		}
-		if qt.queue != it.queue || qt.kind != it.kind || qt.info.MaxRetry != 9 {
-			t.Errorf("item %d task: %s in %q, max retry %d; want %s in %q, max retry 9", i, qt.kind, qt.queue, qt.info.MaxRetry, it.kind, it.queue)
+		if qt.queue != it.queue || qt.kind != it.kind {
+			t.Errorf("item %d task: %s in %q; want %s in %q", i, qt.kind, qt.queue, it.kind, it.queue)
 		}
-		if it.kind == "scheduled" && !qt.info.NextProcessAt.Equal(sendAt) {
-			t.Errorf("item %d runs at %v, want send_at %v", i, qt.info.NextProcessAt, sendAt)
+		switch it.kind {
+		case "scheduled":
+			if qt.info.Type != tasks.TypeDeliver || qt.info.MaxRetry != 9 || !qt.info.NextProcessAt.Equal(sendAt) {
+				t.Errorf("item %d: %s task with max retry %d at %v, want its own delivery task, max retry 9, at send_at %v",
+					i, qt.info.Type, qt.info.MaxRetry, qt.info.NextProcessAt, sendAt)
+			}
+		default:
+			if qt.info.Type != tasks.TypeChunk {
+				t.Errorf("item %d is in a %s task, want a chunk", i, qt.info.Type)
+			}
 		}
-		var p tasks.DeliverPayload
-		if err := json.Unmarshal(qt.info.Payload, &p); err != nil || p.ID != id || p.App != it.app || p.To != it.to {
-			t.Errorf("item %d payload %s, want id %s app %s to %s (%v)", i, qt.info.Payload, id, it.app, it.to, err)
+		if p := qt.msg; p.ID != id || p.App != it.app || p.To != it.to {
+			t.Errorf("item %d task carries %+v, want id %s app %s to %s", i, p, id, it.app, it.to)
 		}
 	}
 }

@@ -724,7 +724,9 @@ func TestResumeWakesEveryPage(t *testing.T) {
 	}
 	mux := asynq.NewServeMux()
 	mux.Handle(tasks.TypeDeliver, deliverHandler(b))
-	mux.Handle(tasks.TypeFanout, tasks.NewFanoutHandler(asynq.NewClientFromRedisClient(b.rdb), b.store, 10))
+	client := asynq.NewClientFromRedisClient(b.rdb)
+	mux.Handle(tasks.TypeFanout, tasks.NewFanoutHandler(client, b.store, 10))
+	mux.Handle(tasks.TypeChunk, tasks.NewChunkHandler(deliverHandler(b), b.store, client, tasks.RetryPolicy{Base: time.Second, Cap: time.Minute}, 10))
 	runWorker(t, b, mux, fmt.Sprintf("%d parked messages in the retry set", n), func() bool { return len(retryTasks(t, b)) == n })
 
 	r := b.do(t, http.MethodPost, "/v1/apps/default/resume", nil)

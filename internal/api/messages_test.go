@@ -55,6 +55,7 @@ type queuedTask struct {
 	queue string
 	kind  string // pending or scheduled
 	info  *asynq.TaskInfo
+	msg   tasks.DeliverPayload // deliverTasks: the message, in a delivery or chunk task
 }
 
 // allTasks lists every pending and scheduled asynq task in every queue.

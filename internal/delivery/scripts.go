@@ -54,19 +54,20 @@ end
 //
 // The same id again is a retry of the request with its Idempotency-Key. When
 // the record exists and is still listed, the retry is about to enqueue its
-// task: the listing is renewed (now, and the retry's fanout), so that the
-// orphan sweep does not end it meanwhile. A record the sweep has ended
+// task: the listing is renewed (now, and the retry's fanout or chunk, unless
+// an attempt has begun), so that the orphan sweep does not end it meanwhile. A record the sweep has ended
 // (canceled, field "or") is revived: the retry is accepted after all; it keeps
 // its creation time and history, and takes the retry's fields.
 // KEYS: rec, backlog, body, unowned. ARGV: app, max backlog (0 = none), body,
 // id, now ms, fanout id ("" for none), "a", app, "s", state, field, value, ...
 // Returns "created", "revived", "exists" or "full".
 var createScript = redis.NewScript(`
-local old = redis.call("HMGET", KEYS[1], "s", "or", "c")
+local old = redis.call("HMGET", KEYS[1], "s", "or", "c", "n")
 if old[1] and (old[1] ~= "canceled" or old[2] ~= "1") then
   if redis.call("ZSCORE", KEYS[4], ARGV[4]) then
     redis.call("ZADD", KEYS[4], ARGV[5], ARGV[4])
-    if ARGV[6] ~= "" then redis.call("HSET", KEYS[1], "fo", ARGV[6]) end
+    -- A chunk that has begun an attempt keeps the message (see beginScript).
+    if ARGV[6] ~= "" and not old[4] then redis.call("HSET", KEYS[1], "fo", ARGV[6]) end
   end
   return "exists"
 end
@@ -127,15 +128,25 @@ return {"canceled", "changed", app}`)
 // beginScript starts a send attempt: it refuses a message that is sent or final,
 // settles one past its expiry as expired, defers one whose app is parked, and
 // otherwise counts the attempt and marks it in flight (so a cancel cannot race it).
-// KEYS: rec, backlog, parked, body. ARGV: now, expiry history entry, retention, in-flight deadline.
+// A batch chunk (owner, not "") begins only the messages whose record names it
+// (field "fo"): a message named by another chunk (an idempotent retry of the
+// batch) is that chunk's, and one it handed to its own delivery task is marked
+// owner.."!" (spillScript).
+// KEYS: rec, backlog, parked, body. ARGV: now, expiry history entry, retention,
+// in-flight deadline, owner.
 // Returns {state, app, body, attempts, kind} to proceed; {state, app} to stop;
 // {"expired", app, "changed"} when it expired the message; {"parked", app, until};
+// {state, app, "owner", "other"|"spilled"} when the owner does not hold it;
 // {} when missing.
 var beginScript = redis.NewScript(luaPrelude + `
-local v = redis.call("HMGET", KEYS[1], "s", "a", "ea", "k")
+local v = redis.call("HMGET", KEYS[1], "s", "a", "ea", "k", "fo")
 local st, app = v[1], v[2]
 if not st then return {} end
 if final[st] or st == "sent" then return {st, app} end
+if ARGV[5] ~= "" and v[5] ~= ARGV[5] then
+  if v[5] == ARGV[5] .. "!" then return {st, app, "owner", "spilled"} end
+  return {st, app, "owner", "other"}
+end
 local now = tonumber(ARGV[1])
 local exp = tonumber(v[3])
 if exp and exp > 0 and now >= exp then
@@ -149,6 +160,15 @@ if parked and parked > now then return {"parked", app, tostring(parked)} end
 local n = redis.call("HINCRBY", KEYS[1], "n", 1)
 redis.call("HSET", KEYS[1], "fl", ARGV[4])
 return {st, app, redis.call("GET", KEYS[4]) or "", n, v[4] or ""}`)
+
+// spillScript hands a message from its batch chunk to a delivery task of its
+// own: the record's owner becomes owner.."!", which the chunk, should it run
+// again, reads as "make sure that task exists" (see beginScript).
+// KEYS: rec. ARGV: owner. Returns 1 when marked, 0 when the chunk does not own it.
+var spillScript = redis.NewScript(`
+if redis.call("HGET", KEYS[1], "fo") ~= ARGV[1] then return 0 end
+redis.call("HSET", KEYS[1], "fo", ARGV[1] .. "!")
+return 1`)
 
 // sentScript records WeChat's acceptance: state sent, the msgid and its index, and
 // the confirmation deadline. A callback held for this msgid is applied at once.

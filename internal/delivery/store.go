@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -78,7 +79,7 @@ func NewStore(rdb redis.UniversalClient, cfg Config) *Store {
 // restarts; the calls then load them again by themselves.
 func (s *Store) LoadScripts(ctx context.Context) error {
 	for _, sc := range []*redis.Script{createScript, deleteScript, beginScript, sentScript, callbackScript,
-		retryScript, finishScript, requeueScript, orphanScript} {
+		retryScript, finishScript, requeueScript, orphanScript, spillScript} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("delivery: load scripts: %w", err)
 		}
@@ -99,8 +100,10 @@ type NewMessage struct {
 	// MaxBacklog refuses the message (ErrBacklogFull) when the app already has
 	// this many unfinished messages; 0 = no limit.
 	MaxBacklog int
-	// Fanout is the id of the asynq task that will enqueue this message's
-	// delivery task (batches); "" when the caller enqueues it directly.
+	// Fanout names the batch's asynq fanout task that will enqueue this
+	// message's task (batches; "" when the caller enqueues it directly): the
+	// fanout's id, or the id of the chunk task that will deliver the message,
+	// ChunkID(fanout, n).
 	Fanout string
 }
 
@@ -211,46 +214,71 @@ type Created struct {
 // succeeds or fails on its own (e.g. ErrBacklogFull once the app's backlog fills).
 func (s *Store) CreateBatch(ctx context.Context, ms []NewMessage) ([]Created, error) {
 	out := make([]Created, len(ms))
-	args := make([][]any, len(ms))
-	pending := make([]int, 0, len(ms))
+	calls := make([]scriptCall, 0, len(ms))
+	at := make([]int, 0, len(ms))
 	for i, m := range ms {
 		if !m.inAppShard() {
 			out[i].Err = ErrWrongShard
 			continue
 		}
-		out[i].State, args[i] = s.createArgs(m)
-		pending = append(pending, i)
+		var args []any
+		out[i].State, args = s.createArgs(m)
+		calls = append(calls, scriptCall{keys: createKeys(m), args: args})
+		at = append(at, i)
 	}
-	// A new or restarted Redis has no scripts cached: the items that failed with
-	// NOSCRIPT (all, or only the first ones when a concurrent caller loads the
-	// script meanwhile) are run again after a load. The others already ran.
+	cmds, err := s.evalMany(ctx, createScript, calls)
+	if err != nil {
+		return nil, fmt.Errorf("delivery: create batch: %w", err)
+	}
+	for j, i := range at {
+		res, err := cmds[j].Text()
+		if err != nil {
+			out[i].Err = fmt.Errorf("delivery: create: %w", err)
+			continue
+		}
+		out[i].Err = createResult(res)
+	}
+	return out, nil
+}
+
+// scriptCall is one run of a script in evalMany.
+type scriptCall struct {
+	keys []string
+	args []any
+}
+
+// evalMany runs sc once per call in one pipelined round trip and returns each
+// call's reply; an error means the round trip failed (each reply may still
+// hold its own script error). A new or restarted Redis has no scripts cached:
+// the calls that failed with NOSCRIPT (all, or only the first ones when a
+// concurrent caller loads the script meanwhile) are run again after a load.
+// The others already ran.
+func (s *Store) evalMany(ctx context.Context, sc *redis.Script, calls []scriptCall) ([]*redis.Cmd, error) {
+	out := make([]*redis.Cmd, len(calls))
+	pending := make([]int, len(calls))
+	for i := range pending {
+		pending[i] = i
+	}
 	for try := 0; len(pending) > 0; try++ {
-		cmds := make([]*redis.Cmd, len(pending))
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for j, i := range pending {
-				cmds[j] = createScript.EvalSha(ctx, p, createKeys(ms[i]), args[i]...)
+			for _, i := range pending {
+				out[i] = sc.EvalSha(ctx, p, calls[i].keys, calls[i].args...)
 			}
 			return nil
 		})
 		var re redis.Error
 		if err != nil && !errors.As(err, &re) {
-			return nil, fmt.Errorf("delivery: create batch: %w", err)
+			return nil, err
 		}
 		var again []int
-		for j, i := range pending {
-			res, err := cmds[j].Text()
-			switch {
-			case err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") && try == 0:
+		for _, i := range pending {
+			if err := out[i].Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") && try == 0 {
 				again = append(again, i)
-			case err != nil:
-				out[i].Err = fmt.Errorf("delivery: create: %w", err)
-			default:
-				out[i].Err = createResult(res)
 			}
 		}
 		if len(again) > 0 {
-			if err := createScript.Load(ctx, s.rdb).Err(); err != nil {
-				return nil, fmt.Errorf("delivery: create batch: %w", err)
+			if err := sc.Load(ctx, s.rdb).Err(); err != nil {
+				return nil, err
 			}
 		}
 		pending = again
@@ -396,6 +424,10 @@ type Attempt struct {
 	Attempts int  // attempts including this one
 	Proceed  bool // false: the message is sent, final or parked: do not send now
 	Changed  bool // Begin itself settled the message (expired)
+	// Elsewhere (BeginMany): another chunk owns the message; leave it.
+	Elsewhere bool
+	// Spilled (BeginMany): the chunk handed the message to its own task.
+	Spilled bool
 	// ParkedUntil is set when the app is parked (daily quota): try again then.
 	ParkedUntil time.Time
 }
@@ -407,13 +439,58 @@ func (s *Store) Begin(ctx context.Context, id string) (Attempt, error) {
 	if !validID(id) {
 		return Attempt{}, ErrNotFound
 	}
-	now := s.cfg.Now()
-	res, err := beginScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id)), parkedKey(shardOf(id)), bodyKey(id)},
-		now.UnixMilli(), s.line(now, historyLine{Event: "expired", State: StateExpired}),
-		s.cfg.Retention.Milliseconds(), now.Add(s.cfg.AttemptTimeout).UnixMilli()).Slice()
+	res, err := beginScript.Run(ctx, s.rdb, beginKeys(id), s.beginArgs("")...).Slice()
 	if err != nil {
 		return Attempt{}, fmt.Errorf("delivery: begin: %w", err)
 	}
+	return beginResult(res)
+}
+
+// BeginMany begins the attempts of a batch chunk's messages in one round trip,
+// as Begin does, for owner, the chunk's id (see ChunkID): a message whose
+// record names another owner is not begun (Attempt.Elsewhere), nor is one the
+// chunk handed to a task of its own (Attempt.Spilled, see Spill). errs[i] is
+// ErrNotFound for a missing record, or that call's own error; err means the
+// round trip failed.
+func (s *Store) BeginMany(ctx context.Context, owner string, ids []string) (as []Attempt, errs []error, err error) {
+	as, errs = make([]Attempt, len(ids)), make([]error, len(ids))
+	calls := make([]scriptCall, 0, len(ids))
+	at := make([]int, 0, len(ids))
+	args := s.beginArgs(owner)
+	for i, id := range ids {
+		if !validID(id) {
+			errs[i] = ErrNotFound
+			continue
+		}
+		calls = append(calls, scriptCall{keys: beginKeys(id), args: args})
+		at = append(at, i)
+	}
+	cmds, err := s.evalMany(ctx, beginScript, calls)
+	if err != nil {
+		return nil, nil, fmt.Errorf("delivery: begin: %w", err)
+	}
+	for j, i := range at {
+		res, err := cmds[j].Slice()
+		if err != nil {
+			errs[i] = fmt.Errorf("delivery: begin: %w", err)
+			continue
+		}
+		as[i], errs[i] = beginResult(res)
+	}
+	return as, errs, nil
+}
+
+func beginKeys(id string) []string {
+	return []string{recordKey(id), backlogKey(shardOf(id)), parkedKey(shardOf(id)), bodyKey(id)}
+}
+
+func (s *Store) beginArgs(owner string) []any {
+	now := s.cfg.Now()
+	return []any{now.UnixMilli(), s.line(now, historyLine{Event: "expired", State: StateExpired}),
+		s.cfg.Retention.Milliseconds(), now.Add(s.cfg.AttemptTimeout).UnixMilli(), owner}
+}
+
+func beginResult(res []any) (Attempt, error) {
 	if len(res) == 0 {
 		return Attempt{}, ErrNotFound
 	}
@@ -424,6 +501,9 @@ func (s *Store) Begin(ctx context.Context, id string) (Attempt, error) {
 		a.Attempts = int(num(res, 3))
 		a.Kind = str(res, 4)
 		a.Proceed = true
+	case 4:
+		a.Spilled = str(res, 3) == "spilled"
+		a.Elsewhere = !a.Spilled
 	case 3:
 		if a.State == "parked" {
 			ms, _ := strconv.ParseInt(str(res, 2), 10, 64)
@@ -433,6 +513,48 @@ func (s *Store) Begin(ctx context.Context, id string) (Attempt, error) {
 		}
 	}
 	return a, nil
+}
+
+// Spill records that a batch chunk (owner) hands messages it began, or could
+// not begin yet, to delivery tasks of their own; it is called before those
+// tasks are enqueued. Should the chunk run again, BeginMany reports them as
+// Spilled, so the chunk makes sure their tasks exist and never sends them
+// itself. A message the chunk does not own is left alone.
+func (s *Store) Spill(ctx context.Context, owner string, ids ...string) error {
+	calls := make([]scriptCall, 0, len(ids))
+	for _, id := range ids {
+		if validID(id) {
+			calls = append(calls, scriptCall{keys: []string{recordKey(id)}, args: []any{owner}})
+		}
+	}
+	cmds, err := s.evalMany(ctx, spillScript, calls)
+	if err == nil {
+		for _, c := range cmds {
+			if err = c.Err(); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("delivery: spill: %w", err)
+	}
+	return nil
+}
+
+// ChunkID is the id of a batch's n-th chunk task, whose records name it (see
+// NewMessage.Fanout); FanoutOf reads the fanout's id back.
+func ChunkID(fanout string, n int) string { return fanout + "." + strconv.Itoa(n) }
+
+// FanoutOf splits a record's owner (NewMessage.Fanout) into the batch's
+// fanout task and, when the message came in a chunk, the chunk task; the mark
+// of a message its chunk spilled (see Spill) is dropped.
+func FanoutOf(owner string) (fanout, chunk string) {
+	owner = strings.TrimSuffix(owner, "!")
+	fanout, _, found := strings.Cut(owner, ".")
+	if found {
+		chunk = owner
+	}
+	return fanout, chunk
 }
 
 // Transition is the result of a state change request.
@@ -452,21 +574,63 @@ func (s *Store) MarkSent(ctx context.Context, id, app string, msgID int64) (Tran
 	if !validID(id) {
 		return Transition{}, ErrNotFound
 	}
-	now := s.cfg.Now()
-	mid := strconv.FormatInt(msgID, 10)
-	res, err := sentScript.Run(ctx, s.rdb,
-		[]string{recordKey(id), indexKey(app, mid), heldKey(app, mid), sentKey(shardOf(id)), backlogKey(shardOf(id)), bodyKey(id)},
-		id, mid, now.UnixMilli(),
-		s.line(now, historyLine{Event: "sent", State: StateSent}),
-		(s.cfg.ConfirmTimeout + s.cfg.Retention).Milliseconds(),
-		now.Add(s.cfg.ConfirmTimeout).UnixMilli(),
-		s.cfg.Retention.Milliseconds(), s.cfg.CallbackHold.Milliseconds()).Slice()
+	keys, args := s.sentCall(id, app, msgID)
+	res, err := sentScript.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
 		return Transition{}, fmt.Errorf("delivery: mark sent: %w", err)
 	}
 	tr, err := transition(res)
 	tr.CreatedAt = msTime(str(res, 3))
 	return tr, err
+}
+
+// Accepted is a message WeChat accepted, for MarkSentMany.
+type Accepted struct {
+	ID, App string
+	MsgID   int64
+}
+
+// MarkSentMany records WeChat's acceptance of many messages in one round
+// trip, as MarkSent does. errs[i] is that message's error; err means the round
+// trip failed.
+func (s *Store) MarkSentMany(ctx context.Context, acc []Accepted) (trs []Transition, errs []error, err error) {
+	trs, errs = make([]Transition, len(acc)), make([]error, len(acc))
+	calls := make([]scriptCall, 0, len(acc))
+	at := make([]int, 0, len(acc))
+	for i, a := range acc {
+		if !validID(a.ID) {
+			errs[i] = ErrNotFound
+			continue
+		}
+		keys, args := s.sentCall(a.ID, a.App, a.MsgID)
+		calls = append(calls, scriptCall{keys: keys, args: args})
+		at = append(at, i)
+	}
+	cmds, err := s.evalMany(ctx, sentScript, calls)
+	if err != nil {
+		return nil, nil, fmt.Errorf("delivery: mark sent: %w", err)
+	}
+	for j, i := range at {
+		res, err := cmds[j].Slice()
+		if err != nil {
+			errs[i] = fmt.Errorf("delivery: mark sent: %w", err)
+			continue
+		}
+		trs[i], errs[i] = transition(res)
+		trs[i].CreatedAt = msTime(str(res, 3))
+	}
+	return trs, errs, nil
+}
+
+func (s *Store) sentCall(id, app string, msgID int64) ([]string, []any) {
+	now := s.cfg.Now()
+	mid := strconv.FormatInt(msgID, 10)
+	return []string{recordKey(id), indexKey(app, mid), heldKey(app, mid), sentKey(shardOf(id)), backlogKey(shardOf(id)), bodyKey(id)},
+		[]any{id, mid, now.UnixMilli(),
+			s.line(now, historyLine{Event: "sent", State: StateSent}),
+			(s.cfg.ConfirmTimeout + s.cfg.Retention).Milliseconds(),
+			now.Add(s.cfg.ConfirmTimeout).UnixMilli(),
+			s.cfg.Retention.Milliseconds(), s.cfg.CallbackHold.Milliseconds()}
 }
 
 // MarkRetrying records a failed attempt that will be retried.

@@ -33,7 +33,7 @@ func TestHighPriorityOvertakesBacklog(t *testing.T) {
 	wg.Wait()
 	// Wait until the backlog is really queued in asynq (the batches' fanouts ran).
 	deadline := time.Now().Add(60 * time.Second)
-	for c.QueueSize(t, "low") < backlog/2 {
+	for c.QueuedMessages(t, "low") < backlog/2 {
 		if time.Now().After(deadline) {
 			t.Fatal("the low backlog never reached the queue")
 		}
@@ -52,7 +52,7 @@ func TestHighPriorityOvertakesBacklog(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	took := time.Since(start)
-	left := c.QueueSize(t, "low")
+	left := c.QueuedMessages(t, "low")
 	t.Logf("high-priority message sent %v after enqueue, with %d low-priority messages still queued", took, left)
 	if left < backlog/4 {
 		t.Errorf("the high-priority message was sent only after the backlog drained to %d of %d", left, backlog)

@@ -44,7 +44,9 @@ func (p *parts) runWorker(ctx context.Context) error {
 	})
 	mux := asynq.NewServeMux()
 	mux.Handle(tasks.TypeDeliver, handler)
-	mux.Handle(tasks.TypeFanout, tasks.NewFanoutHandler(asynq.NewClientFromRedisClient(p.rdb), p.store, p.cfg.MaxAttempts))
+	queue := asynq.NewClientFromRedisClient(p.rdb)
+	mux.Handle(tasks.TypeFanout, tasks.NewFanoutHandler(queue, p.store, p.cfg.MaxAttempts))
+	mux.Handle(tasks.TypeChunk, tasks.NewChunkHandler(handler, p.store, queue, policy, p.cfg.MaxAttempts))
 	if err := srv.Start(mux); err != nil {
 		return fmt.Errorf("worker: start asynq: %w", err)
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/wxpush/wxpush/internal/redistest"
 	"github.com/wxpush/wxpush/internal/service"
+	"github.com/wxpush/wxpush/internal/tasks"
 	"github.com/wxpush/wxpush/internal/testport"
 	"github.com/wxpush/wxpush/internal/wechat/wechatsim"
 )
@@ -380,6 +381,32 @@ func (c *Cluster) QueueSize(t testing.TB, queue string) int {
 		return 0
 	}
 	return info.Pending + info.Scheduled + info.Retry
+}
+
+// QueuedMessages is the number of messages the pending, scheduled and retry
+// delivery and chunk tasks of an asynq queue carry.
+func (c *Cluster) QueuedMessages(t testing.TB, queue string) int {
+	t.Helper()
+	insp := asynq.NewInspectorFromRedisClient(c.Redis.Client(t))
+	n := 0
+	for _, list := range []func(string, ...asynq.ListOption) ([]*asynq.TaskInfo, error){
+		insp.ListPendingTasks, insp.ListScheduledTasks, insp.ListRetryTasks} {
+		for page := 1; ; page++ {
+			infos, err := list(queue, asynq.Page(page), asynq.PageSize(1000))
+			if err != nil {
+				return 0
+			}
+			for _, ti := range infos {
+				if msgs, err := tasks.Carried(ti.Type, ti.Payload); err == nil {
+					n += len(msgs)
+				}
+			}
+			if len(infos) < 1000 {
+				break
+			}
+		}
+	}
+	return n
 }
 
 // retrying is the number of tasks in an asynq queue's retry set.

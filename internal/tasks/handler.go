@@ -134,55 +134,70 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 
 	a, err := h.store.Begin(ctx, p.ID)
+	if proceed, err := h.begun(log, a, err); !proceed {
+		return err
+	}
+	retried, max := h.retries(ctx)
+	msgID, log, err, ok := h.try(ctx, log, p.ID, a, retried, max)
+	if !ok {
+		return err
+	}
+	tr, err := h.store.MarkSent(ctx, p.ID, a.App, msgID)
+	if err != nil {
+		// WeChat has the message; a retry re-sends with the same client_msg_id,
+		// which WeChat drops as a duplicate.
+		return fmt.Errorf("tasks: store sent: %w", err)
+	}
+	h.recordSent(log, a.App, msgID, tr)
+	return nil
+}
+
+// begun reads Begin's answer: proceed with the send, or the outcome as
+// ProcessTask returns it.
+func (h *Handler) begun(log *slog.Logger, a delivery.Attempt, err error) (proceed bool, _ error) {
 	switch {
 	case errors.Is(err, delivery.ErrNotFound):
 		// The record is gone (retention ran out, or its enqueue was undone): there
 		// is nothing to send and nothing to settle.
 		log.Warn("no record for task; skipping")
-		return nil
+		return false, nil
 	case err != nil:
-		return fmt.Errorf("tasks: begin: %w", err)
+		return false, fmt.Errorf("tasks: begin: %w", err)
 	case a.Changed:
 		h.metrics.Finished.WithLabelValues(a.App, string(a.State)).Inc()
 		log.Info("message expired before it could be sent", "state", a.State)
-		return nil
+		return false, nil
 	case !a.ParkedUntil.IsZero():
 		// The app's daily quota is spent: wait for the reset (or a resume)
 		// without spending an attempt.
-		return &retryAfter{err: errParked, delay: a.ParkedUntil.Sub(h.now()) + jitter(time.Minute)}
+		return false, &retryAfter{err: errParked, delay: a.ParkedUntil.Sub(h.now()) + jitter(time.Minute), park: true}
 	case !a.Proceed:
 		// Invariant: never re-send what WeChat accepted or what is settled.
 		log.Info("message already sent or settled; not sending", "state", a.State)
-		return nil
+		return false, nil
 	}
+	return true, nil
+}
 
-	cred, ok := h.apps(a.App)
-	if !ok {
-		return h.failed(ctx, log, p.ID, a.App, wechat.ClassConfig, fmt.Errorf("tasks: app %q is not configured", a.App))
+// try sends a begun message. ok: WeChat accepted it with msgID, and the
+// caller stores that. Otherwise err is the outcome, as ProcessTask returns it:
+// settled (asynq.SkipRetry), deferred (*retryAfter) or a failed attempt to
+// retry, with retried failed attempts so far out of a budget of max retries.
+// log gains the recipient and the attempt.
+func (h *Handler) try(ctx context.Context, log *slog.Logger, id string, a delivery.Attempt, retried, max int) (msgID int64, _ *slog.Logger, err error, ok bool) {
+	cred, found := h.apps(a.App)
+	if !found {
+		return 0, log, h.failed(ctx, log, id, a.App, wechat.ClassConfig, fmt.Errorf("tasks: app %q is not configured", a.App), retried, max), false
 	}
-	call, toUser, err := h.sendCall(a, p.ID)
+	call, toUser, err := h.sendCall(a, id)
 	if err != nil {
-		return h.settle(ctx, log, p.ID, a.App, delivery.StateRejected, &delivery.ErrorInfo{Msg: "stored body is not valid JSON"})
+		return 0, log, h.settle(ctx, log, id, a.App, delivery.StateRejected, &delivery.ErrorInfo{Msg: "stored body is not valid JSON"}), false
 	}
 	log = log.With("touser", logging.MaskOpenID(toUser), "attempt", a.Attempts)
-
-	msgID, err := h.send(ctx, cred, call)
+	msgID, err = h.send(ctx, cred, call)
 	if err == nil {
 		h.metrics.Attempts.WithLabelValues(a.App, metrics.ResultOK).Inc()
-		tr, err := h.store.MarkSent(ctx, p.ID, a.App, msgID)
-		if err != nil {
-			// WeChat has the message; a retry re-sends with the same client_msg_id,
-			// which WeChat drops as a duplicate.
-			return fmt.Errorf("tasks: store sent: %w", err)
-		}
-		if tr.Changed && !tr.CreatedAt.IsZero() {
-			h.metrics.SentLatency.WithLabelValues(a.App).Observe(h.now().Sub(tr.CreatedAt).Seconds())
-		}
-		if tr.Changed && tr.State.Final() {
-			h.metrics.Finished.WithLabelValues(a.App, string(tr.State)).Inc()
-		}
-		log.Info("message accepted by wechat", "wechat_msgid", msgID, "state", tr.State)
-		return nil
+		return msgID, log, nil, true
 	}
 	class := wechat.ClassOfError(err)
 	h.metrics.Attempts.WithLabelValues(a.App, class.String()).Inc()
@@ -193,9 +208,20 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 				log.Warn("could not invalidate the template cache", "err", ierr)
 			}
 		}
-		return h.settle(ctx, log, p.ID, a.App, delivery.StateRejected, errorInfo(err))
+		return 0, log, h.settle(ctx, log, id, a.App, delivery.StateRejected, errorInfo(err)), false
 	}
-	return h.failed(ctx, log, p.ID, a.App, class, err)
+	return 0, log, h.failed(ctx, log, id, a.App, class, err, retried, max), false
+}
+
+// recordSent counts and logs a message whose acceptance is stored.
+func (h *Handler) recordSent(log *slog.Logger, app string, msgID int64, tr delivery.Transition) {
+	if tr.Changed && !tr.CreatedAt.IsZero() {
+		h.metrics.SentLatency.WithLabelValues(app).Observe(h.now().Sub(tr.CreatedAt).Seconds())
+	}
+	if tr.Changed && tr.State.Final() {
+		h.metrics.Finished.WithLabelValues(app, string(tr.State)).Inc()
+	}
+	log.Info("message accepted by wechat", "wechat_msgid", msgID, "state", tr.State)
 }
 
 // send gets the shared token and sends; a token error invalidates the token (only
@@ -245,14 +271,15 @@ const KindSubscribe = "subscribe"
 // failed handles an attempt that may be retried: throttling waits without spending
 // the budget; other failures retry with backoff until the budget is spent, then the
 // message is dead.
-func (h *Handler) failed(ctx context.Context, log *slog.Logger, id, app string, class wechat.Class, err error) error {
+func (h *Handler) failed(ctx context.Context, log *slog.Logger, id, app string, class wechat.Class, err error, retried, max int) error {
 	info := errorInfo(err)
 	var wait time.Duration
+	park := false
 	switch class {
 	case wechat.ClassThrottled:
 		wait = nextMinute(h.now())
 	case wechat.ClassQuota:
-		wait = nextQuotaReset(h.now())
+		wait, park = nextQuotaReset(h.now()), true
 		// Park the whole app, so its other messages wait without calling WeChat.
 		if perr := h.store.Park(ctx, app, h.now().Add(wait)); perr != nil {
 			log.Error("could not park the app", "err", perr)
@@ -263,7 +290,7 @@ func (h *Handler) failed(ctx context.Context, log *slog.Logger, id, app string, 
 		// Wrong secret, IP not whitelisted, API not authorised…: retrying cannot
 		// help and would burn the token endpoint's small daily quota. Stop the
 		// app; one attempt per ConfigStop re-checks, or an operator resumes it.
-		wait = ConfigStop
+		wait, park = ConfigStop, true
 		h.metrics.ConfigErrors.WithLabelValues(app).Inc()
 		if perr := h.store.Park(ctx, app, h.now().Add(wait)); perr != nil {
 			log.Error("could not stop the app", "err", perr)
@@ -272,7 +299,7 @@ func (h *Handler) failed(ctx context.Context, log *slog.Logger, id, app string, 
 				"err", err, "recheck_at", h.now().Add(wait))
 		}
 	default:
-		if retried, max := h.retries(ctx); retried >= max {
+		if retried >= max {
 			log.Warn("retries exhausted", "err", err)
 			return h.settle(ctx, log, id, app, delivery.StateDead, info)
 		}
@@ -283,7 +310,7 @@ func (h *Handler) failed(ctx context.Context, log *slog.Logger, id, app string, 
 	h.metrics.RetriesWaited.WithLabelValues(app, class.String()).Inc()
 	if wait > 0 {
 		log.Info("throttled by wechat; waiting without spending retries", "class", class, "wait", wait, "err", err)
-		return &retryAfter{err: err, delay: wait}
+		return &retryAfter{err: err, delay: wait, park: park}
 	}
 	log.Warn("attempt failed; will retry", "class", class, "err", err)
 	return err

@@ -62,14 +62,27 @@ func SweepOrphans(ctx context.Context, store OrphanStore, inspector TaskLookup, 
 			owned = append(owned, r.ID) // gone, or a task has run it
 			continue
 		}
-		if r.Fanout != "" {
-			wait, err := fanoutPending(inspector, r.Fanout)
+		fanout, chunk := delivery.FanoutOf(r.Fanout)
+		if fanout != "" {
+			wait, err := pending(inspector, QueueHigh, fanout)
 			if err != nil {
 				errs = append(errs, err)
 				continue
 			}
 			if wait {
 				waiting = append(waiting, r.ID)
+				continue
+			}
+		}
+		if chunk != "" {
+			// The fanout has enqueued the chunk, which owns the message.
+			run, err := pending(inspector, r.Queue, chunk)
+			switch {
+			case err != nil:
+				errs = append(errs, err)
+				continue
+			case run:
+				owned = append(owned, r.ID)
 				continue
 			}
 		}
@@ -102,16 +115,17 @@ func SweepOrphans(ctx context.Context, store OrphanStore, inspector TaskLookup, 
 	return settled, nil
 }
 
-// fanoutPending reports whether fanout task id exists and will run: one that
-// gave up (archived) is run again.
-func fanoutPending(inspector TaskLookup, id string) (bool, error) {
-	info, err := lookup(inspector, QueueHigh, id)
+// pending reports whether a batch's fanout or chunk task id exists and will
+// run: one that gave up (archived) is run again, since its batch was
+// acknowledged.
+func pending(inspector TaskLookup, queue, id string) (bool, error) {
+	info, err := lookup(inspector, queue, id)
 	if err != nil || info == nil {
 		return false, err
 	}
 	if info.State == asynq.TaskStateArchived {
-		if err := inspector.RunTask(QueueHigh, id); err != nil {
-			return false, fmt.Errorf("tasks: run archived fanout %s: %w", id, err)
+		if err := inspector.RunTask(queue, id); err != nil {
+			return false, fmt.Errorf("tasks: run archived %s: %w", id, err)
 		}
 	}
 	return true, nil

@@ -83,7 +83,8 @@ func (b *orphanBundle) unowned(t *testing.T) []string {
 }
 
 // TestSweepOrphans: of the records no one said were owned, the sweep cancels
-// those with no task and no fanout, unlists those whose delivery task exists,
+// those with no task and no fanout, unlists those whose delivery or chunk
+// task exists,
 // postpones those whose fanout has yet to run (running one that gave up, as
 // its batch was acknowledged), and leaves young ones.
 func TestSweepOrphans(t *testing.T) {
@@ -107,9 +108,13 @@ func TestSweepOrphans(t *testing.T) {
 	if err := b.insp.ArchiveTask(QueueHigh, "fanout-g"); err != nil {
 		t.Fatal(err)
 	}
-	// No task, and a batch whose fanout never got enqueued.
+	// Its batch's fanout has run and enqueued its chunk.
+	inChunk := b.create(t, delivery.ChunkID("fanout-c", 0))
+	enqueue(asynq.NewTask(TypeChunk, []byte(`{}`)), asynq.Queue(QueueNormal), asynq.TaskID(delivery.ChunkID("fanout-c", 0)))
+	// No task, and batches whose fanout never got enqueued.
 	single := b.create(t, "")
 	batch := b.create(t, "fanout-never")
+	chunked := b.create(t, delivery.ChunkID("fanout-never2", 3))
 	b.clock.Advance(time.Hour)
 	young := b.create(t, "")
 
@@ -125,13 +130,14 @@ func TestSweepOrphans(t *testing.T) {
 		}
 	}
 	slices.Sort(ended)
-	want := []string{single, batch}
+	want := []string{single, batch, chunked}
 	slices.Sort(want)
 	if !slices.Equal(ended, want) {
-		t.Errorf("settled %v, want the two orphans %v", ended, want)
+		t.Errorf("settled %v, want the three orphans %v", ended, want)
 	}
 	for id, st := range map[string]delivery.State{withTask: delivery.StateQueued, waiting: delivery.StateQueued,
-		young: delivery.StateQueued, gaveUp: delivery.StateQueued, single: delivery.StateCanceled, batch: delivery.StateCanceled} {
+		young: delivery.StateQueued, gaveUp: delivery.StateQueued, inChunk: delivery.StateQueued,
+		single: delivery.StateCanceled, batch: delivery.StateCanceled, chunked: delivery.StateCanceled} {
 		if got := b.state(t, id); got != st {
 			t.Errorf("%s = %s, want %s", id, got, st)
 		}
@@ -144,8 +150,8 @@ func TestSweepOrphans(t *testing.T) {
 	if info, err := b.insp.GetTaskInfo(QueueHigh, "fanout-g"); err != nil || info.State != asynq.TaskStatePending {
 		t.Errorf("the fanout that gave up = %+v, %v, want pending again", info, err)
 	}
-	if n, _ := b.store.Backlog(b.ctx, "default"); n != 4 {
-		t.Errorf("backlog = %d, want 4 (the orphans' slots released)", n)
+	if n, _ := b.store.Backlog(b.ctx, "default"); n != 5 {
+		t.Errorf("backlog = %d, want 5 (the orphans' slots released)", n)
 	}
 	// The waiting records' listing was renewed: the same cut-off sees none.
 	if again, err := b.store.Unowned(b.ctx, b.clock.Now().Add(-time.Minute), 100); err != nil || len(again) != 0 {
@@ -169,8 +175,8 @@ func TestSweepOrphans(t *testing.T) {
 }
 
 // TestSubmitLeavesNothingUnowned: a single submit unlists its record once its
-// task is enqueued; a batch's records stay listed, naming their fanout, until
-// the fanout has enqueued their tasks.
+// task is enqueued; a batch's records stay listed, naming their chunk of the
+// fanout, until the fanout has enqueued the chunk's task.
 func TestSubmitLeavesNothingUnowned(t *testing.T) {
 	t.Parallel()
 	b := setupOrphans(t)
@@ -190,9 +196,12 @@ func TestSubmitLeavesNothingUnowned(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(recs) != 2 || recs[0].Fanout == "" || recs[1].Fanout != recs[0].Fanout {
-		t.Fatalf("unowned after SubmitBatch = %+v, want both, naming one fanout", recs)
+		t.Fatalf("unowned after SubmitBatch = %+v, want both, naming one chunk", recs)
 	}
-	fanout := recs[0].Fanout
+	fanout, chunk := delivery.FanoutOf(recs[0].Fanout)
+	if chunk != delivery.ChunkID(fanout, 0) {
+		t.Fatalf("the records name %q, want chunk 0 of their fanout", recs[0].Fanout)
+	}
 	info, err := b.insp.GetTaskInfo(QueueHigh, fanout)
 	if err != nil {
 		t.Fatalf("the fanout task %s: %v", fanout, err)
@@ -207,6 +216,14 @@ func TestSubmitLeavesNothingUnowned(t *testing.T) {
 	}
 	if got := b.unowned(t); len(got) != 0 {
 		t.Errorf("unowned after the fanout = %v, want none", got)
+	}
+	info, err = b.insp.GetTaskInfo(QueueNormal, chunk)
+	if err != nil {
+		t.Fatalf("the chunk task %s: %v", chunk, err)
+	}
+	var c chunkPayload
+	if err := json.Unmarshal(info.Payload, &c); err != nil || len(c.Items) != 2 || info.Type != TypeChunk {
+		t.Fatalf("chunk task %s %s: %v, want both messages", info.Type, info.Payload, err)
 	}
 }
 

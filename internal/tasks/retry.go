@@ -31,10 +31,12 @@ func (p RetryPolicy) Delay(n int) time.Duration {
 }
 
 // retryAfter is a failed attempt that must wait a set time (throttling, quota);
-// it does not count as a failure.
+// it does not count as a failure. park: the wait is the app's park (daily quota,
+// configuration error), which a resume ends early (Submitter.WakeApp).
 type retryAfter struct {
 	err   error
 	delay time.Duration
+	park  bool
 }
 
 func (e *retryAfter) Error() string { return e.err.Error() }

@@ -109,9 +109,7 @@ func (s *Submitter) SubmitBatch(ctx context.Context, ms []delivery.NewMessage) (
 	// waiting for a task (see delivery.Store.Create), whatever became of the
 	// first run's fanout.
 	fanout := "fanout-" + ulid.Make().String()
-	for i := range ms {
-		ms[i].Fanout = fanout
-	}
+	assignChunks(fanout, ms)
 	created, err := s.records.CreateBatch(ctx, ms)
 	if err != nil {
 		return nil, err
@@ -129,7 +127,11 @@ func (s *Submitter) SubmitBatch(ctx context.Context, ms []delivery.NewMessage) (
 			fresh = append(fresh, ms[i].ID)
 		}
 		m := ms[i]
-		items = append(items, FanoutItem{ID: m.ID, App: m.App, To: m.To, Queue: m.Queue, SendAt: m.SendAt})
+		it := FanoutItem{ID: m.ID, App: m.App, To: m.To, Queue: m.Queue, SendAt: m.SendAt}
+		if m.Fanout != fanout {
+			it.Chunk = m.Fanout
+		}
+		items = append(items, it)
 	}
 	if len(items) == 0 {
 		return created, nil
@@ -142,6 +144,32 @@ func (s *Submitter) SubmitBatch(ctx context.Context, ms []delivery.NewMessage) (
 		return nil, s.undo(ctx, fmt.Errorf("tasks: enqueue fanout: %w", err), fresh...)
 	}
 	return created, nil
+}
+
+// assignChunks names each message's owner: the chunk task that will deliver
+// it, ChunkSize messages of one app and queue to a chunk in batch order, or,
+// for a message with a send_at, the fanout, which enqueues a task of its own.
+// An idempotent retry of the same batch assigns the same chunks.
+func assignChunks(fanout string, ms []delivery.NewMessage) {
+	type group struct{ queue, app string }
+	type open struct{ n, size int }
+	groups := map[group]open{}
+	next := 0
+	for i := range ms {
+		if !ms[i].SendAt.IsZero() {
+			ms[i].Fanout = fanout
+			continue
+		}
+		g := group{ms[i].Queue, ms[i].App}
+		c, ok := groups[g]
+		if !ok || c.size == ChunkSize {
+			c = open{n: next}
+			next++
+		}
+		c.size++
+		groups[g] = c
+		ms[i].Fanout = delivery.ChunkID(fanout, c.n)
+	}
 }
 
 // undo removes records whose task could not be enqueued, so that an error

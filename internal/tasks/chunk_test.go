@@ -1,0 +1,321 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/ratelimit"
+	"github.com/wxpush/wxpush/internal/wechat/wechatsim"
+)
+
+// handedQueue records the delivery tasks a chunk hands on, with their
+// options, and refuses a second task with the same id, as asynq does.
+type handedQueue struct {
+	mu    sync.Mutex
+	tasks map[string]handed
+}
+
+type handed struct {
+	maxRetry int
+	delay    time.Duration
+}
+
+func (q *handedQueue) EnqueueContext(_ context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	p, err := parseDeliverPayload(task.Payload())
+	if err != nil || task.Type() != TypeDeliver {
+		return nil, fmt.Errorf("handed on a %s task %s", task.Type(), task.Payload())
+	}
+	if _, ok := q.tasks[p.ID]; ok {
+		return nil, asynq.ErrTaskIDConflict
+	}
+	var h handed
+	for _, o := range opts {
+		switch o.Type() {
+		case asynq.MaxRetryOpt:
+			h.maxRetry = o.Value().(int)
+		case asynq.ProcessInOpt:
+			h.delay = o.Value().(time.Duration)
+		}
+	}
+	q.tasks[p.ID] = h
+	return &asynq.TaskInfo{ID: p.ID}, nil
+}
+
+func (q *handedQueue) get(id string) (handed, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	h, ok := q.tasks[id]
+	return h, ok
+}
+
+func (q *handedQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.tasks)
+}
+
+// chunkBundle runs chunk tasks against the simulator and a real Redis.
+type chunkBundle struct {
+	*bundle
+	queue   *handedQueue
+	handler *ChunkHandler
+}
+
+// maxAttempts is the chunk tests' send budget.
+const maxAttempts = 10
+
+func setupChunk(t *testing.T, limits Limits, rules ...wechatsim.Rule) *chunkBundle {
+	t.Helper()
+	b := setupWith(t, limits, rules...)
+	q := &handedQueue{tasks: map[string]handed{}}
+	return &chunkBundle{bundle: b, queue: q,
+		handler: NewChunkHandler(b.handler, b.store, q, RetryPolicy{Base: time.Second, Cap: time.Minute}, maxAttempts)}
+}
+
+// messages stores one record per openid, owned by chunk.
+func (c *chunkBundle) messages(t *testing.T, chunk string, openIDs ...string) []string {
+	t.Helper()
+	ids := make([]string, len(openIDs))
+	for i, o := range openIDs {
+		ids[i] = c.enqueue(t, o, func(m *delivery.NewMessage) { m.Fanout = chunk; m.To = o })
+	}
+	return ids
+}
+
+func (c *chunkBundle) run(chunk string, ids ...string) error {
+	p := chunkPayload{ID: chunk, Queue: QueueNormal, App: "default"}
+	for _, id := range ids {
+		to, _ := c.to.Load(id)
+		p.Items = append(p.Items, chunkItem{ID: id, To: to.(string)})
+	}
+	b, _ := json.Marshal(p)
+	return c.handler.ProcessTask(c.ctx, asynq.NewTask(TypeChunk, b))
+}
+
+func chunkOf(n int) string { return delivery.ChunkID("fanout-TEST", n) }
+
+// TestChunkDelivers: a chunk sends each of its messages once, with its id as
+// client_msg_id, stores them sent, and hands nothing on.
+func TestChunkDelivers(t *testing.T) {
+	t.Parallel()
+	c := setupChunk(t, nil)
+	ids := c.messages(t, chunkOf(0), "u1", "u2", "u3", "u4", "u5")
+	if err := c.run(chunkOf(0), ids...); err != nil {
+		t.Fatal(err)
+	}
+	for i, id := range ids {
+		m := c.record(t, id)
+		if m.State != delivery.StateSent || m.WeChatMsgID == "" || m.Attempts != 1 {
+			t.Errorf("record %d = %+v, want sent with a msgid after one attempt", i, m)
+		}
+		if p := c.sim.Pair(fmt.Sprintf("u%d", i+1), id); p.Accepted != 1 {
+			t.Errorf("simulator pair %d = %+v, want accepted once with client_msg_id = id", i, p)
+		}
+	}
+	if n := c.queue.len(); n != 0 {
+		t.Errorf("handed on %d tasks, want none", n)
+	}
+}
+
+// TestChunkHandsOnFailures: a failed attempt goes on in a task of its own with
+// the budget less that attempt and a backoff; the chunk running again (its
+// worker died after the hand-off) sends neither it nor the delivered ones again.
+func TestChunkHandsOnFailures(t *testing.T) {
+	t.Parallel()
+	c := setupChunk(t, nil, wechatsim.Rule{OpenID: "busy", Outcome: wechatsim.OutcomeSystemBusy})
+	ids := c.messages(t, chunkOf(1), "ok1", "busy", "ok2")
+	if err := c.run(chunkOf(1), ids...); err != nil {
+		t.Fatal(err)
+	}
+	if m := c.record(t, ids[1]); m.State != delivery.StateRetrying || m.Attempts != 1 {
+		t.Fatalf("failed message = %s after %d attempts, want retrying after 1", m.State, m.Attempts)
+	}
+	h, ok := c.queue.get(ids[1])
+	if !ok || h.maxRetry != maxAttempts-2 || h.delay <= 0 {
+		t.Fatalf("handed on %+v (%v), want a task with %d retries after a backoff", h, ok, maxAttempts-2)
+	}
+	sends := c.sim.Stats().SendRequests
+	if err := c.run(chunkOf(1), ids...); err != nil {
+		t.Fatalf("the chunk again: %v", err)
+	}
+	if got := c.sim.Stats().SendRequests; got != sends {
+		t.Errorf("the chunk's second run sent %d more, want none", got-sends)
+	}
+	if m := c.record(t, ids[1]); m.Attempts != 1 {
+		t.Errorf("handed-on message attempted %d times, want 1", m.Attempts)
+	}
+	if n := c.queue.len(); n != 1 {
+		t.Errorf("%d tasks handed on, want 1", n)
+	}
+}
+
+// TestChunkHandOnSurvivesCrash: a chunk that died after marking a message
+// handed on but before its task was enqueued enqueues it when it runs again,
+// without sending it itself.
+func TestChunkHandOnSurvivesCrash(t *testing.T) {
+	t.Parallel()
+	c := setupChunk(t, nil)
+	ids := c.messages(t, chunkOf(2), "u1", "u2")
+	if err := c.store.Spill(c.ctx, chunkOf(2), ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.run(chunkOf(2), ids...); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.queue.get(ids[0]); !ok {
+		t.Error("the message marked handed on has no task")
+	}
+	if p := c.sim.Pair("u1", ids[0]); p.Requests != 0 {
+		t.Errorf("the chunk sent a message it had handed on: %+v", p)
+	}
+	if m := c.record(t, ids[1]); m.State != delivery.StateSent {
+		t.Errorf("the other message is %s, want sent", m.State)
+	}
+}
+
+// TestChunkResendsAfterCrashMidSend: a chunk that died between beginning an
+// attempt and storing WeChat's answer sends again when it runs again, with the
+// same client_msg_id, so WeChat drops the repeat (invariants 1 and 2).
+func TestChunkResendsAfterCrashMidSend(t *testing.T) {
+	t.Parallel()
+	c := setupChunk(t, nil)
+	ids := c.messages(t, chunkOf(3), "u1")
+	if _, _, err := c.store.BeginMany(c.ctx, chunkOf(3), ids); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.run(chunkOf(3), ids...); err != nil {
+		t.Fatal(err)
+	}
+	if m := c.record(t, ids[0]); m.State != delivery.StateSent || m.Attempts != 2 {
+		t.Errorf("record = %s after %d attempts, want sent after 2", m.State, m.Attempts)
+	}
+	if p := c.sim.Pair("u1", ids[0]); p.Pushed != 1 {
+		t.Errorf("simulator pair = %+v, want pushed once", p)
+	}
+}
+
+// TestChunkLeavesOthers: an idempotent retry of a batch puts the same message
+// in a second chunk; only the chunk its record names sends it.
+func TestChunkLeavesOthers(t *testing.T) {
+	t.Parallel()
+	c := setupChunk(t, nil)
+	ids := c.messages(t, chunkOf(4), "u1")
+	if err := c.run(chunkOf(5), ids...); err != nil {
+		t.Fatal(err)
+	}
+	if m := c.record(t, ids[0]); m.State != delivery.StateQueued || m.Attempts != 0 {
+		t.Fatalf("another chunk's message = %s after %d attempts, want queued, untouched", m.State, m.Attempts)
+	}
+	if err := c.run(chunkOf(4), ids...); err != nil {
+		t.Fatal(err)
+	}
+	if m := c.record(t, ids[0]); m.State != delivery.StateSent {
+		t.Errorf("its own chunk left it %s, want sent", m.State)
+	}
+	if st := c.sim.Stats(); st.SendRequests != 1 {
+		t.Errorf("%d sends, want 1", st.SendRequests)
+	}
+}
+
+// TestChunkParkedHandsOn: the messages of a parked app are handed on at once,
+// without an attempt (invariant 4), to wait in their tasks where a resume
+// finds them.
+func TestChunkParkedHandsOn(t *testing.T) {
+	t.Parallel()
+	c := setupChunk(t, nil)
+	ids := c.messages(t, chunkOf(6), "u1", "u2")
+	if err := c.store.Park(c.ctx, "default", time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.run(chunkOf(6), ids...); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		h, ok := c.queue.get(id)
+		if !ok || h.delay != 0 || h.maxRetry != maxAttempts-1 {
+			t.Errorf("handed on %+v (%v), want at once with the whole budget", h, ok)
+		}
+		if m := c.record(t, id); m.Attempts != 0 || m.State != delivery.StateQueued {
+			t.Errorf("parked message = %s after %d attempts, want queued, none spent", m.State, m.Attempts)
+		}
+	}
+	if st := c.sim.Stats(); st.SendRequests != 0 {
+		t.Errorf("a parked app's chunk sent %d", st.SendRequests)
+	}
+}
+
+// TestChunkRateLimited: with a rate limit, the chunk sends what has a permit
+// and hands the rest on to wait for theirs, spending no attempt (invariant 4).
+func TestChunkRateLimited(t *testing.T) {
+	t.Parallel()
+	limits := func(string) (ratelimit.Limit, ratelimit.Limit) {
+		return ratelimit.Limit{Max: 1, Window: time.Minute, Burst: 1}, ratelimit.Limit{}
+	}
+	c := setupChunk(t, limits)
+	ids := c.messages(t, chunkOf(7), "u1", "u2", "u3")
+	if err := c.run(chunkOf(7), ids...); err != nil {
+		t.Fatal(err)
+	}
+	if m := c.record(t, ids[0]); m.State != delivery.StateSent {
+		t.Errorf("the first message = %s, want sent on the one permit", m.State)
+	}
+	for _, id := range ids[1:] {
+		h, ok := c.queue.get(id)
+		if !ok || h.delay <= 0 || h.maxRetry != maxAttempts-1 {
+			t.Errorf("handed on %+v (%v), want after a wait with the whole budget", h, ok)
+		}
+		if m := c.record(t, id); m.Attempts != 0 || m.State != delivery.StateQueued {
+			t.Errorf("rate-limited message = %s after %d attempts, want queued, none spent", m.State, m.Attempts)
+		}
+	}
+	if st := c.sim.Stats(); st.SendRequests != 1 {
+		t.Errorf("%d sends under a limit of one, want 1", st.SendRequests)
+	}
+}
+
+// TestChunkLastAttempt: with a budget of one attempt, a chunk's failed send is
+// final (dead) and nothing is handed on.
+func TestChunkLastAttempt(t *testing.T) {
+	t.Parallel()
+	b := setupWith(t, nil, wechatsim.Rule{Outcome: wechatsim.OutcomeSystemBusy})
+	q := &handedQueue{tasks: map[string]handed{}}
+	c := &chunkBundle{bundle: b, queue: q, handler: NewChunkHandler(b.handler, b.store, q, RetryPolicy{Base: time.Second, Cap: time.Minute}, 1)}
+	ids := c.messages(t, chunkOf(8), "u1")
+	if err := c.run(chunkOf(8), ids...); err != nil {
+		t.Fatal(err)
+	}
+	if m := c.record(t, ids[0]); m.State != delivery.StateDead {
+		t.Errorf("record = %s, want dead", m.State)
+	}
+	if n := q.len(); n != 0 {
+		t.Errorf("handed on %d, want none", n)
+	}
+}
+
+// TestChunkRedisFailureRunsAgain: when Redis fails, the chunk returns an
+// error so that asynq runs it again; nothing was sent.
+func TestChunkRedisFailureRunsAgain(t *testing.T) {
+	t.Parallel()
+	c := setupChunk(t, nil)
+	ids := c.messages(t, chunkOf(9), "u1")
+	ctx, cancel := context.WithCancel(c.ctx)
+	cancel()
+	p, _ := json.Marshal(chunkPayload{ID: chunkOf(9), Queue: QueueNormal, App: "default", Items: []chunkItem{{ID: ids[0], To: "u1"}}})
+	err := c.handler.ProcessTask(ctx, asynq.NewTask(TypeChunk, p))
+	if err == nil || errors.Is(err, asynq.SkipRetry) {
+		t.Fatalf("chunk without Redis: %v, want an error asynq retries", err)
+	}
+	if st := c.sim.Stats(); st.SendRequests != 0 {
+		t.Errorf("%d sends, want none", st.SendRequests)
+	}
+}
