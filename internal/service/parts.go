@@ -212,6 +212,10 @@ func (p *parts) wechatClient() *wechat.Client {
 			Timeout: p.cfg.SendTimeout,
 			Transport: &http.Transport{
 				Proxy:               http.ProxyFromEnvironment,
+				// A chunk task sends its messages side by side: the connection
+				// limit bounds a worker's sends in flight (the others wait for
+				// a connection), and every connection stays open for reuse.
+				MaxConnsPerHost:     p.cfg.Concurrency * 2,
 				MaxIdleConns:        p.cfg.Concurrency * 2,
 				MaxIdleConnsPerHost: p.cfg.Concurrency * 2,
 				IdleConnTimeout:     90 * time.Second,

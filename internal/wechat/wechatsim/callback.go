@@ -29,7 +29,8 @@ func (s *Server) reserve() bool {
 	return true
 }
 
-// push waits delay, then delivers every copy of ev. The caller reserved it.
+// push waits delay and its turn among the pushers, then delivers every copy
+// of ev. The caller reserved it.
 func (s *Server) push(ev event, delay time.Duration) {
 	defer s.wg.Done()
 	ctx, cancel := s.pushContext()
@@ -42,6 +43,12 @@ func (s *Server) push(ev event, delay time.Duration) {
 			t.Stop()
 			return
 		}
+	}
+	select {
+	case s.pushers <- struct{}{}:
+		defer func() { <-s.pushers }()
+	case <-ctx.Done():
+		return
 	}
 	for range ev.copies {
 		if ctx.Err() != nil {

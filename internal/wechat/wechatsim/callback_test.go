@@ -3,6 +3,7 @@ package wechatsim
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -221,6 +222,31 @@ func TestCallbackRetries(t *testing.T) {
 				t.Errorf("receiver accepted %d events, want %d", rc.count(), tt.wantPushed)
 			}
 		})
+	}
+}
+
+// TestCallbackConcurrency: a burst of accepted sends is pushed by at most
+// CallbackConcurrency requests at once; the others wait their turn, and every
+// event arrives.
+func TestCallbackConcurrency(t *testing.T) {
+	t.Parallel()
+	rc := newReceiver(t, testToken)
+	rc.hold = 20 * time.Millisecond
+	b := setup(t, Config{CallbackConcurrency: 3})
+	if err := b.sim.SetCallbackURL(testAppID, rc.ts.URL); err != nil {
+		t.Fatal(err)
+	}
+	tok := b.token(t)
+	const n = 12
+	for i := range n {
+		b.send(t, tok, sendBodyFor(fmt.Sprintf("o%d", i), fmt.Sprintf("m%d", i)))
+	}
+	b.sim.settle()
+	rc.mu.Lock()
+	peak := rc.peak
+	rc.mu.Unlock()
+	if rc.count() != n || peak > 3 || peak < 2 {
+		t.Errorf("receiver got %d events with at most %d at once, want %d with at most 3 (and pushes side by side)", rc.count(), peak, n)
 	}
 }
 

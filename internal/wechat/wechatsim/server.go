@@ -28,6 +28,12 @@ type Config struct {
 	// CallbackTimeout is how long one callback try waits for a reply before it
 	// counts as failed and is retried; zero = 5s, WeChat's own wait.
 	CallbackTimeout time.Duration
+	// CallbackConcurrency bounds the callbacks being pushed at once, as a
+	// pusher with a queue does: more events wait their turn, and a try's
+	// timeout starts with its request; zero = 64. (WeChat does not document
+	// its pusher's concurrency; pushing every event at once would turn a
+	// burst of sends into as many simultaneous requests.)
+	CallbackConcurrency int
 	// TokenTTL is the expires_in of issued tokens; zero = 7200s.
 	TokenTTL time.Duration
 	// Latency is added to every API reply, after the request took effect, so a
@@ -90,9 +96,10 @@ type Template struct {
 }
 
 const (
-	defaultTokenTTL        = 7200 * time.Second
-	defaultCallbackTimeout = 5 * time.Second
-	defaultMsgIDBase       = 1 << 53
+	defaultTokenTTL            = 7200 * time.Second
+	defaultCallbackTimeout     = 5 * time.Second
+	defaultCallbackConcurrency = 64
+	defaultMsgIDBase           = 1 << 53
 	// tokenGrace is how long a superseded token keeps working: WeChat lets old
 	// and new overlap for about five minutes.
 	tokenGrace = 5 * time.Minute
@@ -110,9 +117,11 @@ type Server struct {
 	latency         time.Duration
 	client          *http.Client
 	ownClient       bool
-	log             *slog.Logger
-	now             func() time.Time
-	mux             *http.ServeMux
+	// pushers holds one token per callback being pushed (CallbackConcurrency).
+	pushers chan struct{}
+	log     *slog.Logger
+	now     func() time.Time
+	mux     *http.ServeMux
 
 	// quit is closed by Close; callback pushes and hanging replies watch it.
 	quit chan struct{}
@@ -152,6 +161,7 @@ func New(cfg Config) (*Server, error) {
 		tokenTTL:        cmpOr(cfg.TokenTTL, defaultTokenTTL),
 		callbackDelay:   cfg.CallbackDelay,
 		callbackTimeout: cmpOr(cfg.CallbackTimeout, defaultCallbackTimeout),
+		pushers:         make(chan struct{}, cmpOr(cfg.CallbackConcurrency, defaultCallbackConcurrency)),
 		latency:         cfg.Latency,
 		client:          cfg.HTTPClient,
 		log:             cfg.Logger,
@@ -254,6 +264,9 @@ func validate(cfg Config) error {
 	}
 	if cfg.TokenTTL != 0 && cfg.TokenTTL < time.Second {
 		return fmt.Errorf("TokenTTL: %v is under the 1s that expires_in can express", cfg.TokenTTL)
+	}
+	if cfg.CallbackConcurrency < 0 {
+		return fmt.Errorf("CallbackConcurrency: %d is negative", cfg.CallbackConcurrency)
 	}
 	if cfg.MsgIDBase < 0 {
 		return fmt.Errorf("MsgIDBase: %d is negative", cfg.MsgIDBase)

@@ -221,6 +221,10 @@ type receiver struct {
 	// stallFirst makes the first stallFirst requests wait for the client to
 	// give up.
 	stallFirst int
+	// hold keeps every request this long before it is answered; inFlight and
+	// peak count the requests being answered at once.
+	hold           time.Duration
+	inFlight, peak int
 }
 
 func newReceiver(t *testing.T, token string) *receiver {
@@ -236,6 +240,13 @@ func (rc *receiver) serve(w http.ResponseWriter, r *http.Request) {
 	rc.mu.Lock()
 	rc.requests++
 	n := rc.requests
+	rc.inFlight++
+	rc.peak = max(rc.peak, rc.inFlight)
+	hold := rc.hold
+	rc.mu.Unlock()
+	defer func() { rc.mu.Lock(); rc.inFlight--; rc.mu.Unlock() }()
+	time.Sleep(hold) // a slow receiver, not a wait for a condition
+	rc.mu.Lock()
 	stall, fail := n <= rc.stallFirst, n <= rc.stallFirst+rc.failFirst
 	rc.mu.Unlock()
 	if stall {
