@@ -1,7 +1,10 @@
-// Package tasks defines wxpush's asynq tasks (TypeDeliver, TypeFanout), how
-// messages are submitted (a record in the delivery store plus a task), and the
-// handler that delivers one: rate limits, check the stored state, get the shared
-// token, send, then settle or retry.
+// Package tasks defines wxpush's asynq tasks (TypeDeliver, TypeFanout,
+// TypeChunk), how messages are submitted (a record in the delivery store plus a
+// task), and the handler that delivers one: rate limits, check the stored
+// state, get the shared token, send, then settle or retry. A batch's chunk
+// task does the same for up to ChunkSize messages at once, with one Redis
+// round trip for their attempts and one for WeChat's answers, and hands a
+// message it cannot finish to a TypeDeliver task of its own.
 //
 // The handler never sends a message whose stored state is sent or final, and
 // every attempt carries the message id as client_msg_id, so WeChat drops a

@@ -101,6 +101,7 @@ func TestQuotaParksApp(t *testing.T) {
 type fakeQueue struct {
 	ids  map[string]bool
 	fail int // fail the call with this 1-based index
+	lost int // enqueue on the call with this index, but answer with an error
 	n    int
 }
 
@@ -109,12 +110,23 @@ func (q *fakeQueue) EnqueueContext(_ context.Context, task *asynq.Task, opts ...
 	if q.n == q.fail {
 		return nil, errors.New("redis down")
 	}
+	// The task's id: a TaskID option, else the delivery task's own (its
+	// message id, set by NewDeliverTask).
 	p, _ := parseDeliverPayload(task.Payload())
-	if q.ids[p.ID] {
+	key := p.ID
+	for _, o := range opts {
+		if o.Type() == asynq.TaskIDOpt {
+			key = o.Value().(string)
+		}
+	}
+	if q.ids[key] {
 		return nil, asynq.ErrTaskIDConflict
 	}
-	q.ids[p.ID] = true
-	return &asynq.TaskInfo{ID: p.ID}, nil
+	q.ids[key] = true
+	if q.n == q.lost {
+		return nil, errors.New("connection reset: the reply was lost")
+	}
+	return &asynq.TaskInfo{ID: key}, nil
 }
 
 // TestFanoutResumes: a fanout that died halfway is retried, and the tasks it

@@ -43,11 +43,14 @@ var (
 //   - one whose batch's fanout task exists waits for it (its listing is
 //     renewed); a fanout that gave up (archived) is run again, since its
 //     batch was acknowledged;
+//   - one whose batch's chunk task exists is unlisted (an archived chunk is
+//     run again too);
 //   - the others are settled canceled. A retry of their request with the same
 //     Idempotency-Key revives them.
 //
-// The fanout is looked up before the delivery task: a fanout that completes
-// in between has enqueued the task by then. A failed lookup skips its record
+// The fanout is looked up before the chunk, and the chunk before the
+// delivery task: a fanout that completes in between has enqueued the chunk
+// by then, and a chunk has begun its messages or handed them on. A failed lookup skips its record
 // and the pass goes on; the first error is returned with what was settled.
 func SweepOrphans(ctx context.Context, store OrphanStore, inspector TaskLookup, cutoff time.Time, limit int) ([]delivery.Settled, error) {
 	recs, err := store.Unowned(ctx, cutoff, limit)

@@ -227,6 +227,48 @@ func TestSubmitLeavesNothingUnowned(t *testing.T) {
 	}
 }
 
+// TestSubmitCommitsThroughLostReply: when Redis enqueues a submission's task
+// but its answer is lost, the submission is not answered with an error (the
+// producer's retry would push the message twice): it tries again, finds the
+// task there, and accepts.
+func TestSubmitCommitsThroughLostReply(t *testing.T) {
+	t.Parallel()
+	b := setupOrphans(t)
+	q := &fakeQueue{ids: map[string]bool{}, lost: 1}
+	m := newMessage("")
+	if _, err := NewSubmitter(b.store, q, b.insp, 10).Submit(b.ctx, m); err != nil {
+		t.Fatalf("Submit with a lost reply: %v, want accepted", err)
+	}
+	if !q.ids[m.ID] || len(q.ids) != 1 || q.n != 2 {
+		t.Errorf("tasks %v after %d enqueues, want the message's one task, found on the second try", q.ids, q.n)
+	}
+	if got := b.state(t, m.ID); got != delivery.StateQueued {
+		t.Errorf("record = %s, want queued", got)
+	}
+
+	q = &fakeQueue{ids: map[string]bool{}, lost: 1}
+	ms := []delivery.NewMessage{newMessage(""), newMessage("")}
+	created, err := NewSubmitter(b.store, q, b.insp, 10).SubmitBatch(b.ctx, ms)
+	if err != nil || len(created) != 2 || created[0].Err != nil || created[1].Err != nil {
+		t.Fatalf("SubmitBatch with a lost reply: %+v, %v, want both accepted", created, err)
+	}
+	fanout, _ := delivery.FanoutOf(ms[0].Fanout)
+	if !q.ids[fanout] || len(q.ids) != 1 {
+		t.Errorf("tasks %v, want the batch's one fanout %s", q.ids, fanout)
+	}
+	for _, m := range ms {
+		if got := b.state(t, m.ID); got != delivery.StateQueued {
+			t.Errorf("record = %s, want queued", got)
+		}
+	}
+	// A try that did not reach Redis is simply repeated.
+	q = &fakeQueue{ids: map[string]bool{}, fail: 1}
+	m = newMessage("")
+	if _, err := NewSubmitter(b.store, q, b.insp, 10).Submit(b.ctx, m); err != nil || !q.ids[m.ID] {
+		t.Errorf("Submit after a failed try: %v, tasks %v; want accepted with its task", err, q.ids)
+	}
+}
+
 // TestOrphanCutOffOutlivesRequests: the least orphan cut-off configuration
 // accepts leaves a request's bounded time to store and enqueue three times
 // over, for clock skew between enqueuers and workers.

@@ -66,9 +66,10 @@ func NewSubmitter(records Records, queue Queue, tasks Tasks, maxAttempts int) *S
 }
 
 // Submit stores m and enqueues its delivery. When it returns nil the message is
-// durable in Redis and will reach a final state. On error nothing is accepted:
-// the record is removed if the task could not be enqueued, and should the
-// removal fail too, the orphan sweep ends it canceled (SweepOrphans).
+// durable in Redis and will reach a final state. A failed enqueue is tried
+// again until SubmitTimeout (see commit). On error nothing is accepted: the
+// record is removed if the task could not be enqueued, and should the removal
+// fail too, the orphan sweep ends it canceled (SweepOrphans).
 func (s *Submitter) Submit(ctx context.Context, m delivery.NewMessage) (delivery.State, error) {
 	ctx, cancel := context.WithTimeout(ctx, SubmitTimeout)
 	defer cancel()
@@ -80,7 +81,7 @@ func (s *Submitter) Submit(ctx context.Context, m delivery.NewMessage) (delivery
 	// rerun: an idempotent request whose earlier run stored this message (its id
 	// derives from the Idempotency-Key) and died before answering. The message
 	// stands; only its task may be missing, and asynq refuses a second one.
-	_, err = s.queue.EnqueueContext(ctx, NewDeliverTask(m.ID, m.App, m.To), deliverOptions(m.Queue, m.SendAt, s.maxRetry)...)
+	err = s.commit(ctx, NewDeliverTask(m.ID, m.App, m.To), deliverOptions(m.Queue, m.SendAt, s.maxRetry)...)
 	switch {
 	case err == nil, rerun && errors.Is(err, asynq.ErrTaskIDConflict):
 		// The task owns the message now. Should this fail, the message stays
@@ -139,11 +140,42 @@ func (s *Submitter) SubmitBatch(ctx context.Context, ms []delivery.NewMessage) (
 	b, _ := json.Marshal(fanoutPayload{Items: items}) // plain strings and times cannot fail
 	// The fanout runs on the high queue: it only moves work, and a batch should
 	// not wait behind the backlog it is adding to.
-	_, err = s.queue.EnqueueContext(ctx, asynq.NewTask(TypeFanout, b), asynq.Queue(QueueHigh), asynq.MaxRetry(25), asynq.TaskID(fanout))
+	err = s.commit(ctx, asynq.NewTask(TypeFanout, b), asynq.Queue(QueueHigh), asynq.MaxRetry(25), asynq.TaskID(fanout))
 	if err != nil {
 		return nil, s.undo(ctx, fmt.Errorf("tasks: enqueue fanout: %w", err), fresh...)
 	}
 	return created, nil
+}
+
+// commit enqueues the task that makes a submission durable. Redis may apply
+// the enqueue and then fail before its answer arrives (a crash, a lost
+// connection), so a failed try is repeated with the same task id until ctx
+// ends: a task that exists by then (asynq.ErrTaskIDConflict on a later try)
+// was enqueued by an earlier one. Without this, the request would be answered
+// with an error while its messages go out, and the producer's retry would
+// send them twice. An error on the first try is returned as it is.
+func (s *Submitter) commit(ctx context.Context, task *asynq.Task, opts ...asynq.Option) error {
+	wait := 50 * time.Millisecond
+	for try := 0; ; try++ {
+		_, err := s.queue.EnqueueContext(ctx, task, opts...)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, asynq.ErrTaskIDConflict):
+			if try == 0 {
+				return err
+			}
+			return nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, time.Second)
+	}
 }
 
 // assignChunks names each message's owner: the chunk task that will deliver
