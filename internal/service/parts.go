@@ -211,7 +211,7 @@ func (p *parts) wechatClient() *wechat.Client {
 		wechat.WithHTTPClient(&http.Client{
 			Timeout: p.cfg.SendTimeout,
 			Transport: &http.Transport{
-				Proxy:               http.ProxyFromEnvironment,
+				Proxy: http.ProxyFromEnvironment,
 				// A chunk task sends its messages side by side: the connection
 				// limit bounds a worker's sends in flight (the others wait for
 				// a connection), and every connection stays open for reuse.
