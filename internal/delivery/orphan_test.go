@@ -228,3 +228,49 @@ func TestRetryRenewsListing(t *testing.T) {
 		t.Error("Postpone listed a record that was not listed")
 	}
 }
+
+// TestRetryKeepsChunkOwner: an idempotent retry of a batch names its own
+// chunk in the records it finds untouched; one a chunk has begun stays that
+// chunk's, and one a chunk handed to a task of its own stays with that task.
+func TestRetryKeepsChunkOwner(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	first, retry := ChunkID("fanout-1", 0), ChunkID("fanout-2", 0)
+	for _, id := range []string{"Yuntouched", "Ybegun", "Yhanded"} {
+		b.create(t, id, func(m *NewMessage) { m.Fanout = first })
+	}
+	if _, errs, err := b.store.BeginMany(b.ctx, first, []string{"Ybegun"}); err != nil || errs[0] != nil {
+		t.Fatal(err, errs)
+	}
+	if err := b.store.Spill(b.ctx, first, "Yhanded"); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"Yuntouched", "Ybegun", "Yhanded"} {
+		m := NewMessage{ID: id, App: "default", Queue: "normal", Body: []byte("{}"), Fanout: retry}
+		if _, err := b.store.Create(b.ctx, m); !errors.Is(err, ErrExists) {
+			t.Fatalf("Create(retry of %s) = %v, want ErrExists", id, err)
+		}
+	}
+	recs, err := b.store.Unowned(b.ctx, b.clock.Now().Add(time.Hour), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"Yuntouched": retry, "Ybegun": first, "Yhanded": first + "!"}
+	for _, r := range recs {
+		if r.Fanout != want[r.ID] {
+			t.Errorf("%s names %q after the retry, want %q", r.ID, r.Fanout, want[r.ID])
+		}
+		delete(want, r.ID)
+	}
+	if len(want) != 0 {
+		t.Errorf("not listed: %v", want)
+	}
+	// The retry's chunk leaves the two it does not own alone.
+	as, _, err := b.store.BeginMany(b.ctx, retry, []string{"Yuntouched", "Ybegun", "Yhanded"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !as[0].Proceed || !as[1].Elsewhere || !as[2].Elsewhere {
+		t.Errorf("the retry's chunk begins %+v, want only the untouched one", as)
+	}
+}

@@ -55,19 +55,22 @@ end
 // The same id again is a retry of the request with its Idempotency-Key. When
 // the record exists and is still listed, the retry is about to enqueue its
 // task: the listing is renewed (now, and the retry's fanout or chunk, unless
-// an attempt has begun), so that the orphan sweep does not end it meanwhile. A record the sweep has ended
+// an attempt has begun or the message was handed to a task of its own), so
+// that the orphan sweep does not end it meanwhile. A record the sweep has ended
 // (canceled, field "or") is revived: the retry is accepted after all; it keeps
 // its creation time and history, and takes the retry's fields.
 // KEYS: rec, backlog, body, unowned. ARGV: app, max backlog (0 = none), body,
 // id, now ms, fanout id ("" for none), "a", app, "s", state, field, value, ...
 // Returns "created", "revived", "exists" or "full".
 var createScript = redis.NewScript(`
-local old = redis.call("HMGET", KEYS[1], "s", "or", "c", "n")
+local old = redis.call("HMGET", KEYS[1], "s", "or", "c", "n", "fo")
 if old[1] and (old[1] ~= "canceled" or old[2] ~= "1") then
   if redis.call("ZSCORE", KEYS[4], ARGV[4]) then
     redis.call("ZADD", KEYS[4], ARGV[5], ARGV[4])
-    -- A chunk that has begun an attempt keeps the message (see beginScript).
-    if ARGV[6] ~= "" and not old[4] then redis.call("HSET", KEYS[1], "fo", ARGV[6]) end
+    -- A chunk that has begun an attempt keeps the message, and one it handed
+    -- to a task of its own stays with that task (see beginScript).
+    local handed = old[5] and string.sub(old[5], -1) == "!"
+    if ARGV[6] ~= "" and not old[4] and not handed then redis.call("HSET", KEYS[1], "fo", ARGV[6]) end
   end
   return "exists"
 end
