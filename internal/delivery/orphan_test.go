@@ -242,8 +242,8 @@ func TestRetryKeepsChunkOwner(t *testing.T) {
 	if _, errs, err := b.store.BeginMany(b.ctx, first, []string{"Ybegun"}); err != nil || errs[0] != nil {
 		t.Fatal(err, errs)
 	}
-	if err := b.store.Spill(b.ctx, first, "Yhanded"); err != nil {
-		t.Fatal(err)
+	if marked, err := b.store.HandOff(b.ctx, first, "Yhanded", "Ygone"); err != nil || len(marked) != 1 || marked[0] != "Yhanded" {
+		t.Fatalf("HandOff = %v, %v, want the one that exists marked", marked, err)
 	}
 	for _, id := range []string{"Yuntouched", "Ybegun", "Yhanded"} {
 		m := NewMessage{ID: id, App: "default", Queue: "normal", Body: []byte("{}"), Fanout: retry}
@@ -265,12 +265,34 @@ func TestRetryKeepsChunkOwner(t *testing.T) {
 	if len(want) != 0 {
 		t.Errorf("not listed: %v", want)
 	}
-	// The retry's chunk leaves the two it does not own alone.
+	// The retry's chunk leaves the two it does not own alone, and may not
+	// hand them off either.
 	as, _, err := b.store.BeginMany(b.ctx, retry, []string{"Yuntouched", "Ybegun", "Yhanded"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !as[0].Proceed || !as[1].Elsewhere || !as[2].Elsewhere {
 		t.Errorf("the retry's chunk begins %+v, want only the untouched one", as)
+	}
+	if marked, err := b.store.HandOff(b.ctx, retry, "Ybegun", "Yhanded"); err != nil || len(marked) != 0 {
+		t.Errorf("the retry's chunk handed off %v (%v), want none of another chunk's", marked, err)
+	}
+}
+
+// TestChunkClaimsUntouched: when a retried batch's records name the retry's
+// chunk, the first run's chunk may still run first (the retry's may never
+// run): it claims the untouched message, and the retry's chunk then leaves it.
+func TestChunkClaimsUntouched(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	first, retry := ChunkID("fanout-1", 0), ChunkID("fanout-2", 0)
+	b.create(t, "Ymsg", func(m *NewMessage) { m.Fanout = retry })
+	as, _, err := b.store.BeginMany(b.ctx, first, []string{"Ymsg"})
+	if err != nil || !as[0].Proceed {
+		t.Fatalf("the first run's chunk: %+v, %v, want it to begin the untouched message", as, err)
+	}
+	as, _, err = b.store.BeginMany(b.ctx, retry, []string{"Ymsg"})
+	if err != nil || !as[0].Elsewhere {
+		t.Errorf("the retry's chunk after it: %+v, %v, want it left alone", as, err)
 	}
 }

@@ -131,24 +131,21 @@ return {"canceled", "changed", app}`)
 // beginScript starts a send attempt: it refuses a message that is sent or final,
 // settles one past its expiry as expired, defers one whose app is parked, and
 // otherwise counts the attempt and marks it in flight (so a cancel cannot race it).
-// A batch chunk (owner, not "") begins only the messages whose record names it
-// (field "fo"): a message named by another chunk (an idempotent retry of the
-// batch) is that chunk's, and one it handed to its own delivery task is marked
-// owner.."!" (spillScript).
+// A batch chunk (owner, not "") begins only a message it owns (claimChunk).
 // KEYS: rec, backlog, parked, body. ARGV: now, expiry history entry, retention,
 // in-flight deadline, owner.
 // Returns {state, app, body, attempts, kind} to proceed; {state, app} to stop;
 // {"expired", app, "changed"} when it expired the message; {"parked", app, until};
-// {state, app, "owner", "other"|"spilled"} when the owner does not hold it;
+// {state, app, "owner", "other"|"handed"} when the chunk does not hold it;
 // {} when missing.
-var beginScript = redis.NewScript(luaPrelude + `
-local v = redis.call("HMGET", KEYS[1], "s", "a", "ea", "k", "fo")
+var beginScript = redis.NewScript(luaPrelude + claimChunk + `
+local v = redis.call("HMGET", KEYS[1], "s", "a", "ea", "k")
 local st, app = v[1], v[2]
 if not st then return {} end
 if final[st] or st == "sent" then return {st, app} end
-if ARGV[5] ~= "" and v[5] ~= ARGV[5] then
-  if v[5] == ARGV[5] .. "!" then return {st, app, "owner", "spilled"} end
-  return {st, app, "owner", "other"}
+if ARGV[5] ~= "" then
+  local owns = claim(KEYS[1], ARGV[5])
+  if owns ~= "mine" then return {st, app, "owner", owns} end
 end
 local now = tonumber(ARGV[1])
 local exp = tonumber(v[3])
@@ -164,12 +161,35 @@ local n = redis.call("HINCRBY", KEYS[1], "n", 1)
 redis.call("HSET", KEYS[1], "fl", ARGV[4])
 return {st, app, redis.call("GET", KEYS[4]) or "", n, v[4] or ""}`)
 
-// spillScript hands a message from its batch chunk to a delivery task of its
-// own: the record's owner becomes owner.."!", which the chunk, should it run
-// again, reads as "make sure that task exists" (see beginScript).
-// KEYS: rec. ARGV: owner. Returns 1 when marked, 0 when the chunk does not own it.
-var spillScript = redis.NewScript(`
-if redis.call("HGET", KEYS[1], "fo") ~= ARGV[1] then return 0 end
+// claimChunk decides whether a batch's chunk task owns a message. A record
+// names its owner in field "fo" (delivery.ChunkID). An idempotent retry of the
+// batch puts the same messages in chunks of its own and renames the records
+// it finds untouched (createScript); either chunk may then run first, or only
+// one of them. So a chunk owns a message its record names, and claims one
+// that no attempt has touched (no "n") and no chunk has handed to a delivery
+// task of its own (an owner ending in "!"). claim returns "mine", "handed"
+// (this chunk handed it on) or "other".
+const claimChunk = `
+local function claim(rec, owner)
+  local v = redis.call("HMGET", rec, "fo", "n")
+  local fo = v[1] or ""
+  if fo == owner then return "mine" end
+  if fo == owner .. "!" then return "handed" end
+  if v[2] or string.sub(fo, -1) == "!" then return "other" end
+  redis.call("HSET", rec, "fo", owner)
+  return "mine"
+end
+`
+
+// handOffScript hands a message from its batch chunk to a delivery task of
+// its own: the record's owner becomes owner.."!", which the chunk, should it
+// run again, reads as "make sure that task exists" (see claimChunk).
+// KEYS: rec. ARGV: owner. Returns 1 when marked (or marked already), 0 when
+// the record is gone or another chunk owns it.
+var handOffScript = redis.NewScript(claimChunk + `
+if not redis.call("HGET", KEYS[1], "s") then return 0 end
+local owns = claim(KEYS[1], ARGV[1])
+if owns == "other" then return 0 end
 redis.call("HSET", KEYS[1], "fo", ARGV[1] .. "!")
 return 1`)
 

@@ -79,7 +79,7 @@ func NewStore(rdb redis.UniversalClient, cfg Config) *Store {
 // restarts; the calls then load them again by themselves.
 func (s *Store) LoadScripts(ctx context.Context) error {
 	for _, sc := range []*redis.Script{createScript, deleteScript, beginScript, sentScript, callbackScript,
-		retryScript, finishScript, requeueScript, orphanScript, spillScript} {
+		retryScript, finishScript, requeueScript, orphanScript, handOffScript} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("delivery: load scripts: %w", err)
 		}
@@ -426,8 +426,9 @@ type Attempt struct {
 	Changed  bool // Begin itself settled the message (expired)
 	// Elsewhere (BeginMany): another chunk owns the message; leave it.
 	Elsewhere bool
-	// Spilled (BeginMany): the chunk handed the message to its own task.
-	Spilled bool
+	// HandedOff (BeginMany): the chunk handed the message to a task of its
+	// own (HandOff).
+	HandedOff bool
 	// ParkedUntil is set when the app is parked (daily quota): try again then.
 	ParkedUntil time.Time
 }
@@ -447,11 +448,11 @@ func (s *Store) Begin(ctx context.Context, id string) (Attempt, error) {
 }
 
 // BeginMany begins the attempts of a batch chunk's messages in one round trip,
-// as Begin does, for owner, the chunk's id (see ChunkID): a message whose
-// record names another owner is not begun (Attempt.Elsewhere), nor is one the
-// chunk handed to a task of its own (Attempt.Spilled, see Spill). errs[i] is
-// ErrNotFound for a missing record, or that call's own error; err means the
-// round trip failed.
+// as Begin does, for owner, the chunk's id (see ChunkID). The chunk begins
+// the messages it owns, claiming those no attempt has touched; it does not
+// begin one another chunk owns (Attempt.Elsewhere) or one it handed to a task
+// of its own (Attempt.HandedOff, see HandOff). errs[i] is ErrNotFound for a
+// missing record, or that call's own error; err means the round trip failed.
 func (s *Store) BeginMany(ctx context.Context, owner string, ids []string) (as []Attempt, errs []error, err error) {
 	as, errs = make([]Attempt, len(ids)), make([]error, len(ids))
 	calls := make([]scriptCall, 0, len(ids))
@@ -502,8 +503,8 @@ func beginResult(res []any) (Attempt, error) {
 		a.Kind = str(res, 4)
 		a.Proceed = true
 	case 4:
-		a.Spilled = str(res, 3) == "spilled"
-		a.Elsewhere = !a.Spilled
+		a.HandedOff = str(res, 3) == "handed"
+		a.Elsewhere = !a.HandedOff
 	case 3:
 		if a.State == "parked" {
 			ms, _ := strconv.ParseInt(str(res, 2), 10, 64)
@@ -515,39 +516,48 @@ func beginResult(res []any) (Attempt, error) {
 	return a, nil
 }
 
-// Spill records that a batch chunk (owner) hands messages it began, or could
-// not begin yet, to delivery tasks of their own; it is called before those
-// tasks are enqueued. Should the chunk run again, BeginMany reports them as
-// Spilled, so the chunk makes sure their tasks exist and never sends them
-// itself. A message the chunk does not own is left alone.
-func (s *Store) Spill(ctx context.Context, owner string, ids ...string) error {
+// HandOff records that a batch chunk (owner) hands messages to delivery tasks
+// of their own; it is called before those tasks are enqueued, and returns the
+// ids marked: those the chunk owns, or claims untouched (see BeginMany), and
+// those it marked before. Should the chunk run again, BeginMany reports them
+// as HandedOff, so the chunk makes sure their tasks exist and never sends them
+// itself. A message another chunk owns, or one that is gone, is not marked:
+// it must not get a task from this chunk.
+func (s *Store) HandOff(ctx context.Context, owner string, ids ...string) ([]string, error) {
 	calls := make([]scriptCall, 0, len(ids))
+	valid := make([]string, 0, len(ids))
 	for _, id := range ids {
 		if validID(id) {
 			calls = append(calls, scriptCall{keys: []string{recordKey(id)}, args: []any{owner}})
+			valid = append(valid, id)
 		}
 	}
-	cmds, err := s.evalMany(ctx, spillScript, calls)
-	if err == nil {
-		for _, c := range cmds {
-			if err = c.Err(); err != nil {
-				break
-			}
-		}
-	}
+	cmds, err := s.evalMany(ctx, handOffScript, calls)
 	if err != nil {
-		return fmt.Errorf("delivery: spill: %w", err)
+		return nil, fmt.Errorf("delivery: hand off: %w", err)
 	}
-	return nil
+	var marked []string
+	for i, c := range cmds {
+		n, err := c.Int()
+		if err != nil {
+			return nil, fmt.Errorf("delivery: hand off: %w", err)
+		}
+		if n == 1 {
+			marked = append(marked, valid[i])
+		}
+	}
+	return marked, nil
 }
 
 // ChunkID is the id of a batch's n-th chunk task, whose records name it (see
-// NewMessage.Fanout); FanoutOf reads the fanout's id back.
+// NewMessage.Fanout); FanoutOf reads the fanout's id back. A fanout's id holds
+// no "." (wxpush's are "fanout-" and a ULID), and an owner ending in "!" marks
+// a message its chunk handed to a task of its own.
 func ChunkID(fanout string, n int) string { return fanout + "." + strconv.Itoa(n) }
 
 // FanoutOf splits a record's owner (NewMessage.Fanout) into the batch's
 // fanout task and, when the message came in a chunk, the chunk task; the mark
-// of a message its chunk spilled (see Spill) is dropped.
+// of a message its chunk handed off (see HandOff) is dropped.
 func FanoutOf(owner string) (fanout, chunk string) {
 	owner = strings.TrimSuffix(owner, "!")
 	fanout, _, found := strings.Cut(owner, ".")

@@ -212,12 +212,10 @@ func (p *parts) wechatClient() *wechat.Client {
 			Timeout: p.cfg.SendTimeout,
 			Transport: &http.Transport{
 				Proxy: http.ProxyFromEnvironment,
-				// A chunk task sends its messages side by side: the connection
-				// limit bounds a worker's sends in flight (the others wait for
-				// a connection), and every connection stays open for reuse.
-				MaxConnsPerHost:     p.cfg.Concurrency * 2,
-				MaxIdleConns:        p.cfg.Concurrency * 2,
-				MaxIdleConnsPerHost: p.cfg.Concurrency * 2,
+				// Every connection the bounded sends use stays open for reuse,
+				// and a few more for token and template calls.
+				MaxIdleConns:        maxSends(p.cfg.Concurrency) + 4,
+				MaxIdleConnsPerHost: maxSends(p.cfg.Concurrency) + 4,
 				IdleConnTimeout:     90 * time.Second,
 				TLSHandshakeTimeout: 5 * time.Second,
 			},

@@ -18,6 +18,11 @@ import (
 // one reschedules the task, freeing the worker.
 const maxInlineWait = 2 * time.Second
 
+// maxSends is a worker's bound on sends in flight: a task sends one message,
+// a batch's chunk task up to tasks.ChunkSize side by side, and the bound keeps
+// the WeChat client's connections (kept alive for reuse) to about this many.
+func maxSends(concurrency int) int { return 2 * concurrency }
+
 // forwardInterval is how often asynq moves due retries and scheduled tasks to
 // their queues; the default (5 s) would make a "1 s" first retry take up to 6 s.
 const forwardInterval = 200 * time.Millisecond
@@ -28,7 +33,7 @@ func (p *parts) runWorker(ctx context.Context) error {
 	handler := tasks.NewHandler(tasks.HandlerDeps{
 		Store: p.store, Sender: p.client, Tokens: p.tokens, Apps: p.credentials, Templates: p.tpl,
 		Limiter: ratelimit.New(p.rdb, maxInlineWait), Limits: p.limits,
-		Metrics: p.metrics, Logger: p.log,
+		Metrics: p.metrics, Logger: p.log, MaxSends: maxSends(p.cfg.Concurrency),
 	})
 	policy := tasks.RetryPolicy{Base: p.cfg.RetryBase, Cap: p.cfg.RetryCap}
 	srv := asynq.NewServerFromRedisClient(p.rdb, asynq.Config{

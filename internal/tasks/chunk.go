@@ -24,15 +24,17 @@ import (
 // Each record names the chunk that owns it (delivery.ChunkID), so a chunk
 // that runs again (its worker died, Redis failed mid-way) sends only what it
 // still owns and is not sent or final, and makes sure the tasks of the
-// messages it handed on exist; an idempotent retry of the batch, whose chunks
-// hold the same messages, sends none of them twice.
+// messages it handed off exist. An idempotent retry of the batch puts the
+// same messages in chunks of its own: whichever chunk begins a message first
+// owns it (delivery.Store.BeginMany), so none is sent twice and none is left
+// to a chunk that never runs.
 const TypeChunk = "message:chunk"
 
 // ChunkSize is the most messages a chunk task holds.
 const ChunkSize = 16
 
 // chunkPayload names its task (the owner its records name) and queue, where
-// the messages it hands on go.
+// the messages it hands off go.
 type chunkPayload struct {
 	ID    string      `json:"id"`
 	Queue string      `json:"q"`
@@ -49,7 +51,7 @@ type chunkItem struct {
 type ChunkStore interface {
 	BeginMany(ctx context.Context, owner string, ids []string) ([]delivery.Attempt, []error, error)
 	MarkSentMany(ctx context.Context, acc []delivery.Accepted) ([]delivery.Transition, []error, error)
-	Spill(ctx context.Context, owner string, ids ...string) error
+	HandOff(ctx context.Context, owner string, ids ...string) ([]string, error)
 }
 
 var _ ChunkStore = (*delivery.Store)(nil)
@@ -64,18 +66,18 @@ type ChunkHandler struct {
 }
 
 // NewChunkHandler returns a chunk handler sending through h; a message it
-// hands on is enqueued on queue with the delivery retry budget less the
+// hands off is enqueued on queue with the delivery retry budget less the
 // attempts spent, its first retry spaced by policy.
 func NewChunkHandler(h *Handler, store ChunkStore, queue Queue, policy RetryPolicy, maxAttempts int) *ChunkHandler {
 	return &ChunkHandler{h: h, store: store, queue: queue, policy: policy, maxRetry: maxAttempts - 1}
 }
 
-// handOff is a message the chunk passes to a TypeDeliver task of its own.
-type handOff struct {
+// handoff is a message the chunk passes to a TypeDeliver task of its own.
+type handoff struct {
 	item     chunkItem
 	delay    time.Duration
 	maxRetry int
-	marked   bool // the record names the hand-off already (Attempt.Spilled)
+	marked   bool // the record names the handoff already (Attempt.HandedOff)
 }
 
 // ProcessTask implements asynq.Handler.
@@ -89,11 +91,11 @@ func (c *ChunkHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	perApp, perRecipient := c.h.limits(p.App)
 	if perApp.IsZero() && perRecipient.IsZero() {
 		offs, err := c.deliver(ctx, owner, p.App, p.Items)
-		return errors.Join(err, c.handOn(ctx, owner, queue, p.App, offs))
+		return errors.Join(err, c.enqueueHandoffs(ctx, owner, queue, p.App, offs))
 	}
 	// Rate limits: one message at a time, each sent as soon as it has its
 	// permit, so that the sends keep the limiter's spacing.
-	var offs []handOff
+	var offs []handoff
 	var errs []error
 	for _, it := range p.Items {
 		wait, err := c.h.throttle(ctx, DeliverPayload{ID: it.ID, App: p.App, To: it.To})
@@ -102,7 +104,7 @@ func (c *ChunkHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			break
 		}
 		if wait > 0 {
-			offs = append(offs, handOff{item: it, delay: wait, maxRetry: c.maxRetry})
+			offs = append(offs, handoff{item: it, delay: wait, maxRetry: c.maxRetry})
 			continue
 		}
 		more, err := c.deliver(ctx, owner, p.App, []chunkItem{it})
@@ -112,14 +114,14 @@ func (c *ChunkHandler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			break
 		}
 	}
-	errs = append(errs, c.handOn(ctx, owner, queue, p.App, offs))
+	errs = append(errs, c.enqueueHandoffs(ctx, owner, queue, p.App, offs))
 	return errors.Join(errs...)
 }
 
 // deliver begins the items' attempts, sends them side by side and stores the
-// acceptances, and returns the messages to hand on. An error means Redis
+// acceptances, and returns the messages to hand off. An error means Redis
 // failed: the chunk runs again and takes up what it still owns.
-func (c *ChunkHandler) deliver(ctx context.Context, owner, app string, items []chunkItem) ([]handOff, error) {
+func (c *ChunkHandler) deliver(ctx context.Context, owner, app string, items []chunkItem) ([]handoff, error) {
 	ids := make([]string, len(items))
 	for i, it := range items {
 		ids[i] = it.ID
@@ -128,13 +130,12 @@ func (c *ChunkHandler) deliver(ctx context.Context, owner, app string, items []c
 	if err != nil {
 		return nil, fmt.Errorf("tasks: begin: %w", err)
 	}
-	var offs []handOff
+	var offs []handoff
 	var errs []error
 	type sending struct {
 		i     int
 		msgID int64
-		err   error
-		ok    bool
+		err   error // nil: accepted
 	}
 	var sends []*sending
 	logs := make([]*slog.Logger, len(items))
@@ -144,15 +145,15 @@ func (c *ChunkHandler) deliver(ctx context.Context, owner, app string, items []c
 		switch {
 		case a.Elsewhere:
 			continue // another chunk of a retried batch owns it
-		case a.Spilled:
-			offs = append(offs, handOff{item: it, maxRetry: c.maxRetry, marked: true})
+		case a.HandedOff:
+			offs = append(offs, handoff{item: it, maxRetry: c.maxRetry, marked: true})
 			continue
 		}
 		proceed, err := c.h.begun(logs[i], a, berrs[i])
 		var ra *retryAfter
 		switch {
 		case errors.As(err, &ra):
-			offs = append(offs, c.handOff(it, err))
+			offs = append(offs, c.handoffOf(it, err))
 		case err != nil:
 			errs = append(errs, err) // Redis failed for this one: the chunk runs again
 		}
@@ -167,20 +168,19 @@ func (c *ChunkHandler) deliver(ctx context.Context, owner, app string, items []c
 		go func() {
 			defer wg.Done()
 			it := items[s.i]
-			s.msgID, logs[s.i], s.err, s.ok = c.h.try(ctx, logs[s.i], it.ID, as[s.i], 0, c.maxRetry)
+			s.msgID, logs[s.i], s.err = c.h.try(ctx, logs[s.i], it.ID, as[s.i], 0, c.maxRetry)
 		}()
 	}
 	wg.Wait()
 	var acc []delivery.Accepted
 	var accepted []int
 	for _, s := range sends {
-		if s.ok {
+		switch {
+		case s.err == nil:
 			acc = append(acc, delivery.Accepted{ID: items[s.i].ID, App: app, MsgID: s.msgID})
 			accepted = append(accepted, s.i)
-			continue
-		}
-		if s.err != nil && !errors.Is(s.err, asynq.SkipRetry) {
-			offs = append(offs, c.handOff(items[s.i], s.err))
+		case !errors.Is(s.err, asynq.SkipRetry):
+			offs = append(offs, c.handoffOf(items[s.i], s.err))
 		}
 	}
 	if len(acc) > 0 {
@@ -201,25 +201,26 @@ func (c *ChunkHandler) deliver(ctx context.Context, owner, app string, items []c
 	return offs, errors.Join(errs...)
 }
 
-// handOff passes on a message whose attempt was deferred or failed, as
+// handoffOf passes on a message whose attempt was deferred or failed, as
 // ProcessTask would have returned it to asynq.
-func (c *ChunkHandler) handOff(it chunkItem, outcome error) handOff {
+func (c *ChunkHandler) handoffOf(it chunkItem, outcome error) handoff {
 	var ra *retryAfter
 	switch {
 	case errors.As(outcome, &ra) && ra.park:
 		// A parked app's messages wait in asynq's retry set, where a resume
 		// finds them (Submitter.WakeApp): the task runs now and parks there.
-		return handOff{item: it, maxRetry: c.maxRetry}
+		return handoff{item: it, maxRetry: c.maxRetry}
 	case errors.As(outcome, &ra):
-		return handOff{item: it, delay: ra.delay, maxRetry: c.maxRetry}
+		return handoff{item: it, delay: ra.delay, maxRetry: c.maxRetry}
 	}
 	// A failed attempt: the task has the budget less this attempt.
-	return handOff{item: it, delay: c.policy.Delay(0), maxRetry: c.maxRetry - 1}
+	return handoff{item: it, delay: c.policy.Delay(0), maxRetry: c.maxRetry - 1}
 }
 
-// handOn marks the messages as handed on and enqueues their tasks; a task
-// that exists already (the chunk ran before) is left as it is.
-func (c *ChunkHandler) handOn(ctx context.Context, owner, queue, app string, offs []handOff) error {
+// enqueueHandoffs marks the messages as handed off and enqueues their tasks:
+// only those the chunk owns get one (see delivery.Store.HandOff). A task that
+// exists already (the chunk ran before) is left as it is.
+func (c *ChunkHandler) enqueueHandoffs(ctx context.Context, owner, queue, app string, offs []handoff) error {
 	if len(offs) == 0 {
 		return nil
 	}
@@ -229,19 +230,27 @@ func (c *ChunkHandler) handOn(ctx context.Context, owner, queue, app string, off
 			mark = append(mark, o.item.ID)
 		}
 	}
+	mine := map[string]bool{}
 	if len(mark) > 0 {
-		if err := c.store.Spill(ctx, owner, mark...); err != nil {
-			return fmt.Errorf("tasks: hand on: %w", err)
+		marked, err := c.store.HandOff(ctx, owner, mark...)
+		if err != nil {
+			return fmt.Errorf("tasks: hand off: %w", err)
+		}
+		for _, id := range marked {
+			mine[id] = true
 		}
 	}
 	for _, o := range offs {
+		if !o.marked && !mine[o.item.ID] {
+			continue // another chunk owns it, or it is gone
+		}
 		opts := deliverOptions(queue, time.Time{}, max(0, o.maxRetry))
 		if o.delay > 0 {
 			opts = append(opts, asynq.ProcessIn(o.delay))
 		}
 		_, err := c.queue.EnqueueContext(ctx, NewDeliverTask(o.item.ID, app, o.item.To), opts...)
 		if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
-			return fmt.Errorf("tasks: hand on %s: %w", o.item.ID, err)
+			return fmt.Errorf("tasks: hand off %s: %w", o.item.ID, err)
 		}
 	}
 	return nil

@@ -16,7 +16,7 @@ import (
 	"github.com/wxpush/wxpush/internal/wechat/wechatsim"
 )
 
-// handedQueue records the delivery tasks a chunk hands on, with their
+// handedQueue records the delivery tasks a chunk hands off, with their
 // options, and refuses a second task with the same id, as asynq does.
 type handedQueue struct {
 	mu    sync.Mutex
@@ -33,7 +33,7 @@ func (q *handedQueue) EnqueueContext(_ context.Context, task *asynq.Task, opts .
 	defer q.mu.Unlock()
 	p, err := parseDeliverPayload(task.Payload())
 	if err != nil || task.Type() != TypeDeliver {
-		return nil, fmt.Errorf("handed on a %s task %s", task.Type(), task.Payload())
+		return nil, fmt.Errorf("handed off a %s task %s", task.Type(), task.Payload())
 	}
 	if _, ok := q.tasks[p.ID]; ok {
 		return nil, asynq.ErrTaskIDConflict
@@ -123,14 +123,14 @@ func TestChunkDelivers(t *testing.T) {
 		}
 	}
 	if n := c.queue.len(); n != 0 {
-		t.Errorf("handed on %d tasks, want none", n)
+		t.Errorf("handed off %d tasks, want none", n)
 	}
 }
 
-// TestChunkHandsOnFailures: a failed attempt goes on in a task of its own with
+// TestChunkHandsOffFailures: a failed attempt goes on in a task of its own with
 // the budget less that attempt and a backoff; the chunk running again (its
 // worker died after the hand-off) sends neither it nor the delivered ones again.
-func TestChunkHandsOnFailures(t *testing.T) {
+func TestChunkHandsOffFailures(t *testing.T) {
 	t.Parallel()
 	c := setupChunk(t, nil, wechatsim.Rule{OpenID: "busy", Outcome: wechatsim.OutcomeSystemBusy})
 	ids := c.messages(t, chunkOf(1), "ok1", "busy", "ok2")
@@ -142,7 +142,7 @@ func TestChunkHandsOnFailures(t *testing.T) {
 	}
 	h, ok := c.queue.get(ids[1])
 	if !ok || h.maxRetry != maxAttempts-2 || h.delay <= 0 {
-		t.Fatalf("handed on %+v (%v), want a task with %d retries after a backoff", h, ok, maxAttempts-2)
+		t.Fatalf("handed off %+v (%v), want a task with %d retries after a backoff", h, ok, maxAttempts-2)
 	}
 	sends := c.sim.Stats().SendRequests
 	if err := c.run(chunkOf(1), ids...); err != nil {
@@ -155,82 +155,143 @@ func TestChunkHandsOnFailures(t *testing.T) {
 		t.Errorf("handed-on message attempted %d times, want 1", m.Attempts)
 	}
 	if n := c.queue.len(); n != 1 {
-		t.Errorf("%d tasks handed on, want 1", n)
+		t.Errorf("%d tasks handed off, want 1", n)
 	}
 }
 
 // TestChunkHandOnSurvivesCrash: a chunk that died after marking a message
-// handed on but before its task was enqueued enqueues it when it runs again,
+// handed off but before its task was enqueued enqueues it when it runs again,
 // without sending it itself.
 func TestChunkHandOnSurvivesCrash(t *testing.T) {
 	t.Parallel()
 	c := setupChunk(t, nil)
 	ids := c.messages(t, chunkOf(2), "u1", "u2")
-	if err := c.store.Spill(c.ctx, chunkOf(2), ids[0]); err != nil {
+	if _, err := c.store.HandOff(c.ctx, chunkOf(2), ids[0]); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.run(chunkOf(2), ids...); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := c.queue.get(ids[0]); !ok {
-		t.Error("the message marked handed on has no task")
+		t.Error("the message marked handed off has no task")
 	}
 	if p := c.sim.Pair("u1", ids[0]); p.Requests != 0 {
-		t.Errorf("the chunk sent a message it had handed on: %+v", p)
+		t.Errorf("the chunk sent a message it had handed off: %+v", p)
 	}
 	if m := c.record(t, ids[1]); m.State != delivery.StateSent {
 		t.Errorf("the other message is %s, want sent", m.State)
 	}
 }
 
-// TestChunkResendsAfterCrashMidSend: a chunk that died between beginning an
-// attempt and storing WeChat's answer sends again when it runs again, with the
-// same client_msg_id, so WeChat drops the repeat (invariants 1 and 2).
+// failingSent is the store with MarkSentMany failing once, as when Redis goes
+// away between WeChat's answer and its storing.
+type failingSent struct {
+	*delivery.Store
+	failed bool
+}
+
+func (f *failingSent) MarkSentMany(ctx context.Context, acc []delivery.Accepted) ([]delivery.Transition, []error, error) {
+	if !f.failed {
+		f.failed = true
+		return nil, nil, errors.New("connection reset")
+	}
+	return f.Store.MarkSentMany(ctx, acc)
+}
+
+// TestChunkResendsAfterCrashMidSend: a chunk whose sends WeChat accepted but
+// could not store them runs again and sends them again with the same
+// client_msg_id, which WeChat drops: the user gets each message once, and the
+// message is stored sent (invariants 1 and 2).
 func TestChunkResendsAfterCrashMidSend(t *testing.T) {
 	t.Parallel()
 	c := setupChunk(t, nil)
-	ids := c.messages(t, chunkOf(3), "u1")
-	if _, _, err := c.store.BeginMany(c.ctx, chunkOf(3), ids); err != nil {
-		t.Fatal(err)
+	c.handler.store = &failingSent{Store: c.store}
+	ids := c.messages(t, chunkOf(3), "u1", "u2")
+	if err := c.run(chunkOf(3), ids...); err == nil {
+		t.Fatal("a chunk that could not store its sends returned nil; asynq would not run it again")
 	}
 	if err := c.run(chunkOf(3), ids...); err != nil {
-		t.Fatal(err)
+		t.Fatalf("the chunk again: %v", err)
 	}
-	if m := c.record(t, ids[0]); m.State != delivery.StateSent || m.Attempts != 2 {
-		t.Errorf("record = %s after %d attempts, want sent after 2", m.State, m.Attempts)
-	}
-	if p := c.sim.Pair("u1", ids[0]); p.Pushed != 1 {
-		t.Errorf("simulator pair = %+v, want pushed once", p)
+	for i, id := range ids {
+		if m := c.record(t, id); m.State != delivery.StateSent || m.Attempts != 2 {
+			t.Errorf("record %d = %s after %d attempts, want sent after 2", i, m.State, m.Attempts)
+		}
+		if p := c.sim.Pair(fmt.Sprintf("u%d", i+1), id); p.Requests != 2 || p.Pushed != 1 {
+			t.Errorf("simulator pair %d = %+v, want sent twice and pushed once", i, p)
+		}
 	}
 }
 
-// TestChunkLeavesOthers: an idempotent retry of a batch puts the same message
-// in a second chunk; only the chunk its record names sends it.
-func TestChunkLeavesOthers(t *testing.T) {
+// TestChunkClaims: an idempotent retry of a batch puts the same message in a
+// second chunk; whichever chunk begins it first sends it, and the other
+// leaves it alone.
+func TestChunkClaims(t *testing.T) {
 	t.Parallel()
 	c := setupChunk(t, nil)
+	// The retry renamed the record to its own chunk (4); the first run's
+	// chunk (5) runs first.
 	ids := c.messages(t, chunkOf(4), "u1")
 	if err := c.run(chunkOf(5), ids...); err != nil {
 		t.Fatal(err)
 	}
-	if m := c.record(t, ids[0]); m.State != delivery.StateQueued || m.Attempts != 0 {
-		t.Fatalf("another chunk's message = %s after %d attempts, want queued, untouched", m.State, m.Attempts)
+	if m := c.record(t, ids[0]); m.State != delivery.StateSent {
+		t.Fatalf("the chunk that ran first left it %s, want sent", m.State)
 	}
 	if err := c.run(chunkOf(4), ids...); err != nil {
 		t.Fatal(err)
 	}
-	if m := c.record(t, ids[0]); m.State != delivery.StateSent {
-		t.Errorf("its own chunk left it %s, want sent", m.State)
-	}
 	if st := c.sim.Stats(); st.SendRequests != 1 {
 		t.Errorf("%d sends, want 1", st.SendRequests)
 	}
+	if n := c.queue.len(); n != 0 {
+		t.Errorf("handed off %d, want none", n)
+	}
 }
 
-// TestChunkParkedHandsOn: the messages of a parked app are handed on at once,
+// TestChunkRateLimitLeavesOthers: a rate-limited chunk hands off only the
+// messages it owns; one another chunk has begun stays that chunk's, without a
+// task of its own that could send it at the same time (invariant 2).
+func TestChunkRateLimitLeavesOthers(t *testing.T) {
+	t.Parallel()
+	limits := func(string) (ratelimit.Limit, ratelimit.Limit) {
+		return ratelimit.Limit{Max: 1, Window: time.Minute, Burst: 1}, ratelimit.Limit{}
+	}
+	c := setupChunk(t, limits)
+	ids := c.messages(t, chunkOf(10), "u1", "u2")
+	if _, _, err := c.store.BeginMany(c.ctx, chunkOf(11), ids[1:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.run(chunkOf(10), ids...); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.queue.get(ids[1]); ok {
+		t.Error("the rate-limited chunk gave another chunk's message a task of its own")
+	}
+}
+
+// TestChunkThrottledByWeChat: a 45011 goes on in a task of its own after the
+// next minute, with the whole budget (invariant 4).
+func TestChunkThrottledByWeChat(t *testing.T) {
+	t.Parallel()
+	c := setupChunk(t, nil, wechatsim.Rule{Outcome: wechatsim.OutcomeFrequencyLimit, Times: 1})
+	ids := c.messages(t, chunkOf(12), "u1")
+	if err := c.run(chunkOf(12), ids...); err != nil {
+		t.Fatal(err)
+	}
+	h, ok := c.queue.get(ids[0])
+	if !ok || h.maxRetry != maxAttempts-1 || h.delay <= 0 || h.delay > time.Minute+5*time.Second {
+		t.Errorf("handed off %+v (%v), want after the next minute with the whole budget", h, ok)
+	}
+	if m := c.record(t, ids[0]); m.State != delivery.StateRetrying {
+		t.Errorf("record = %s, want retrying", m.State)
+	}
+}
+
+// TestChunkParkedHandsOff: the messages of a parked app are handed off at once,
 // without an attempt (invariant 4), to wait in their tasks where a resume
 // finds them.
-func TestChunkParkedHandsOn(t *testing.T) {
+func TestChunkParkedHandsOff(t *testing.T) {
 	t.Parallel()
 	c := setupChunk(t, nil)
 	ids := c.messages(t, chunkOf(6), "u1", "u2")
@@ -243,7 +304,7 @@ func TestChunkParkedHandsOn(t *testing.T) {
 	for _, id := range ids {
 		h, ok := c.queue.get(id)
 		if !ok || h.delay != 0 || h.maxRetry != maxAttempts-1 {
-			t.Errorf("handed on %+v (%v), want at once with the whole budget", h, ok)
+			t.Errorf("handed off %+v (%v), want at once with the whole budget", h, ok)
 		}
 		if m := c.record(t, id); m.Attempts != 0 || m.State != delivery.StateQueued {
 			t.Errorf("parked message = %s after %d attempts, want queued, none spent", m.State, m.Attempts)
@@ -272,7 +333,7 @@ func TestChunkRateLimited(t *testing.T) {
 	for _, id := range ids[1:] {
 		h, ok := c.queue.get(id)
 		if !ok || h.delay <= 0 || h.maxRetry != maxAttempts-1 {
-			t.Errorf("handed on %+v (%v), want after a wait with the whole budget", h, ok)
+			t.Errorf("handed off %+v (%v), want after a wait with the whole budget", h, ok)
 		}
 		if m := c.record(t, id); m.Attempts != 0 || m.State != delivery.StateQueued {
 			t.Errorf("rate-limited message = %s after %d attempts, want queued, none spent", m.State, m.Attempts)
@@ -284,7 +345,7 @@ func TestChunkRateLimited(t *testing.T) {
 }
 
 // TestChunkLastAttempt: with a budget of one attempt, a chunk's failed send is
-// final (dead) and nothing is handed on.
+// final (dead) and nothing is handed off.
 func TestChunkLastAttempt(t *testing.T) {
 	t.Parallel()
 	b := setupWith(t, nil, wechatsim.Rule{Outcome: wechatsim.OutcomeSystemBusy})
@@ -298,7 +359,7 @@ func TestChunkLastAttempt(t *testing.T) {
 		t.Errorf("record = %s, want dead", m.State)
 	}
 	if n := q.len(); n != 0 {
-		t.Errorf("handed on %d, want none", n)
+		t.Errorf("handed off %d, want none", n)
 	}
 }
 

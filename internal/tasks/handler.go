@@ -74,6 +74,7 @@ type Handler struct {
 	log     *slog.Logger
 	now     func() time.Time
 	retries func(ctx context.Context) (retried, max int)
+	sends   chan struct{} // one token per send in flight; nil = no bound
 }
 
 // HandlerDeps are the Handler's collaborators; all are required except Now.
@@ -94,6 +95,9 @@ type HandlerDeps struct {
 	// Retries reports how many failed attempts the task has had and its budget;
 	// nil reads them from asynq's task context.
 	Retries func(ctx context.Context) (retried, max int)
+	// MaxSends bounds the sends in flight (a chunk task sends many side by
+	// side); a send waits for its turn before its timeout starts. 0 = no bound.
+	MaxSends int
 }
 
 // NewHandler returns a Handler.
@@ -107,8 +111,12 @@ func NewHandler(d HandlerDeps) *Handler {
 	if d.Limits == nil {
 		d.Limits = func(string) (ratelimit.Limit, ratelimit.Limit) { return ratelimit.Limit{}, ratelimit.Limit{} }
 	}
-	return &Handler{store: d.Store, sender: d.Sender, tokens: d.Tokens, apps: d.Apps,
+	h := &Handler{store: d.Store, sender: d.Sender, tokens: d.Tokens, apps: d.Apps,
 		limiter: d.Limiter, limits: d.Limits, tpl: d.Templates, metrics: d.Metrics, log: d.Logger, now: d.Now, retries: d.Retries}
+	if d.MaxSends > 0 {
+		h.sends = make(chan struct{}, d.MaxSends)
+	}
+	return h
 }
 
 func asynqRetries(ctx context.Context) (int, int) {
@@ -137,9 +145,9 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if proceed, err := h.begun(log, a, err); !proceed {
 		return err
 	}
-	retried, max := h.retries(ctx)
-	msgID, log, err, ok := h.try(ctx, log, p.ID, a, retried, max)
-	if !ok {
+	retried, budget := h.retries(ctx)
+	msgID, log, err := h.try(ctx, log, p.ID, a, retried, budget)
+	if err != nil {
 		return err
 	}
 	tr, err := h.store.MarkSent(ctx, p.ID, a.App, msgID)
@@ -179,25 +187,35 @@ func (h *Handler) begun(log *slog.Logger, a delivery.Attempt, err error) (procee
 	return true, nil
 }
 
-// try sends a begun message. ok: WeChat accepted it with msgID, and the
-// caller stores that. Otherwise err is the outcome, as ProcessTask returns it:
-// settled (asynq.SkipRetry), deferred (*retryAfter) or a failed attempt to
-// retry, with retried failed attempts so far out of a budget of max retries.
-// log gains the recipient and the attempt.
-func (h *Handler) try(ctx context.Context, log *slog.Logger, id string, a delivery.Attempt, retried, max int) (msgID int64, _ *slog.Logger, err error, ok bool) {
+// try sends a begun message. A nil error: WeChat accepted it with msgID, and
+// the caller stores that. Otherwise the error is the outcome, as ProcessTask
+// returns it: settled (asynq.SkipRetry), deferred (*retryAfter) or a failed
+// attempt to retry, with retried failed attempts so far out of a budget of
+// retries. The returned logger names the recipient and the attempt.
+func (h *Handler) try(ctx context.Context, log *slog.Logger, id string, a delivery.Attempt, retried, budget int) (int64, *slog.Logger, error) {
 	cred, found := h.apps(a.App)
 	if !found {
-		return 0, log, h.failed(ctx, log, id, a.App, wechat.ClassConfig, fmt.Errorf("tasks: app %q is not configured", a.App), retried, max), false
+		return 0, log, h.failed(ctx, log, id, a.App, wechat.ClassConfig, fmt.Errorf("tasks: app %q is not configured", a.App), retried, budget)
 	}
 	call, toUser, err := h.sendCall(a, id)
 	if err != nil {
-		return 0, log, h.settle(ctx, log, id, a.App, delivery.StateRejected, &delivery.ErrorInfo{Msg: "stored body is not valid JSON"}), false
+		return 0, log, h.settle(ctx, log, id, a.App, delivery.StateRejected, &delivery.ErrorInfo{Msg: "stored body is not valid JSON"})
 	}
 	log = log.With("touser", logging.MaskOpenID(toUser), "attempt", a.Attempts)
-	msgID, err = h.send(ctx, cred, call)
+	// A worker's sends in flight are bounded; the wait for a turn is not part
+	// of the send and spends nothing.
+	if h.sends != nil {
+		select {
+		case h.sends <- struct{}{}:
+			defer func() { <-h.sends }()
+		case <-ctx.Done():
+			return 0, log, &retryAfter{err: fmt.Errorf("tasks: no turn to send: %w", ctx.Err())}
+		}
+	}
+	msgID, err := h.send(ctx, cred, call)
 	if err == nil {
 		h.metrics.Attempts.WithLabelValues(a.App, metrics.ResultOK).Inc()
-		return msgID, log, nil, true
+		return msgID, log, nil
 	}
 	class := wechat.ClassOfError(err)
 	h.metrics.Attempts.WithLabelValues(a.App, class.String()).Inc()
@@ -208,9 +226,9 @@ func (h *Handler) try(ctx context.Context, log *slog.Logger, id string, a delive
 				log.Warn("could not invalidate the template cache", "err", ierr)
 			}
 		}
-		return 0, log, h.settle(ctx, log, id, a.App, delivery.StateRejected, errorInfo(err)), false
+		return 0, log, h.settle(ctx, log, id, a.App, delivery.StateRejected, errorInfo(err))
 	}
-	return 0, log, h.failed(ctx, log, id, a.App, class, err, retried, max), false
+	return 0, log, h.failed(ctx, log, id, a.App, class, err, retried, budget)
 }
 
 // recordSent counts and logs a message whose acceptance is stored.
@@ -271,7 +289,7 @@ const KindSubscribe = "subscribe"
 // failed handles an attempt that may be retried: throttling waits without spending
 // the budget; other failures retry with backoff until the budget is spent, then the
 // message is dead.
-func (h *Handler) failed(ctx context.Context, log *slog.Logger, id, app string, class wechat.Class, err error, retried, max int) error {
+func (h *Handler) failed(ctx context.Context, log *slog.Logger, id, app string, class wechat.Class, err error, retried, budget int) error {
 	info := errorInfo(err)
 	var wait time.Duration
 	park := false
@@ -299,7 +317,7 @@ func (h *Handler) failed(ctx context.Context, log *slog.Logger, id, app string, 
 				"err", err, "recheck_at", h.now().Add(wait))
 		}
 	default:
-		if retried >= max {
+		if retried >= budget {
 			log.Warn("retries exhausted", "err", err)
 			return h.settle(ctx, log, id, app, delivery.StateDead, info)
 		}

@@ -317,3 +317,36 @@ func TestThrottleWaits(t *testing.T) {
 		t.Errorf("nextQuotaReset at 23:59:30 Shanghai = %v, want 30–90 s", d)
 	}
 }
+
+// TestSendWaitsItsTurn: with the worker's sends in flight at their bound, a
+// send waits for a turn; one whose task ends meanwhile never reached WeChat
+// and spends nothing (invariant 4): asynq reschedules it without a failure.
+func TestSendWaitsItsTurn(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.handler.sends = make(chan struct{}, 1)
+	b.handler.sends <- struct{}{} // the one turn is taken
+	id := b.enqueue(t, "user-1")
+	ctx, cancel := context.WithTimeout(b.ctx, 50*time.Millisecond)
+	defer cancel()
+	to, _ := b.to.Load(id)
+	err := b.handler.ProcessTask(ctx, NewDeliverTask(id, "default", to.(string)))
+	if err == nil || IsFailure(err) {
+		t.Fatalf("a send that got no turn: %v, want a wait that is not a failure", err)
+	}
+	if st := b.sim.Stats(); st.SendRequests != 0 {
+		t.Errorf("%d sends reached WeChat, want none", st.SendRequests)
+	}
+	for _, class := range []string{"ok", "transient"} {
+		if got := testutil.ToFloat64(b.metrics.Attempts.WithLabelValues("default", class)); got != 0 {
+			t.Errorf("attempts{%s} = %v, want 0", class, got)
+		}
+	}
+	<-b.handler.sends
+	if err := b.process(id); err != nil {
+		t.Fatalf("with a turn free: %v", err)
+	}
+	if m := b.record(t, id); m.State != delivery.StateSent {
+		t.Errorf("record = %s, want sent", m.State)
+	}
+}

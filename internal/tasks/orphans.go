@@ -50,8 +50,9 @@ var (
 //
 // The fanout is looked up before the chunk, and the chunk before the
 // delivery task: a fanout that completes in between has enqueued the chunk
-// by then, and a chunk has begun its messages or handed them on. A failed lookup skips its record
-// and the pass goes on; the first error is returned with what was settled.
+// by then, and a chunk has begun its messages or handed them off. A failed
+// lookup skips its record and the pass goes on; the first error is returned
+// with what was settled.
 func SweepOrphans(ctx context.Context, store OrphanStore, inspector TaskLookup, cutoff time.Time, limit int) ([]delivery.Settled, error) {
 	recs, err := store.Unowned(ctx, cutoff, limit)
 	if err != nil {

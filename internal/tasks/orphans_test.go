@@ -111,6 +111,12 @@ func TestSweepOrphans(t *testing.T) {
 	// Its batch's fanout has run and enqueued its chunk.
 	inChunk := b.create(t, delivery.ChunkID("fanout-c", 0))
 	enqueue(asynq.NewTask(TypeChunk, []byte(`{}`)), asynq.Queue(QueueNormal), asynq.TaskID(delivery.ChunkID("fanout-c", 0)))
+	// Its chunk gave up (archived).
+	chunkGaveUp := b.create(t, delivery.ChunkID("fanout-a", 0))
+	enqueue(asynq.NewTask(TypeChunk, []byte(`{}`)), asynq.Queue(QueueNormal), asynq.TaskID(delivery.ChunkID("fanout-a", 0)))
+	if err := b.insp.ArchiveTask(QueueNormal, delivery.ChunkID("fanout-a", 0)); err != nil {
+		t.Fatal(err)
+	}
 	// No task, and batches whose fanout never got enqueued.
 	single := b.create(t, "")
 	batch := b.create(t, "fanout-never")
@@ -136,7 +142,7 @@ func TestSweepOrphans(t *testing.T) {
 		t.Errorf("settled %v, want the three orphans %v", ended, want)
 	}
 	for id, st := range map[string]delivery.State{withTask: delivery.StateQueued, waiting: delivery.StateQueued,
-		young: delivery.StateQueued, gaveUp: delivery.StateQueued, inChunk: delivery.StateQueued,
+		young: delivery.StateQueued, gaveUp: delivery.StateQueued, inChunk: delivery.StateQueued, chunkGaveUp: delivery.StateQueued,
 		single: delivery.StateCanceled, batch: delivery.StateCanceled, chunked: delivery.StateCanceled} {
 		if got := b.state(t, id); got != st {
 			t.Errorf("%s = %s, want %s", id, got, st)
@@ -150,8 +156,11 @@ func TestSweepOrphans(t *testing.T) {
 	if info, err := b.insp.GetTaskInfo(QueueHigh, "fanout-g"); err != nil || info.State != asynq.TaskStatePending {
 		t.Errorf("the fanout that gave up = %+v, %v, want pending again", info, err)
 	}
-	if n, _ := b.store.Backlog(b.ctx, "default"); n != 5 {
-		t.Errorf("backlog = %d, want 5 (the orphans' slots released)", n)
+	if info, err := b.insp.GetTaskInfo(QueueNormal, delivery.ChunkID("fanout-a", 0)); err != nil || info.State != asynq.TaskStatePending {
+		t.Errorf("the chunk that gave up = %+v, %v, want pending again", info, err)
+	}
+	if n, _ := b.store.Backlog(b.ctx, "default"); n != 6 {
+		t.Errorf("backlog = %d, want 6 (the orphans' slots released)", n)
 	}
 	// The waiting records' listing was renewed: the same cut-off sees none.
 	if again, err := b.store.Unowned(b.ctx, b.clock.Now().Add(-time.Minute), 100); err != nil || len(again) != 0 {
