@@ -139,12 +139,12 @@ return {"canceled", "changed", app}`)
 // {state, app, "owner", "other"|"handed"} when the chunk does not hold it;
 // {} when missing.
 var beginScript = redis.NewScript(luaPrelude + claimChunk + `
-local v = redis.call("HMGET", KEYS[1], "s", "a", "ea", "k")
+local v = redis.call("HMGET", KEYS[1], "s", "a", "ea", "k", "fo", "n")
 local st, app = v[1], v[2]
 if not st then return {} end
 if final[st] or st == "sent" then return {st, app} end
 if ARGV[5] ~= "" then
-  local owns = claim(KEYS[1], ARGV[5])
+  local owns = claim(KEYS[1], ARGV[5], v[5], v[6])
   if owns ~= "mine" then return {st, app, "owner", owns} end
 end
 local now = tonumber(ARGV[1])
@@ -168,14 +168,13 @@ return {st, app, redis.call("GET", KEYS[4]) or "", n, v[4] or ""}`)
 // one of them. So a chunk owns a message its record names, and claims one
 // that no attempt has touched (no "n") and no chunk has handed to a delivery
 // task of its own (an owner ending in "!"). claim returns "mine", "handed"
-// (this chunk handed it on) or "other".
+// (this chunk handed it off) or "other"; fo and n are the record's fields.
 const claimChunk = `
-local function claim(rec, owner)
-  local v = redis.call("HMGET", rec, "fo", "n")
-  local fo = v[1] or ""
+local function claim(rec, owner, fo, n)
+  fo = fo or ""
   if fo == owner then return "mine" end
   if fo == owner .. "!" then return "handed" end
-  if v[2] or string.sub(fo, -1) == "!" then return "other" end
+  if n or string.sub(fo, -1) == "!" then return "other" end
   redis.call("HSET", rec, "fo", owner)
   return "mine"
 end
@@ -187,8 +186,9 @@ end
 // KEYS: rec. ARGV: owner. Returns 1 when marked (or marked already), 0 when
 // the record is gone or another chunk owns it.
 var handOffScript = redis.NewScript(claimChunk + `
-if not redis.call("HGET", KEYS[1], "s") then return 0 end
-local owns = claim(KEYS[1], ARGV[1])
+local v = redis.call("HMGET", KEYS[1], "s", "fo", "n")
+if not v[1] then return 0 end
+local owns = claim(KEYS[1], ARGV[1], v[2], v[3])
 if owns == "other" then return 0 end
 redis.call("HSET", KEYS[1], "fo", ARGV[1] .. "!")
 return 1`)
