@@ -296,3 +296,34 @@ func TestChunkClaimsUntouched(t *testing.T) {
 		t.Errorf("the retry's chunk after it: %+v, %v, want it left alone", as, err)
 	}
 }
+
+// TestChunkCallsAfterScriptFlush: a Redis that restarted has no scripts
+// cached; the pipelined calls of a chunk load them and run, and a bad id is
+// that item's error alone.
+func TestChunkCallsAfterScriptFlush(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	owner := ChunkID("fanout-f", 0)
+	b.create(t, "Ya", func(m *NewMessage) { m.Fanout = owner })
+	b.create(t, "Yb", func(m *NewMessage) { m.Fanout = owner })
+	flush := func() {
+		t.Helper()
+		if err := b.rdb.ScriptFlush(b.ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flush()
+	as, errs, err := b.store.BeginMany(b.ctx, owner, []string{"Ya", "bad id"})
+	if err != nil || !as[0].Proceed || errs[0] != nil || !errors.Is(errs[1], ErrNotFound) {
+		t.Fatalf("BeginMany after a flush = %+v, %v, %v; want Ya begun and the bad id not found", as, errs, err)
+	}
+	flush()
+	trs, errs, err := b.store.MarkSentMany(b.ctx, []Accepted{{ID: "Ya", App: "default", MsgID: 42}, {ID: "bad id", App: "default", MsgID: 43}})
+	if err != nil || !trs[0].Changed || trs[0].State != StateSent || errs[0] != nil || !errors.Is(errs[1], ErrNotFound) {
+		t.Fatalf("MarkSentMany after a flush = %+v, %v, %v; want Ya sent and the bad id not found", trs, errs, err)
+	}
+	flush()
+	if marked, err := b.store.HandOff(b.ctx, owner, "Yb"); err != nil || len(marked) != 1 {
+		t.Fatalf("HandOff after a flush = %v, %v; want Yb marked", marked, err)
+	}
+}

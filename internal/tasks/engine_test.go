@@ -135,8 +135,11 @@ func TestFanoutResumes(t *testing.T) {
 	q := &fakeQueue{ids: map[string]bool{}, fail: 3}
 	owner := &fakeOwner{}
 	h := NewFanoutHandler(q, owner, 10)
+	// Messages with a task of their own (send_at), and chunks of two and one.
 	items := []FanoutItem{{ID: "a", App: "x", Queue: QueueNormal}, {ID: "b", App: "x", Queue: QueueNormal},
-		{ID: "c", App: "x", Queue: QueueLow}, {ID: "d", App: "x", Queue: QueueHigh}}
+		{ID: "c", App: "x", Queue: QueueLow}, {ID: "d", App: "x", Queue: QueueHigh},
+		{ID: "e", App: "x", Queue: QueueNormal, Chunk: "F.0"}, {ID: "f", App: "x", Queue: QueueNormal, Chunk: "F.0"},
+		{ID: "g", App: "x", Queue: QueueLow, Chunk: "F.1"}}
 	b, _ := json.Marshal(fanoutPayload{Items: items})
 	task := asynq.NewTask(TypeFanout, b)
 	if err := h.ProcessTask(context.Background(), task); err == nil {
@@ -148,10 +151,10 @@ func TestFanoutResumes(t *testing.T) {
 	if err := h.ProcessTask(context.Background(), task); err != nil {
 		t.Fatalf("retried fanout: %v", err)
 	}
-	if len(q.ids) != 4 {
-		t.Errorf("enqueued %v, want all four exactly once", q.ids)
+	if want := []string{"F.0", "F.1", "a", "b", "c", "d"}; len(q.ids) != len(want) || !q.ids["F.0"] || !q.ids["F.1"] {
+		t.Errorf("enqueued %v, want %v exactly once", q.ids, want)
 	}
-	if want := []string{"a", "b", "c", "d"}; !slices.Equal(owner.ids, want) {
+	if want := []string{"a", "b", "c", "d", "e", "f", "g"}; !slices.Equal(owner.ids, want) {
 		t.Errorf("owned %v, want %v once their tasks exist", owner.ids, want)
 	}
 }
