@@ -159,10 +159,10 @@ func TestChunkHandsOffFailures(t *testing.T) {
 	}
 }
 
-// TestChunkHandOnSurvivesCrash: a chunk that died after marking a message
+// TestChunkHandOffSurvivesCrash: a chunk that died after marking a message
 // handed off but before its task was enqueued enqueues it when it runs again,
 // without sending it itself.
-func TestChunkHandOnSurvivesCrash(t *testing.T) {
+func TestChunkHandOffSurvivesCrash(t *testing.T) {
 	t.Parallel()
 	c := setupChunk(t, nil)
 	ids := c.messages(t, chunkOf(2), "u1", "u2")
