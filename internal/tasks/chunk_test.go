@@ -104,6 +104,22 @@ func (c *chunkBundle) run(chunk string, ids ...string) error {
 
 func chunkOf(n int) string { return delivery.ChunkID("fanout-TEST", n) }
 
+// waiting checks that messages were handed off to wait (their delay passing
+// delayOK, described by when), with the whole budget, no attempt spent, and
+// still queued (invariant 4).
+func (c *chunkBundle) waiting(t *testing.T, ids []string, when string, delayOK func(time.Duration) bool) {
+	t.Helper()
+	for _, id := range ids {
+		h, ok := c.queue.get(id)
+		if !ok || !delayOK(h.delay) || h.maxRetry != maxAttempts-1 {
+			t.Errorf("handed off %+v (%v), want %s with the whole budget", h, ok, when)
+		}
+		if m := c.record(t, id); m.Attempts != 0 || m.State != delivery.StateQueued {
+			t.Errorf("waiting message = %s after %d attempts, want queued, none spent", m.State, m.Attempts)
+		}
+	}
+}
+
 // TestChunkDelivers: a chunk sends each of its messages once, with its id as
 // client_msg_id, stores them sent, and hands nothing on.
 func TestChunkDelivers(t *testing.T) {
@@ -301,15 +317,7 @@ func TestChunkParkedHandsOff(t *testing.T) {
 	if err := c.run(chunkOf(6), ids...); err != nil {
 		t.Fatal(err)
 	}
-	for _, id := range ids {
-		h, ok := c.queue.get(id)
-		if !ok || h.delay != 0 || h.maxRetry != maxAttempts-1 {
-			t.Errorf("handed off %+v (%v), want at once with the whole budget", h, ok)
-		}
-		if m := c.record(t, id); m.Attempts != 0 || m.State != delivery.StateQueued {
-			t.Errorf("parked message = %s after %d attempts, want queued, none spent", m.State, m.Attempts)
-		}
-	}
+	c.waiting(t, ids, "at once", func(d time.Duration) bool { return d == 0 })
 	if st := c.sim.Stats(); st.SendRequests != 0 {
 		t.Errorf("a parked app's chunk sent %d", st.SendRequests)
 	}
@@ -330,15 +338,7 @@ func TestChunkRateLimited(t *testing.T) {
 	if m := c.record(t, ids[0]); m.State != delivery.StateSent {
 		t.Errorf("the first message = %s, want sent on the one permit", m.State)
 	}
-	for _, id := range ids[1:] {
-		h, ok := c.queue.get(id)
-		if !ok || h.delay <= 0 || h.maxRetry != maxAttempts-1 {
-			t.Errorf("handed off %+v (%v), want after a wait with the whole budget", h, ok)
-		}
-		if m := c.record(t, id); m.Attempts != 0 || m.State != delivery.StateQueued {
-			t.Errorf("rate-limited message = %s after %d attempts, want queued, none spent", m.State, m.Attempts)
-		}
-	}
+	c.waiting(t, ids[1:], "after a wait", func(d time.Duration) bool { return d > 0 })
 	if st := c.sim.Stats(); st.SendRequests != 1 {
 		t.Errorf("%d sends under a limit of one, want 1", st.SendRequests)
 	}
