@@ -62,15 +62,14 @@ end
 // KEYS: rec, backlog, body, unowned. ARGV: app, max backlog (0 = none), body,
 // id, now ms, fanout id ("" for none), "a", app, "s", state, field, value, ...
 // Returns "created", "revived", "exists" or "full".
-var createScript = redis.NewScript(`
+var createScript = redis.NewScript(claimChunk + `
 local old = redis.call("HMGET", KEYS[1], "s", "or", "c", "n", "fo")
 if old[1] and (old[1] ~= "canceled" or old[2] ~= "1") then
   if redis.call("ZSCORE", KEYS[4], ARGV[4]) then
     redis.call("ZADD", KEYS[4], ARGV[5], ARGV[4])
-    -- A chunk that has begun an attempt keeps the message, and one it handed
-    -- to a task of its own stays with that task (see beginScript).
-    local handed = old[5] and string.sub(old[5], -1) == "!"
-    if ARGV[6] ~= "" and not old[4] and not handed then redis.call("HSET", KEYS[1], "fo", ARGV[6]) end
+    -- The retry's owner claims the message as a chunk would: not one an
+    -- attempt has touched or a chunk has handed off (claimChunk).
+    if ARGV[6] ~= "" then claim(KEYS[1], ARGV[6], old[5], old[4]) end
   end
   return "exists"
 end

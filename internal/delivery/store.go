@@ -214,24 +214,24 @@ type Created struct {
 // succeeds or fails on its own (e.g. ErrBacklogFull once the app's backlog fills).
 func (s *Store) CreateBatch(ctx context.Context, ms []NewMessage) ([]Created, error) {
 	out := make([]Created, len(ms))
-	calls := make([]scriptCall, 0, len(ms))
-	at := make([]int, 0, len(ms))
+	calls := make([]scriptCall, len(ms))
 	for i, m := range ms {
 		if !m.inAppShard() {
 			out[i].Err = ErrWrongShard
 			continue
 		}
-		var args []any
-		out[i].State, args = s.createArgs(m)
-		calls = append(calls, scriptCall{keys: createKeys(m), args: args})
-		at = append(at, i)
+		out[i].State, calls[i].args = s.createArgs(m)
+		calls[i].keys = createKeys(m)
 	}
 	cmds, err := s.evalMany(ctx, createScript, calls)
 	if err != nil {
 		return nil, fmt.Errorf("delivery: create batch: %w", err)
 	}
-	for j, i := range at {
-		res, err := cmds[j].Text()
+	for i, c := range cmds {
+		if c == nil {
+			continue
+		}
+		res, err := c.Text()
 		if err != nil {
 			out[i].Err = fmt.Errorf("delivery: create: %w", err)
 			continue
@@ -241,23 +241,25 @@ func (s *Store) CreateBatch(ctx context.Context, ms []NewMessage) ([]Created, er
 	return out, nil
 }
 
-// scriptCall is one run of a script in evalMany.
+// scriptCall is one run of a script in evalMany; one without keys is skipped.
 type scriptCall struct {
 	keys []string
 	args []any
 }
 
 // evalMany runs sc once per call in one pipelined round trip and returns each
-// call's reply; an error means the round trip failed (each reply may still
-// hold its own script error). A new or restarted Redis has no scripts cached:
+// call's reply at its call's index (nil for a skipped call); an error means
+// the round trip failed (each reply may still hold its own script error). A new or restarted Redis has no scripts cached:
 // the calls that failed with NOSCRIPT (all, or only the first ones when a
 // concurrent caller loads the script meanwhile) are run again after a load.
 // The others already ran.
 func (s *Store) evalMany(ctx context.Context, sc *redis.Script, calls []scriptCall) ([]*redis.Cmd, error) {
 	out := make([]*redis.Cmd, len(calls))
-	pending := make([]int, len(calls))
-	for i := range pending {
-		pending[i] = i
+	pending := make([]int, 0, len(calls))
+	for i, c := range calls {
+		if len(c.keys) > 0 {
+			pending = append(pending, i)
+		}
 	}
 	for try := 0; len(pending) > 0; try++ {
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -455,23 +457,24 @@ func (s *Store) Begin(ctx context.Context, id string) (Attempt, error) {
 // missing record, or that call's own error; err means the round trip failed.
 func (s *Store) BeginMany(ctx context.Context, owner string, ids []string) (as []Attempt, errs []error, err error) {
 	as, errs = make([]Attempt, len(ids)), make([]error, len(ids))
-	calls := make([]scriptCall, 0, len(ids))
-	at := make([]int, 0, len(ids))
+	calls := make([]scriptCall, len(ids))
 	args := s.beginArgs(owner)
 	for i, id := range ids {
 		if !validID(id) {
 			errs[i] = ErrNotFound
 			continue
 		}
-		calls = append(calls, scriptCall{keys: beginKeys(id), args: args})
-		at = append(at, i)
+		calls[i] = scriptCall{keys: beginKeys(id), args: args}
 	}
 	cmds, err := s.evalMany(ctx, beginScript, calls)
 	if err != nil {
 		return nil, nil, fmt.Errorf("delivery: begin: %w", err)
 	}
-	for j, i := range at {
-		res, err := cmds[j].Slice()
+	for i, c := range cmds {
+		if c == nil {
+			continue
+		}
+		res, err := c.Slice()
 		if err != nil {
 			errs[i] = fmt.Errorf("delivery: begin: %w", err)
 			continue
@@ -524,12 +527,10 @@ func beginResult(res []any) (Attempt, error) {
 // itself. A message another chunk owns, or one that is gone, is not marked:
 // it must not get a task from this chunk.
 func (s *Store) HandOff(ctx context.Context, owner string, ids ...string) ([]string, error) {
-	calls := make([]scriptCall, 0, len(ids))
-	valid := make([]string, 0, len(ids))
-	for _, id := range ids {
+	calls := make([]scriptCall, len(ids))
+	for i, id := range ids {
 		if validID(id) {
-			calls = append(calls, scriptCall{keys: []string{recordKey(id)}, args: []any{owner}})
-			valid = append(valid, id)
+			calls[i] = scriptCall{keys: []string{recordKey(id)}, args: []any{owner}}
 		}
 	}
 	cmds, err := s.evalMany(ctx, handOffScript, calls)
@@ -538,12 +539,15 @@ func (s *Store) HandOff(ctx context.Context, owner string, ids ...string) ([]str
 	}
 	var marked []string
 	for i, c := range cmds {
+		if c == nil {
+			continue
+		}
 		n, err := c.Int()
 		if err != nil {
 			return nil, fmt.Errorf("delivery: hand off: %w", err)
 		}
 		if n == 1 {
-			marked = append(marked, valid[i])
+			marked = append(marked, ids[i])
 		}
 	}
 	return marked, nil
@@ -605,23 +609,23 @@ type Accepted struct {
 // trip failed.
 func (s *Store) MarkSentMany(ctx context.Context, acc []Accepted) (trs []Transition, errs []error, err error) {
 	trs, errs = make([]Transition, len(acc)), make([]error, len(acc))
-	calls := make([]scriptCall, 0, len(acc))
-	at := make([]int, 0, len(acc))
+	calls := make([]scriptCall, len(acc))
 	for i, a := range acc {
 		if !validID(a.ID) {
 			errs[i] = ErrNotFound
 			continue
 		}
-		keys, args := s.sentCall(a.ID, a.App, a.MsgID)
-		calls = append(calls, scriptCall{keys: keys, args: args})
-		at = append(at, i)
+		calls[i].keys, calls[i].args = s.sentCall(a.ID, a.App, a.MsgID)
 	}
 	cmds, err := s.evalMany(ctx, sentScript, calls)
 	if err != nil {
 		return nil, nil, fmt.Errorf("delivery: mark sent: %w", err)
 	}
-	for j, i := range at {
-		res, err := cmds[j].Slice()
+	for i, c := range cmds {
+		if c == nil {
+			continue
+		}
+		res, err := c.Slice()
 		if err != nil {
 			errs[i] = fmt.Errorf("delivery: mark sent: %w", err)
 			continue
