@@ -5,70 +5,32 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/ratelimit"
 	"github.com/wxpush/wxpush/internal/wechat/wechatsim"
 )
 
-// handedQueue records the delivery tasks a chunk hands off, with their
-// options, and refuses a second task with the same id, as asynq does.
-type handedQueue struct {
-	mu    sync.Mutex
-	tasks map[string]handed
-}
-
-type handed struct {
-	maxRetry int
-	delay    time.Duration
-}
-
-func (q *handedQueue) EnqueueContext(_ context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	p, err := parseDeliverPayload(task.Payload())
-	if err != nil || task.Type() != TypeDeliver {
-		return nil, fmt.Errorf("handed off a %s task %s", task.Type(), task.Payload())
-	}
-	if _, ok := q.tasks[p.ID]; ok {
-		return nil, asynq.ErrTaskIDConflict
-	}
-	var h handed
-	for _, o := range opts {
-		switch o.Type() {
-		case asynq.MaxRetryOpt:
-			h.maxRetry = o.Value().(int)
-		case asynq.ProcessInOpt:
-			h.delay = o.Value().(time.Duration)
-		}
-	}
-	q.tasks[p.ID] = h
-	return &asynq.TaskInfo{ID: p.ID}, nil
-}
-
-func (q *handedQueue) get(id string) (handed, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	h, ok := q.tasks[id]
-	return h, ok
-}
-
-func (q *handedQueue) len() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return len(q.tasks)
-}
-
 // chunkBundle runs chunk tasks against the simulator and a real Redis.
 type chunkBundle struct {
 	*bundle
-	queue   *handedQueue
+	queue   *fakeQueue
 	handler *ChunkHandler
+}
+
+// handed is the delivery task the chunk handed message id off to, if any.
+func (c *chunkBundle) handed(t *testing.T, id string) (enqueued, bool) {
+	t.Helper()
+	e, ok := c.queue.tasks[id]
+	if ok && e.typ != TypeDeliver {
+		t.Errorf("handed off a %s task for %s", e.typ, id)
+	}
+	return e, ok
 }
 
 // maxAttempts is the chunk tests' send budget.
@@ -77,7 +39,7 @@ const maxAttempts = 10
 func setupChunk(t *testing.T, limits Limits, rules ...wechatsim.Rule) *chunkBundle {
 	t.Helper()
 	b := setupWith(t, limits, rules...)
-	q := &handedQueue{tasks: map[string]handed{}}
+	q := &fakeQueue{ids: map[string]bool{}}
 	return &chunkBundle{bundle: b, queue: q,
 		handler: NewChunkHandler(b.handler, b.store, q, RetryPolicy{Base: time.Second, Cap: time.Minute}, maxAttempts)}
 }
@@ -110,7 +72,7 @@ func chunkOf(n int) string { return delivery.ChunkID("fanout-TEST", n) }
 func (c *chunkBundle) waiting(t *testing.T, ids []string, when string, delayOK func(time.Duration) bool) {
 	t.Helper()
 	for _, id := range ids {
-		h, ok := c.queue.get(id)
+		h, ok := c.handed(t, id)
 		if !ok || !delayOK(h.delay) || h.maxRetry != maxAttempts-1 {
 			t.Errorf("handed off %+v (%v), want %s with the whole budget", h, ok, when)
 		}
@@ -138,7 +100,7 @@ func TestChunkDelivers(t *testing.T) {
 			t.Errorf("simulator pair %d = %+v, want accepted once with client_msg_id = id", i, p)
 		}
 	}
-	if n := c.queue.len(); n != 0 {
+	if n := len(c.queue.ids); n != 0 {
 		t.Errorf("handed off %d tasks, want none", n)
 	}
 }
@@ -156,7 +118,7 @@ func TestChunkHandsOffFailures(t *testing.T) {
 	if m := c.record(t, ids[1]); m.State != delivery.StateRetrying || m.Attempts != 1 {
 		t.Fatalf("failed message = %s after %d attempts, want retrying after 1", m.State, m.Attempts)
 	}
-	h, ok := c.queue.get(ids[1])
+	h, ok := c.handed(t, ids[1])
 	if !ok || h.maxRetry != maxAttempts-2 || h.delay <= 0 {
 		t.Fatalf("handed off %+v (%v), want a task with %d retries after a backoff", h, ok, maxAttempts-2)
 	}
@@ -170,7 +132,7 @@ func TestChunkHandsOffFailures(t *testing.T) {
 	if m := c.record(t, ids[1]); m.Attempts != 1 {
 		t.Errorf("handed-on message attempted %d times, want 1", m.Attempts)
 	}
-	if n := c.queue.len(); n != 1 {
+	if n := len(c.queue.ids); n != 1 {
 		t.Errorf("%d tasks handed off, want 1", n)
 	}
 }
@@ -188,7 +150,7 @@ func TestChunkHandOffSurvivesCrash(t *testing.T) {
 	if err := c.run(chunkOf(2), ids...); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := c.queue.get(ids[0]); !ok {
+	if _, ok := c.handed(t, ids[0]); !ok {
 		t.Error("the message marked handed off has no task")
 	}
 	if p := c.sim.Pair("u1", ids[0]); p.Requests != 0 {
@@ -260,7 +222,7 @@ func TestChunkClaims(t *testing.T) {
 	if st := c.sim.Stats(); st.SendRequests != 1 {
 		t.Errorf("%d sends, want 1", st.SendRequests)
 	}
-	if n := c.queue.len(); n != 0 {
+	if n := len(c.queue.ids); n != 0 {
 		t.Errorf("handed off %d, want none", n)
 	}
 }
@@ -281,7 +243,7 @@ func TestChunkRateLimitLeavesOthers(t *testing.T) {
 	if err := c.run(chunkOf(10), ids...); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := c.queue.get(ids[1]); ok {
+	if _, ok := c.handed(t, ids[1]); ok {
 		t.Error("the rate-limited chunk gave another chunk's message a task of its own")
 	}
 }
@@ -295,7 +257,7 @@ func TestChunkThrottledByWeChat(t *testing.T) {
 	if err := c.run(chunkOf(12), ids...); err != nil {
 		t.Fatal(err)
 	}
-	h, ok := c.queue.get(ids[0])
+	h, ok := c.handed(t, ids[0])
 	if !ok || h.maxRetry != maxAttempts-1 || h.delay <= 0 || h.delay > time.Minute+5*time.Second {
 		t.Errorf("handed off %+v (%v), want after the next minute with the whole budget", h, ok)
 	}
@@ -349,7 +311,7 @@ func TestChunkRateLimited(t *testing.T) {
 func TestChunkLastAttempt(t *testing.T) {
 	t.Parallel()
 	b := setupWith(t, nil, wechatsim.Rule{Outcome: wechatsim.OutcomeSystemBusy})
-	q := &handedQueue{tasks: map[string]handed{}}
+	q := &fakeQueue{ids: map[string]bool{}}
 	c := &chunkBundle{bundle: b, queue: q, handler: NewChunkHandler(b.handler, b.store, q, RetryPolicy{Base: time.Second, Cap: time.Minute}, 1)}
 	ids := c.messages(t, chunkOf(8), "u1")
 	if err := c.run(chunkOf(8), ids...); err != nil {
@@ -358,7 +320,7 @@ func TestChunkLastAttempt(t *testing.T) {
 	if m := c.record(t, ids[0]); m.State != delivery.StateDead {
 		t.Errorf("record = %s, want dead", m.State)
 	}
-	if n := q.len(); n != 0 {
+	if n := len(q.ids); n != 0 {
 		t.Errorf("handed off %d, want none", n)
 	}
 }
@@ -378,5 +340,42 @@ func TestChunkRedisFailureRunsAgain(t *testing.T) {
 	}
 	if st := c.sim.Stats(); st.SendRequests != 0 {
 		t.Errorf("%d sends, want none", st.SendRequests)
+	}
+}
+
+// TestChunkNeverSendsExpiredOrCanceled: in a chunk, a message past its
+// expiry is settled expired and one canceled by the API stays canceled;
+// neither is sent, and the others in the chunk are (invariant 6).
+func TestChunkNeverSendsExpiredOrCanceled(t *testing.T) {
+	t.Parallel()
+	c := setupChunk(t, nil)
+	owner := chunkOf(13)
+	late := c.enqueue(t, "late", func(m *delivery.NewMessage) {
+		m.Fanout, m.To, m.ExpireAt = owner, "late", time.Now().Add(-time.Second)
+	})
+	canceled := c.messages(t, owner, "gone")[0]
+	if _, err := c.store.Cancel(c.ctx, canceled); err != nil {
+		t.Fatal(err)
+	}
+	ok := c.messages(t, owner, "ok")[0]
+	if err := c.run(owner, late, canceled, ok); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]delivery.State{late: delivery.StateExpired, canceled: delivery.StateCanceled, ok: delivery.StateSent} {
+		if m := c.record(t, id); m.State != want {
+			t.Errorf("%s = %s, want %s", id, m.State, want)
+		}
+	}
+	if p := c.sim.Pair("late", late); p.Requests != 0 {
+		t.Errorf("the expired message was sent: %+v", p)
+	}
+	if p := c.sim.Pair("gone", canceled); p.Requests != 0 {
+		t.Errorf("the canceled message was sent: %+v", p)
+	}
+	if got := testutil.ToFloat64(c.metrics.Finished.WithLabelValues("default", "expired")); got != 1 {
+		t.Errorf("finished{expired} = %v, want 1", got)
+	}
+	if n := len(c.queue.ids); n != 0 {
+		t.Errorf("handed off %d, want none", n)
 	}
 }

@@ -99,10 +99,18 @@ func TestQuotaParksApp(t *testing.T) {
 
 // fakeQueue records enqueued tasks and refuses duplicate ids like asynq.
 type fakeQueue struct {
-	ids  map[string]bool
-	fail int // fail the call with this 1-based index
-	lost int // enqueue on the call with this index, but answer with an error
-	n    int
+	ids   map[string]bool
+	tasks map[string]enqueued // what was enqueued under each id
+	fail  int                 // fail the call with this 1-based index
+	lost  int                 // enqueue on the call with this index, but answer with an error
+	n     int
+}
+
+// enqueued is a task's type and the options a test looks at.
+type enqueued struct {
+	typ      string
+	maxRetry int
+	delay    time.Duration
 }
 
 func (q *fakeQueue) EnqueueContext(_ context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error) {
@@ -123,6 +131,19 @@ func (q *fakeQueue) EnqueueContext(_ context.Context, task *asynq.Task, opts ...
 		return nil, asynq.ErrTaskIDConflict
 	}
 	q.ids[key] = true
+	e := enqueued{typ: task.Type()}
+	for _, o := range opts {
+		switch o.Type() {
+		case asynq.MaxRetryOpt:
+			e.maxRetry = o.Value().(int)
+		case asynq.ProcessInOpt:
+			e.delay = o.Value().(time.Duration)
+		}
+	}
+	if q.tasks == nil {
+		q.tasks = map[string]enqueued{}
+	}
+	q.tasks[key] = e
 	if q.n == q.lost {
 		return nil, errors.New("connection reset: the reply was lost")
 	}
