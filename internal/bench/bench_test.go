@@ -117,6 +117,7 @@ func BenchmarkFigures(b *testing.B) {
 		run  func(*testing.B, *table)
 	}{
 		{"pipeline", pipelineFigures},
+		{"single", singleFigures},
 		{"latency", latencyFigures},
 		{"enqueue", enqueueFigures},
 		{"ratelimit", rateLimitFigures},

@@ -17,13 +17,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/redistest"
 	"github.com/wxpush/wxpush/internal/servicetest"
-	"github.com/wxpush/wxpush/internal/tasks"
 )
 
 const (
@@ -31,51 +29,9 @@ const (
 	concurrency = 20
 )
 
-// bareAsynq is the ceiling: the same Redis setup, the same concurrency, queues
-// and polling, a no-op handler, tasks enqueued one by one by the asynq client
-// (as wxpush's fanout enqueues its delivery tasks). With endToEnd the server
-// runs first and the clock covers the enqueue too; without it the tasks are
-// enqueued before the server starts and only the drain is timed.
-func bareAsynq(b *testing.B, endToEnd bool) float64 {
-	rdb := redistest.Start(b).Client(b)
-	client := asynq.NewClientFromRedisClient(rdb)
-	payload := []byte(`{"id":"01JZZZZZZZZZZZZZZZZZZZZZZZ","app":"default","to":"oia2TjuEGTNoeX76QEjQNrcURxG8"}`)
-	enqueue := func() {
-		runParallel(8, pipelineN, func(int) {
-			if _, err := client.Enqueue(asynq.NewTask("noop", payload), asynq.Queue(tasks.QueueNormal)); err != nil {
-				b.Fatal(err)
-			}
-		})
-	}
-	// The same polling as the worker's defaults (WXPUSH_TASK_CHECK_INTERVAL).
-	srv := asynq.NewServerFromRedisClient(rdb, asynq.Config{
-		Concurrency: concurrency, Queues: tasks.QueueWeights, TaskCheckInterval: 10 * time.Millisecond,
-		DelayedTaskCheckInterval: 200 * time.Millisecond, LogLevel: asynq.ErrorLevel,
-	})
-	mux := asynq.NewServeMux()
-	mux.HandleFunc("noop", func(context.Context, *asynq.Task) error { return nil })
-	insp := asynq.NewInspectorFromRedisClient(rdb)
-	if !endToEnd {
-		enqueue()
-	}
-	if err := srv.Start(mux); err != nil {
-		b.Fatal(err)
-	}
-	defer srv.Shutdown()
-	// As for the pipeline, whose worker is up before its clock starts.
-	start := time.Now()
-	if endToEnd {
-		enqueue()
-	}
-	for {
-		info, err := insp.GetQueueInfo(tasks.QueueNormal)
-		if err == nil && info.Pending == 0 && info.Active == 0 {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	return pipelineN / time.Since(start).Seconds()
-}
+// bareAsynq is the ceiling: asynqRun with 8 producers, as wxpush's fanout
+// enqueues its tasks one by one.
+func bareAsynq(b *testing.B, endToEnd bool) float64 { return asynqRun(b, 8, pipelineN, endToEnd) }
 
 // pipelineRun is one timed run of the full pipeline: its throughput, the CPU
 // each process spent, the worker's peak RSS and Redis's command counts.

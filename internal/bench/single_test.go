@@ -1,0 +1,373 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha1"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/xml"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wxpush/wxpush/internal/redistest"
+	"github.com/wxpush/wxpush/internal/servicetest"
+	"github.com/wxpush/wxpush/internal/tasks"
+	"github.com/wxpush/wxpush/internal/wechat/wechatsim"
+)
+
+// singleN is how many single messages one run of each system delivers.
+const singleN = 4000
+
+// singleProducers are the producer counts compared: each producer sends one
+// message at a time, the seed's "push the moment something changes".
+var singleProducers = []int{16, 64}
+
+// singleFigures compares, for each producer count, three ways of pushing one
+// message per event, in the same rounds: wxpush (POST /v1/messages over HTTP,
+// each message end to end to delivered), bare asynq (one no-op task per
+// event) and the hand-written alternative (asynq, a plain HTTP send, a Redis
+// hash updated by the callback). Rates are medians of three rounds; each round
+// runs the three systems one after the other on fresh Redis servers.
+func singleFigures(b *testing.B, tab *table) {
+	const rounds = 3
+	type rates struct{ pipe, bare, hand []float64 }
+	by := map[int]*rates{}
+	var rt singleRoundTrips
+	for round := 0; round < rounds; round++ {
+		for _, p := range singleProducers {
+			r := by[p]
+			if r == nil {
+				r = &rates{}
+				by[p] = r
+			}
+			r.bare = append(r.bare, asynqRun(b, p, singleN, true))
+			run := runSingles(b, p, singleN, round == 0 && p == singleProducers[len(singleProducers)-1])
+			r.pipe = append(r.pipe, run.rate)
+			if run.roundTrips != nil {
+				rt = *run.roundTrips
+			}
+			r.hand = append(r.hand, handWrittenRun(b, p, singleN))
+		}
+	}
+	var headline float64
+	for _, p := range singleProducers {
+		r := by[p]
+		pipe, bare, hand := median(r.pipe), median(r.bare), median(r.hand)
+		tab.row(fmt.Sprintf("single-message throughput, %d producers", p),
+			fmt.Sprintf("wxpush %.0f msg/s, bare asynq %.0f tasks/s, hand-written %.0f msg/s", pipe, bare, hand), "–",
+			fmt.Sprintf("median of %d rounds (wxpush %s; asynq %s; hand-written %s), %d messages each, one at a time per producer",
+				rounds, rateList(r.pipe), rateList(r.bare), rateList(r.hand), singleN))
+		tab.row(fmt.Sprintf("single-message pipeline/asynq, %d producers", p), fmt.Sprintf("%.2f", pipe/bare), "≥ 0.8",
+			"ratio of the medians; per round: "+ratioList(r.pipe, r.bare))
+		tab.row(fmt.Sprintf("single-message pipeline/hand-written, %d producers", p), fmt.Sprintf("%.2f", pipe/hand), "moonshot ≥ 1.0",
+			"ratio of the medians; per round: "+ratioList(r.pipe, r.hand))
+		headline = pipe / bare
+	}
+	tab.row("Redis round trips per single message", fmt.Sprintf("%.2f", rt.perMessage), "≤ 4",
+		fmt.Sprintf("wxpush_redis_round_trips_total of enqueuer and worker, %d producers, POST to delivered: %s", singleProducers[len(singleProducers)-1], rt.top))
+	tab.row("Redis round trips per callback", fmt.Sprintf("%.2f", rt.perCallback), "–",
+		"the same run less one whose simulator sends no result callbacks (messages end sent): the difference per message")
+	tab.row("Redis commands per single message", fmt.Sprintf("%.1f", rt.commands), "–", "commandstats delta of that run, incl. commands inside scripts")
+	b.ReportMetric(headline, "single-pipeline/asynq")
+	fmt.Printf("single-message pipeline/asynq ratio: %.2f\n", headline)
+}
+
+func rateList(xs []float64) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = fmt.Sprintf("%.0f", x)
+	}
+	return strings.Join(s, ", ")
+}
+
+func ratioList(a, b []float64) string {
+	s := make([]string, len(a))
+	for i := range a {
+		s[i] = fmt.Sprintf("%.2f", a[i]/b[i])
+	}
+	return strings.Join(s, ", ")
+}
+
+type singleRoundTrips struct {
+	perMessage, perCallback, commands float64
+	top                               string
+}
+
+type singleRun struct {
+	rate       float64
+	roundTrips *singleRoundTrips // counted when asked
+}
+
+// runSingles times n single POSTs by producers, each one at a time, until every
+// message is final, against an enqueuer and one worker binary. With count it
+// also counts Redis round trips (and runs again without callbacks to split
+// off their share).
+func runSingles(b *testing.B, producers, n int, count bool) singleRun {
+	total, rate, cmds, top := singlesOnce(b, producers, n, true)
+	run := singleRun{rate: rate}
+	if count {
+		noCallbacks, _, _, _ := singlesOnce(b, producers, n, false)
+		run.roundTrips = &singleRoundTrips{perMessage: float64(total) / float64(n),
+			perCallback: float64(total-noCallbacks) / float64(n), commands: float64(cmds) / float64(n), top: top}
+	}
+	return run
+}
+
+// singlesOnce is one run: it returns the round trips the processes made, the
+// rate, the Redis commands run and the busiest round trips. Without
+// callbacks the simulator pushes no results, and the run waits for every
+// message to be sent instead of final.
+func singlesOnce(b *testing.B, producers, n int, callbacks bool) (int64, float64, int64, string) {
+	o := servicetest.Options{Env: env(map[string]string{"WXPUSH_CONCURRENCY": fmt.Sprint(concurrency)})}
+	if !callbacks {
+		o.Rules = "*=no_callback"
+	}
+	c := servicetest.Start(b, o)
+	rdb := c.Redis.Client(b)
+	worker := startWorkerBinary(b, c.Env(b))
+	defer worker.stop()
+	urls := append([]string{worker.admin + "/metrics"}, c.Scrape...)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: producers}}
+	bodies := make([][]byte, n)
+	for i := range bodies {
+		bodies[i] = []byte(body(fmt.Sprintf("oSingle%d_%06d", producers, i)))
+	}
+	rdb.ConfigResetStat(context.Background())
+	before := roundTrips(b, urls)
+	start := time.Now()
+	runParallel(producers, n, func(i int) {
+		post(b, client, c.API+"/v1/messages", bodies[i], http.StatusAccepted)
+	})
+	if !callbacks {
+		waitSent(b, rdb, n, 2*time.Minute)
+	} else {
+		waitBacklog(b, rdb, 0, 2*time.Minute)
+	}
+	rate := float64(n) / time.Since(start).Seconds()
+	after := roundTrips(b, urls)
+	st := callStats{by: map[string]int64{}}
+	for cmd, v := range after {
+		st.by[cmd] = v - before[cmd]
+		st.total += v - before[cmd]
+	}
+	return st.total, rate, commandCalls(b, rdb).total, st.top(6, n)
+}
+
+// waitSent waits until n messages of app default are in state sent.
+func waitSent(b *testing.B, rdb *redis.Client, n int, within time.Duration) {
+	deadline := time.Now().Add(within)
+	for {
+		sent := int64(0)
+		for _, k := range rdb.Keys(context.Background(), "wxpush:{*}:backlog").Val() {
+			v, _ := rdb.HGet(context.Background(), k, "default|sent").Int64()
+			sent += v
+		}
+		if sent == int64(n) {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d sent after %v", sent, n, within)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// asynqRun is bare asynq: the same Redis setup, the same concurrency, queues
+// and polling as the worker, a no-op handler, n tasks enqueued one by one by
+// producers through the asynq client. With endToEnd the server runs first and
+// the clock covers the enqueue too; without it the tasks are enqueued before
+// the server starts and only the drain is timed.
+func asynqRun(b *testing.B, producers, n int, endToEnd bool) float64 {
+	rdb := redistest.Start(b).Client(b)
+	client := asynq.NewClientFromRedisClient(rdb)
+	payload := []byte(`{"id":"01JZZZZZZZZZZZZZZZZZZZZZZZ","app":"default","to":"oia2TjuEGTNoeX76QEjQNrcURxG8"}`)
+	enqueue := func() {
+		runParallel(producers, n, func(int) {
+			if _, err := client.Enqueue(asynq.NewTask("noop", payload), asynq.Queue(tasks.QueueNormal)); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+	srv := asynqServer(rdb)
+	mux := asynq.NewServeMux()
+	mux.HandleFunc("noop", func(context.Context, *asynq.Task) error { return nil })
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	if !endToEnd {
+		enqueue()
+	}
+	if err := srv.Start(mux); err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Shutdown()
+	// As for the pipeline, whose worker is up before its clock starts.
+	start := time.Now()
+	if endToEnd {
+		enqueue()
+	}
+	for {
+		info, err := insp.GetQueueInfo(tasks.QueueNormal)
+		if err == nil && info.Pending == 0 && info.Active == 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// asynqServer is an asynq server polling as the worker does by default
+// (WXPUSH_TASK_CHECK_INTERVAL), with its concurrency and queue weights.
+func asynqServer(rdb redis.UniversalClient) *asynq.Server {
+	return asynq.NewServerFromRedisClient(rdb, asynq.Config{
+		Concurrency: concurrency, Queues: tasks.QueueWeights, TaskCheckInterval: 10 * time.Millisecond,
+		DelayedTaskCheckInterval: 200 * time.Millisecond, LogLevel: asynq.ErrorLevel,
+	})
+}
+
+// handWritten is what a user would write instead of wxpush, kept small and
+// honest: the producer stores a status hash and enqueues an asynq task; the
+// handler sends with a plain HTTP client and a token fetched once, and stores
+// the msgid; the callback handler checks the signature, finds the message by
+// its msgid and marks it delivered. It has none of wxpush's guarantees (no
+// token refresh, no rate limits, no de-duplication across crashes, no
+// held early callbacks, no expiry, no metrics).
+type handWritten struct {
+	rdb       *redis.Client
+	api       string // the simulator
+	token     string
+	http      *http.Client
+	delivered atomic.Int64
+}
+
+func (h *handWritten) send(ctx context.Context, t *asynq.Task) error {
+	var p struct{ ID, To string }
+	if err := json.Unmarshal(t.Payload(), &p); err != nil {
+		return err
+	}
+	msg, _ := json.Marshal(map[string]any{"touser": p.To, "template_id": "T1", "client_msg_id": p.ID,
+		"data": map[string]any{"thing1": map[string]string{"value": "order shipped"}}})
+	resp, err := h.http.Post(h.api+"/cgi-bin/message/template/send?access_token="+h.token, "application/json", bytes.NewReader(msg))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var r struct {
+		ErrCode int    `json:"errcode"`
+		ErrMsg  string `json:"errmsg"`
+		MsgID   int64  `json:"msgid"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return err
+	}
+	if r.ErrCode != 0 {
+		return fmt.Errorf("errcode %d: %s", r.ErrCode, r.ErrMsg)
+	}
+	_, err = h.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		pipe.HSet(ctx, "alt:msg:"+p.ID, "state", "sent", "msgid", r.MsgID)
+		pipe.Set(ctx, fmt.Sprintf("alt:wxid:%d", r.MsgID), p.ID, time.Hour)
+		return nil
+	})
+	return err
+}
+
+func (h *handWritten) callback(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	parts := []string{servicetest.Token, q.Get("timestamp"), q.Get("nonce")}
+	sort.Strings(parts)
+	sum := sha1.Sum([]byte(strings.Join(parts, "")))
+	if hex.EncodeToString(sum[:]) != q.Get("signature") {
+		http.Error(w, "bad signature", http.StatusForbidden)
+		return
+	}
+	var ev struct {
+		MsgID  string `xml:"MsgID"`
+		Status string `xml:"Status"`
+	}
+	if err := xml.NewDecoder(r.Body).Decode(&ev); err != nil {
+		http.Error(w, "bad xml", http.StatusBadRequest)
+		return
+	}
+	ctx := r.Context()
+	id, err := h.rdb.Get(ctx, "alt:wxid:"+ev.MsgID).Result()
+	if err != nil {
+		http.Error(w, "unknown msgid", http.StatusServiceUnavailable) // WeChat tries again
+		return
+	}
+	state := "delivered"
+	if ev.Status != "success" {
+		state = "failed"
+	}
+	if err := h.rdb.HSet(ctx, "alt:msg:"+id, "state", state).Err(); err != nil {
+		http.Error(w, "redis", http.StatusServiceUnavailable)
+		return
+	}
+	h.delivered.Add(1)
+	io.WriteString(w, "success")
+}
+
+// handWrittenRun times n single messages through the hand-written
+// alternative, producers enqueueing one at a time, until every callback is
+// stored; the simulator is configured as for wxpush (50 ms callback delay).
+func handWrittenRun(b *testing.B, producers, n int) float64 {
+	rdb := redistest.Start(b).Client(b)
+	h := &handWritten{rdb: rdb, http: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * concurrency}}}
+	cb := httptest.NewServer(http.HandlerFunc(h.callback))
+	defer cb.Close()
+	sim, err := wechatsim.New(wechatsim.Config{
+		Apps:          []wechatsim.App{{AppID: servicetest.AppID, Secret: servicetest.Secret, Token: servicetest.Token, CallbackURL: cb.URL + "/wechat"}},
+		Templates:     []wechatsim.Template{{AppID: servicetest.AppID, TemplateID: "T1", Title: "发货通知", Content: "{{thing1.DATA}}"}},
+		CallbackDelay: 50 * time.Millisecond,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	simSrv := httptest.NewServer(sim)
+	defer func() { simSrv.Close(); sim.Close() }()
+	h.api = simSrv.URL
+	resp, err := http.Get(simSrv.URL + "/cgi-bin/token?grant_type=client_credential&appid=" + servicetest.AppID + "&secret=" + servicetest.Secret)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	decodeJSON(b, resp, &tok)
+	h.token = tok.AccessToken
+
+	srv := asynqServer(rdb)
+	mux := asynq.NewServeMux()
+	mux.HandleFunc("send", h.send)
+	if err := srv.Start(mux); err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Shutdown()
+	client := asynq.NewClientFromRedisClient(rdb)
+	ctx := context.Background()
+	start := time.Now()
+	runParallel(producers, n, func(i int) {
+		id := fmt.Sprintf("hw%d_%06d", producers, i)
+		if err := rdb.HSet(ctx, "alt:msg:"+id, "state", "queued").Err(); err != nil {
+			b.Fatal(err)
+		}
+		payload, _ := json.Marshal(map[string]string{"ID": id, "To": "oHand_" + id})
+		if _, err := client.Enqueue(asynq.NewTask("send", payload), asynq.Queue(tasks.QueueNormal), asynq.MaxRetry(10)); err != nil {
+			b.Fatal(err)
+		}
+	})
+	for deadline := time.Now().Add(2 * time.Minute); h.delivered.Load() < int64(n); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			b.Fatalf("hand-written: %d of %d delivered", h.delivered.Load(), n)
+		}
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
