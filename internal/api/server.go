@@ -93,6 +93,16 @@ type Deps struct {
 	Logger     *slog.Logger
 	Ready      func(ctx context.Context) error
 	Now        func() time.Time
+
+	// Webhook surface: GET /v1/events reads Events (nil = 404), at most
+	// MaxEventStreams at once (0 = DefaultMaxEventStreams), a keepalive every
+	// EventsKeepalive (0 = DefaultEventsKeepalive); EventsMetrics may be nil.
+	// Webhooks lists and replays dead webhooks (nil = 404 not_configured).
+	Events          EventStream
+	MaxEventStreams int
+	EventsKeepalive time.Duration
+	EventsMetrics   *EventsMetrics
+	Webhooks        DeadWebhooks
 }
 
 // Server serves the enqueuer's HTTP API.
@@ -111,6 +121,12 @@ type Server struct {
 	log        *slog.Logger
 	ready      func(ctx context.Context) error
 	now        func() time.Time
+
+	events          EventStream
+	eventSlots      eventSlots
+	eventsKeepalive time.Duration
+	eventsMetrics   *EventsMetrics
+	webhooks        DeadWebhooks
 }
 
 // New returns a Server.
@@ -119,6 +135,14 @@ func New(d Deps) *Server {
 		defaultApp: d.DefaultApp, apiKeys: d.APIKeys, metrics: d.Metrics, gatherer: d.Gatherer,
 		log: d.Logger, ready: d.Ready, now: d.Now}
 	s.SetApps(d.Apps)
+	s.events, s.eventsKeepalive, s.eventsMetrics, s.webhooks = d.Events, d.EventsKeepalive, d.EventsMetrics, d.Webhooks
+	if d.MaxEventStreams <= 0 {
+		d.MaxEventStreams = DefaultMaxEventStreams
+	}
+	s.eventSlots = make(eventSlots, d.MaxEventStreams)
+	if s.eventsKeepalive <= 0 {
+		s.eventsKeepalive = DefaultEventsKeepalive
+	}
 	if s.defaultApp == "" {
 		s.defaultApp = "default"
 	}
@@ -160,6 +184,11 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/messages/{id}/retry", s.auth(http.HandlerFunc(s.handleRetry)))
 	mux.Handle("POST /v1/apps/{app}/resume", s.auth(http.HandlerFunc(s.handleResume)))
 	mux.Handle("GET /v1/apps/{app}/templates", s.auth(http.HandlerFunc(s.handleTemplates)))
+	if s.events != nil {
+		mux.Handle("GET /v1/events", s.auth(http.HandlerFunc(s.handleEvents)))
+	}
+	mux.Handle("GET /v1/webhooks/dead", s.auth(http.HandlerFunc(s.handleDeadWebhooks)))
+	mux.Handle("POST /v1/webhooks/dead/{event_id}/replay", s.auth(http.HandlerFunc(s.handleReplayWebhook)))
 	mux.HandleFunc("GET /wechat/callback/{app}", s.handleVerify)
 	mux.HandleFunc("POST /wechat/callback/{app}", s.handleCallback)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
