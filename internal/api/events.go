@@ -72,6 +72,11 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			"an event id is <ms>-<seq>, as sent in the stream's id: lines"))
 		return
 	}
+	if s.events == nil {
+		writeError(w, &apiError{Status: http.StatusNotFound, Code: "not_configured",
+			Message: "the event stream is not configured on this enqueuer"})
+		return
+	}
 	select {
 	case s.eventSlots <- struct{}{}:
 		defer func() { <-s.eventSlots }()

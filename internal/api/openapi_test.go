@@ -29,6 +29,7 @@ import (
 	"github.com/wxpush/wxpush/internal/secret"
 	"github.com/wxpush/wxpush/internal/tasks"
 	"github.com/wxpush/wxpush/internal/templates"
+	"github.com/wxpush/wxpush/internal/webhook"
 	"github.com/wxpush/wxpush/internal/wechat"
 )
 
@@ -362,7 +363,9 @@ func (sc *specCheck) runAll(t *testing.T, tg target, calls []call) {
 
 // notExercised lists the documented responses the traffic cannot produce, and why.
 var notExercised = map[string]string{
-	"GET /metrics 500": "promhttp answers 500 only when a collector fails",
+	"GET /v1/events 200": "a stream never ends; TestEventsStreamInOrderFilteredAndResumable checks it",
+	"GET /v1/events 503": "TestEventsStreamRefusals checks the bound on streams",
+	"GET /metrics 500":   "promhttp answers 500 only when a collector fails",
 }
 
 // checkCoverage fails for a documented response the traffic never produced.
@@ -438,6 +441,7 @@ func TestOpenAPITraffic(t *testing.T) {
 		d.APIKeys = []secret.Value{apiKey}
 		d.Templates = listedTemplates{}
 		d.Apps = append(d.Apps, api.App{Name: "tiny", Token: secret.Value(shopToken), MaxBacklog: 1})
+		d.Webhooks = deadFixture()
 	})
 	kt := target{b: keyed, key: apiKey}
 	sc := newSpecCheck(t)
@@ -833,6 +837,10 @@ func TestOpenAPITraffic(t *testing.T) {
 		})
 	})
 
+	t.Run("webhooks", func(t *testing.T) {
+		sc.runAll(t, kt, webhookCalls())
+	})
+
 	t.Run("monitoring", func(t *testing.T) {
 		sc.runAll(t, kt, []call{
 			{name: "healthz", method: http.MethodGet, path: "/healthz", status: http.StatusOK},
@@ -869,6 +877,13 @@ func TestOpenAPITraffic(t *testing.T) {
 				[]string{"Authorization", "Bearer not-a-key"}, http.StatusUnauthorized, "unauthorized"
 			calls = append(calls, none, wrong)
 		}
+		for _, c := range webhookCalls() {
+			if authProbe[c.name] {
+				c.name, c.noAuth, c.status, c.code, c.refuse = c.method+" "+c.path+" without a key", true,
+					http.StatusUnauthorized, "unauthorized", "security requirements failed: no bearer key"
+				calls = append(calls, c)
+			}
+		}
 		sc.runAll(t, kt, calls)
 	})
 
@@ -882,6 +897,15 @@ func TestOpenAPITraffic(t *testing.T) {
 				http.StatusForbidden, "forbidden"
 			calls = append(calls, c)
 		}
+		for _, c := range webhookCalls() {
+			if authProbe[c.name] {
+				c.name, c.remote, c.status, c.code = c.method+" "+c.path+" from a remote client", "203.0.113.9:1234",
+					http.StatusForbidden, "forbidden"
+				calls = append(calls, c)
+			}
+		}
+		calls = append(calls, call{name: "dead webhooks not configured", method: http.MethodGet, path: "/v1/webhooks/dead",
+			status: http.StatusNotFound, code: "not_configured"})
 		calls = append(calls, call{name: "templates not enabled", method: http.MethodGet, path: "/v1/apps/default/templates",
 			status: http.StatusNotFound, code: "unsupported"})
 		sc.runAll(t, ot, calls)
@@ -920,4 +944,39 @@ func TestOpenAPITraffic(t *testing.T) {
 	})
 
 	sc.checkCoverage(t)
+}
+
+// deadFixture is a dead-letter list of one dead webhook, 1-0, whose List
+// fails for app tiny and whose Replay fails for 9-9.
+func deadFixture() *fakeDead {
+	return &fakeDead{failApp: "tiny", events: []webhook.DeadEvent{{
+		Event: webhook.Event{EventID: "1-0", ID: "01MSG", App: "default", State: "dead", Previous: "retrying",
+			Seq: 2, Attempts: 5, LastError: &delivery.ErrorInfo{Code: 43004, Msg: "require subscribe"}, At: time.Now()},
+		URL: "https://hooks.example.com/wx?sig=x", LastError: "status 500", Attempts: 17, DiedAt: time.Now()}}}
+}
+
+// authProbe names one webhookCalls call per route, for the auth refusals.
+var authProbe = map[string]bool{"events not configured": true, "dead webhooks": true, "replay": true}
+
+// webhookCalls exercise the event stream and dead-webhook routes (the bundle
+// has dead webhooks, deadFixture, and no event stream).
+func webhookCalls() []call {
+	return []call{
+		{name: "events not configured", method: http.MethodGet, path: "/v1/events?app=default", status: http.StatusNotFound, code: "not_configured"},
+		{name: "events of an unknown app", method: http.MethodGet, path: "/v1/events?app=nope", status: http.StatusBadRequest, code: "unknown_app"},
+		{name: "events after a bad id", method: http.MethodGet, path: "/v1/events?last_event_id=x", status: http.StatusBadRequest,
+			code: "invalid_last_event_id", refuse: "query last_event_id: pattern:"},
+		{name: "dead webhooks", method: http.MethodGet, path: "/v1/webhooks/dead?app=default&limit=10", status: http.StatusOK},
+		{name: "dead webhooks unknown app", method: http.MethodGet, path: "/v1/webhooks/dead?app=nope", status: http.StatusBadRequest, code: "unknown_app"},
+		{name: "dead webhooks limit 0", method: http.MethodGet, path: "/v1/webhooks/dead?limit=0", status: http.StatusBadRequest,
+			code: "invalid_limit", refuse: "query limit: minimum:"},
+		{name: "dead webhooks unavailable", method: http.MethodGet, path: "/v1/webhooks/dead?app=tiny", status: http.StatusServiceUnavailable,
+			code: "storage_unavailable"},
+		{name: "replay bad id", method: http.MethodPost, path: "/v1/webhooks/dead/bogus/replay", status: http.StatusBadRequest,
+			code: "invalid_event_id", refuse: "path event_id: pattern:"},
+		{name: "replay", method: http.MethodPost, path: "/v1/webhooks/dead/1-0/replay", status: http.StatusAccepted},
+		{name: "replay unavailable", method: http.MethodPost, path: "/v1/webhooks/dead/9-9/replay", status: http.StatusServiceUnavailable,
+			code: "storage_unavailable"},
+		{name: "replay again", method: http.MethodPost, path: "/v1/webhooks/dead/1-0/replay", status: http.StatusNotFound, code: "not_found"},
+	}
 }

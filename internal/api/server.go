@@ -94,7 +94,7 @@ type Deps struct {
 	Ready      func(ctx context.Context) error
 	Now        func() time.Time
 
-	// Webhook surface: GET /v1/events reads Events (nil = 404), at most
+	// Webhook surface: GET /v1/events reads Events (nil = 404 not_configured), at most
 	// MaxEventStreams at once (0 = DefaultMaxEventStreams), a keepalive every
 	// EventsKeepalive (0 = DefaultEventsKeepalive); EventsMetrics may be nil.
 	// Webhooks lists and replays dead webhooks (nil = 404 not_configured).
@@ -184,9 +184,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/messages/{id}/retry", s.auth(http.HandlerFunc(s.handleRetry)))
 	mux.Handle("POST /v1/apps/{app}/resume", s.auth(http.HandlerFunc(s.handleResume)))
 	mux.Handle("GET /v1/apps/{app}/templates", s.auth(http.HandlerFunc(s.handleTemplates)))
-	if s.events != nil {
-		mux.Handle("GET /v1/events", s.auth(http.HandlerFunc(s.handleEvents)))
-	}
+	mux.Handle("GET /v1/events", s.auth(http.HandlerFunc(s.handleEvents)))
 	mux.Handle("GET /v1/webhooks/dead", s.auth(http.HandlerFunc(s.handleDeadWebhooks)))
 	mux.Handle("POST /v1/webhooks/dead/{event_id}/replay", s.auth(http.HandlerFunc(s.handleReplayWebhook)))
 	mux.HandleFunc("GET /wechat/callback/{app}", s.handleVerify)

@@ -3,10 +3,12 @@ package api_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,12 +19,19 @@ import (
 
 // fakeDead stands in for webhook.DeadLetters.
 type fakeDead struct {
+	mu       sync.Mutex
 	events   []webhook.DeadEvent
 	replayed []string
+	failApp  string // List of this app fails
 }
 
 func (f *fakeDead) List(_ context.Context, app string, offset, limit int) (webhook.DeadPage, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	var p webhook.DeadPage
+	if app != "" && app == f.failApp {
+		return p, errors.New("redis down")
+	}
 	for _, d := range f.events {
 		if app != "" && d.Event.App != app {
 			continue
@@ -36,6 +45,11 @@ func (f *fakeDead) List(_ context.Context, app string, offset, limit int) (webho
 }
 
 func (f *fakeDead) Replay(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if id == "9-9" {
+		return errors.New("redis down")
+	}
 	for i, d := range f.events {
 		if d.Event.EventID == id {
 			f.events = append(f.events[:i], f.events[i+1:]...)
