@@ -2,6 +2,7 @@ package delivery
 
 import (
 	"errors"
+	"github.com/redis/go-redis/v9"
 	"slices"
 	"testing"
 	"time"
@@ -69,6 +70,14 @@ func TestCancelOrphan(t *testing.T) {
 	if _, err := b.store.Begin(b.ctx, "Ytried"); err != nil {
 		t.Fatal(err)
 	}
+	// A task that begins a message owns it: Begin unlists it, so that the
+	// submission need not (Store.Owned).
+	if _, err := b.rdb.ZScore(b.ctx, unownedKey(Shard("default")), "Ytried").Result(); err != redis.Nil {
+		t.Fatalf("Ytried still listed as unowned after Begin (err %v)", err)
+	}
+	// Listed again (as by a record begun before Begin unlisted), the attempt
+	// still keeps the sweep away.
+	b.rdb.ZAdd(b.ctx, unownedKey(Shard("default")), redis.Z{Score: float64(b.clock.Now().UnixMilli()), Member: "Ytried"})
 
 	tr, err := b.store.CancelOrphan(b.ctx, "Yorphan", b.clock.Now())
 	if err != nil || !tr.Changed || tr.State != StateCanceled || tr.App != "default" {
@@ -255,8 +264,12 @@ func TestRetryKeepsChunkOwner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{"Yuntouched": retry, "Ybegun": first, "Yhanded": first + "!"}
+	// Ybegun's attempt unlisted it (Begin owns what it begins).
+	want := map[string]string{"Yuntouched": retry, "Yhanded": first + "!"}
 	for _, r := range recs {
+		if r.ID == "Ybegun" {
+			t.Error("Ybegun is still listed as unowned after its chunk began it")
+		}
 		if r.Fanout != want[r.ID] {
 			t.Errorf("%s names %q after the retry, want %q", r.ID, r.Fanout, want[r.ID])
 		}

@@ -131,8 +131,11 @@ return {"canceled", "changed", app}`)
 // settles one past its expiry as expired, defers one whose app is parked, and
 // otherwise counts the attempt and marks it in flight (so a cancel cannot race it).
 // A batch chunk (owner, not "") begins only a message it owns (claimChunk).
-// KEYS: rec, backlog, parked, body. ARGV: now, expiry history entry, retention,
-// in-flight deadline, owner.
+// A task that begins a message (or expires it) owns it: the record leaves the
+// unowned list here, so that a submission need not spend a round trip on
+// Store.Owned (the orphan sweep treats a record with attempts as owned).
+// KEYS: rec, backlog, parked, body, unowned. ARGV: now, expiry history entry,
+// retention, in-flight deadline, owner.
 // Returns {state, app, body, attempts, kind} to proceed; {state, app} to stop;
 // {"expired", app, "changed"} when it expired the message; {"parked", app, until};
 // {state, app, "owner", "other"|"handed"} when the chunk does not hold it;
@@ -148,7 +151,9 @@ if ARGV[5] ~= "" then
 end
 local now = tonumber(ARGV[1])
 local exp = tonumber(v[3])
+local id = string.match(KEYS[1], ":msg:(.+)$")
 if exp and exp > 0 and now >= exp then
+  redis.call("ZREM", KEYS[5], id)
   settle(KEYS[1], KEYS[2], app, st, "expired", ARGV[1], ARGV[3])
   hist(KEYS[1], ARGV[2])
   settleBody(KEYS[4], "expired", ARGV[3])
@@ -156,6 +161,7 @@ if exp and exp > 0 and now >= exp then
 end
 local parked = tonumber(redis.call("ZSCORE", KEYS[3], app))
 if parked and parked > now then return {"parked", app, tostring(parked)} end
+redis.call("ZREM", KEYS[5], id)
 local n = redis.call("HINCRBY", KEYS[1], "n", 1)
 redis.call("HSET", KEYS[1], "fl", ARGV[4])
 return {st, app, redis.call("GET", KEYS[4]) or "", n, v[4] or ""}`)
@@ -235,23 +241,23 @@ return {"sent", "changed", app, v[3]}`)
 
 // callbackScript applies a TEMPLATESENDJOBFINISH result. Unknown msgids are held
 // for a while: the sender may not have stored the msgid yet.
-// The caller read the index first: KEYS[5] and KEYS[6] are the record and body
-// it names (when it named none, keys in the app's slot that are not touched).
-// KEYS: index, held, sentz, backlog, record, body. ARGV: state, raw status, now,
-// hold ttl, retention, history entry, history entry of a late result (with the
-// raw status, which the record's w field does not hold then), the id the
-// caller read from the index ("" for none).
-// Returns {outcome, id, app, state, sent ms (when applied)}; {"moved"} when the
-// index no longer says what the caller read.
+// The script reads the index itself and builds the record's and body's keys
+// from the id it names and the shard's tag (ARGV[8]): they share the index's
+// hash tag, so on Redis Cluster they are in the slot the declared keys route
+// the script to, and the callback costs one round trip.
+// KEYS: index, held, sentz, backlog. ARGV: state, raw status, now, hold ttl,
+// retention, history entry, history entry of a late result (with the raw
+// status, which the record's w field does not hold then), the shard's key
+// prefix ("wxpush:{S}:").
+// Returns {outcome, id, app, state, sent ms (when applied)}.
 var callbackScript = redis.NewScript(luaPrelude + `
 local id = redis.call("GET", KEYS[1])
-if (id or "") ~= ARGV[8] then return {"moved"} end
 if not id then
   if redis.call("EXISTS", KEYS[2]) == 1 then return {"duplicate"} end
   redis.call("SET", KEYS[2], ARGV[1] .. "|" .. ARGV[2], "PX", ARGV[4])
   return {"held"}
 end
-local rec = KEYS[5]
+local rec, body = ARGV[8] .. "msg:" .. id, ARGV[8] .. "body:" .. id
 local v = redis.call("HMGET", rec, "s", "a", "w", "ts")
 local st, app = v[1], v[2]
 if not st then return {"unknown", id} end
@@ -260,7 +266,7 @@ if st == "sent" then
   redis.call("HSET", rec, "w", ARGV[2])
   hist(rec, ARGV[6])
   redis.call("ZREM", KEYS[3], id)
-  settleBody(KEYS[6], ARGV[1], ARGV[5])
+  settleBody(body, ARGV[1], ARGV[5])
   -- Once settled, the index only catches WeChat's repeats of this callback,
   -- which come within minutes: keep it for the hold, not the whole retention.
   redis.call("PEXPIRE", KEYS[1], ARGV[4])

@@ -485,7 +485,7 @@ func (s *Store) BeginMany(ctx context.Context, owner string, ids []string) (as [
 }
 
 func beginKeys(id string) []string {
-	return []string{recordKey(id), backlogKey(shardOf(id)), parkedKey(shardOf(id)), bodyKey(id)}
+	return []string{recordKey(id), backlogKey(shardOf(id)), parkedKey(shardOf(id)), bodyKey(id), unownedKey(shardOf(id))}
 }
 
 func (s *Store) beginArgs(owner string) []any {
@@ -706,61 +706,6 @@ func (s *Store) finish(ctx context.Context, id, app string, to State, e *ErrorIn
 		return Transition{}, fmt.Errorf("delivery: finish: %w", err)
 	}
 	return transition(res)
-}
-
-// CallbackOutcome says what a result callback did.
-type CallbackOutcome string
-
-const (
-	CallbackApplied   CallbackOutcome = "applied"   // settled a sent message
-	CallbackHeld      CallbackOutcome = "held"      // msgid not (yet) known: kept for CallbackHold
-	CallbackDuplicate CallbackOutcome = "duplicate" // already applied or already held
-	CallbackLate      CallbackOutcome = "late"      // arrived after the message was settled unconfirmed
-	CallbackUnknown   CallbackOutcome = "unknown"   // the msgid's record has expired
-)
-
-// CallbackResult is what ApplyCallback did.
-type CallbackResult struct {
-	Outcome CallbackOutcome
-	ID      string
-	App     string
-	State   State
-	SentAt  time.Time // when applied: when WeChat accepted it, for the sent→final latency
-}
-
-// ApplyCallback applies WeChat's result for msgID of app: to is the final state
-// the result means and raw its Status text. It is idempotent.
-func (s *Store) ApplyCallback(ctx context.Context, app, msgID string, to State, raw string) (CallbackResult, error) {
-	index, shard := indexKey(app, msgID), Shard(app)
-	// A script names every key it touches (Redis Cluster requires it), so the
-	// record's key is read from the index first; the script checks the index
-	// still says so. The index is written once, so a second pass is rare.
-	for try := 0; ; try++ {
-		id, err := s.rdb.Get(ctx, index).Result()
-		if err != nil && err != redis.Nil {
-			return CallbackResult{}, fmt.Errorf("delivery: apply callback: %w", err)
-		}
-		now := s.cfg.Now()
-		res, err := callbackScript.Run(ctx, s.rdb,
-			[]string{index, heldKey(app, msgID), sentKey(shard), backlogKey(shard),
-				recordKey(cmp.Or(id, string(shard))), bodyKey(cmp.Or(id, string(shard)))},
-			string(to), raw, now.UnixMilli(), s.cfg.CallbackHold.Milliseconds(), s.cfg.Retention.Milliseconds(),
-			s.line(now, historyLine{Event: "callback", State: to}),
-			s.line(now, historyLine{Event: "late callback", State: to, Status: raw}), id).Slice()
-		if err != nil {
-			return CallbackResult{}, fmt.Errorf("delivery: apply callback: %w", err)
-		}
-		if str(res, 0) == "moved" {
-			if try < 3 {
-				continue
-			}
-			// The index is written once and expires once: four changes in a
-			// row mean something else is wrong. An error makes WeChat retry.
-			return CallbackResult{}, errors.New("delivery: apply callback: the msgid index kept changing")
-		}
-		return CallbackResult{Outcome: CallbackOutcome(str(res, 0)), ID: str(res, 1), App: str(res, 2), State: State(str(res, 3)),
-			SentAt: msTime(str(res, 4))}, nil
-	}
 }
 
 // Settled is a message a sweep moved to a final state.

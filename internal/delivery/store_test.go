@@ -3,6 +3,7 @@ package delivery
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -461,57 +462,96 @@ func TestIndexOutlivesRepeatsOnly(t *testing.T) {
 	}
 }
 
-// sentBetween stores a message's msgid (MarkSent, on its own connection) right
-// after the callback has read the msgid index and found nothing, before the
-// callback's script runs: the race between a worker and an early callback
-// that the script's index check closes.
-type sentBetween struct {
-	index string
-	once  sync.Once
-	mark  func()
+// commandCount counts the commands a client sends, pipelined ones included.
+type commandCount struct {
+	mu   sync.Mutex
+	cmds []string
 }
 
-func (*sentBetween) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (*commandCount) DialHook(next redis.DialHook) redis.DialHook { return next }
 
-func (h *sentBetween) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (h *commandCount) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		err := next(ctx, cmd)
-		if args := cmd.Args(); cmd.Name() == "get" && len(args) == 2 && args[1] == h.index {
-			h.once.Do(h.mark)
+		h.mu.Lock()
+		if cmd.Name() != "hello" { // a new connection's handshake
+			h.cmds = append(h.cmds, cmd.Name())
 		}
-		return err
+		h.mu.Unlock()
+		return next(ctx, cmd)
 	}
 }
 
-func (*sentBetween) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
+func (h *commandCount) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.mu.Lock()
+		for _, c := range cmds {
+			if c.Name() == "evalsha" { // not a new connection's handshake
+				h.cmds = append(h.cmds, "pipeline")
+				break
+			}
+		}
+		h.mu.Unlock()
+		return next(ctx, cmds)
+	}
 }
 
-// TestCallbackRacingMarkSent: the msgid is stored between the callback's
-// index read and its script. The script sees the index changed and the
-// callback reads it again, so the result is applied now — neither held for a
-// MarkSent that has already run (which would leave the message sent until it
-// went unconfirmed) nor applied to the wrong record.
-func TestCallbackRacingMarkSent(t *testing.T) {
+// TestCallbackIsOneScript: a callback finds its record through the msgid
+// index inside its script, so no MarkSent can slip in between a read of the
+// index and the script (the race the two-step lookup had to detect and retry),
+// and it costs one round trip. Before MarkSent it is held and MarkSent
+// applies it; after, it is applied at once, to the right record.
+func TestCallbackIsOneScript(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	b.create(t, "Yrace")
-	b.store.Begin(b.ctx, "Yrace")
-	worker := NewStore(redis.NewClient(&redis.Options{Addr: b.rdb.Options().Addr}), Config{Now: b.clock.Now})
-	hook := &sentBetween{index: indexKey("default", "88"), mark: func() {
-		if _, err := worker.MarkSent(b.ctx, "Yrace", "default", 88); err != nil {
-			t.Errorf("MarkSent: %v", err)
-		}
-	}}
-	b.rdb.AddHook(hook)
-	res, err := b.store.ApplyCallback(b.ctx, "default", "88", StateDelivered, "success")
-	if err != nil || res.Outcome != CallbackApplied || res.ID != "Yrace" {
-		t.Fatalf("callback racing MarkSent = %+v, %v; want applied to Yrace", res, err)
+	b.create(t, "Yearly")
+	b.create(t, "Ylate")
+	for _, id := range []string{"Yearly", "Ylate"} {
+		b.store.Begin(b.ctx, id)
 	}
-	if got := b.state(t, "Yrace"); got != StateDelivered {
-		t.Errorf("state = %s, want delivered", got)
+	counted := &commandCount{}
+	client := redis.NewClient(&redis.Options{Addr: b.rdb.Options().Addr})
+	t.Cleanup(func() { client.Close() })
+	client.AddHook(counted)
+	receiver := NewStore(client, Config{Now: b.clock.Now})
+	if err := receiver.LoadScripts(b.ctx); err != nil {
+		t.Fatal(err)
 	}
-	if n, _ := b.rdb.Exists(b.ctx, heldKey("default", "88")).Result(); n != 0 {
-		t.Error("the callback was also held: MarkSent has run, nothing would apply it")
+	counted.cmds = nil
+
+	res, err := receiver.ApplyCallback(b.ctx, "default", "88", StateDelivered, "success")
+	if err != nil || res.Outcome != CallbackHeld {
+		t.Fatalf("callback before MarkSent = %+v, %v; want held", res, err)
+	}
+	if tr, err := b.store.MarkSent(b.ctx, "Yearly", "default", 88); err != nil || tr.State != StateDelivered {
+		t.Fatalf("MarkSent after an early callback = %+v, %v; want delivered", tr, err)
+	}
+	if _, err := b.store.MarkSent(b.ctx, "Ylate", "default", 99); err != nil {
+		t.Fatal(err)
+	}
+	res, err = receiver.ApplyCallback(b.ctx, "default", "99", StateUserBlocked, "failed:user block")
+	if err != nil || res.Outcome != CallbackApplied || res.ID != "Ylate" || res.State != StateUserBlocked {
+		t.Fatalf("callback after MarkSent = %+v, %v; want applied to Ylate", res, err)
+	}
+	if got := b.state(t, "Ylate"); got != StateUserBlocked {
+		t.Errorf("Ylate = %s, want user_blocked", got)
+	}
+	if got := strings.Join(counted.cmds, " "); got != "evalsha evalsha" {
+		t.Errorf("two callbacks sent %q, want one evalsha each", got)
+	}
+
+	// Batched: one round trip for many, each result its own.
+	counted.cmds = nil
+	rs, errs, err := receiver.ApplyCallbacks(b.ctx, []CallbackInput{
+		{App: "default", MsgID: "99", To: StateDelivered, Raw: "success"},
+		{App: "default", MsgID: "100", To: StateDelivered, Raw: "success"},
+	})
+	if err != nil || errs[0] != nil || errs[1] != nil {
+		t.Fatal(err, errs)
+	}
+	if rs[0].Outcome != CallbackDuplicate || rs[1].Outcome != CallbackHeld {
+		t.Errorf("ApplyCallbacks = %+v, want duplicate then held", rs)
+	}
+	if got := strings.Join(counted.cmds, " "); got != "pipeline" {
+		t.Errorf("ApplyCallbacks sent %q, want one pipeline", got)
 	}
 }

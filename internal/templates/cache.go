@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -49,6 +50,12 @@ type Config struct {
 	Wait time.Duration
 	// OnFetch is called after every fetch from WeChat (metrics); nil = nothing.
 	OnFetch func(app string, err error)
+	// Local: how long a process reuses a list it read from Redis before it
+	// reads it again (zero = it reads Redis on every use). A single message's
+	// check then costs no round trip; a list refreshed by another process is
+	// seen this much later, as it is anyway within TTL. Measured on the real
+	// clock.
+	Local time.Duration
 	// Now is the clock for list ages and failure back-off (default time.Now).
 	// Lock leases and Wait are measured on the real clock.
 	Now func() time.Time
@@ -59,6 +66,13 @@ type Cache struct {
 	rdb   redis.UniversalClient
 	fetch Fetcher
 	cfg   Config
+	local sync.Map // app → *memo, when cfg.Local > 0
+}
+
+// memo is a list this process read from Redis, and when (real clock).
+type memo struct {
+	e    *entry
+	read time.Time
 }
 
 // ErrUnavailable says an app's template list could not be had (WeChat, the token
@@ -133,6 +147,7 @@ func (c *Cache) Invalidate(ctx context.Context, app string) error {
 	if e != nil && c.age(e) < c.cfg.MinRefresh {
 		return nil
 	}
+	c.local.Delete(app)
 	if err := c.rdb.Del(ctx, listKey(app)).Err(); err != nil {
 		return fmt.Errorf("templates: invalidate %s: %w", app, err)
 	}
@@ -145,6 +160,11 @@ func (c *Cache) age(e *entry) time.Duration { return c.cfg.Now().Sub(e.FetchedAt
 // process fetches, an older list is returned when allowStale is set; otherwise
 // (or with no list at all) load waits up to Wait for the new one.
 func (c *Cache) load(ctx context.Context, app string, maxAge time.Duration, allowStale bool) (*entry, error) {
+	if m, ok := c.local.Load(app); ok {
+		if m := m.(*memo); time.Since(m.read) < c.cfg.Local && c.age(m.e) < maxAge {
+			return m.e, nil
+		}
+	}
 	deadline := time.Now().Add(c.cfg.Wait)
 	for {
 		e, f, err := c.read(ctx, app)
@@ -152,6 +172,7 @@ func (c *Cache) load(ctx context.Context, app string, maxAge time.Duration, allo
 			return nil, unavailable(app, err)
 		}
 		if e != nil && c.age(e) < maxAge {
+			c.remember(app, e)
 			return e, nil
 		}
 		if f != nil {
@@ -162,6 +183,7 @@ func (c *Cache) load(ctx context.Context, app string, maxAge time.Duration, allo
 			return nil, unavailable(app, err)
 		}
 		if won {
+			c.remember(app, got)
 			return got, nil
 		}
 		if e != nil && allowStale {
@@ -176,6 +198,13 @@ func (c *Cache) load(ctx context.Context, app string, maxAge time.Duration, allo
 			return nil, unavailable(app, ctx.Err())
 		case <-time.After(25 * time.Millisecond):
 		}
+	}
+}
+
+// remember keeps e as the app's list in this process, for Config.Local.
+func (c *Cache) remember(app string, e *entry) {
+	if c.cfg.Local > 0 {
+		c.local.Store(app, &memo{e: e, read: time.Now()})
 	}
 }
 

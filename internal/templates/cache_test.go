@@ -583,3 +583,39 @@ func (h countGets) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 func (countGets) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
 }
+
+func TestLocalReusesListWithoutReading(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	c := b.cache(templates.Config{Local: time.Hour, MinRefresh: time.Minute})
+	mustList(t, c)
+	var reads atomic.Int64
+	b.rdb.AddHook(countGets{&reads})
+	good := map[string]string{"thing1": "年度体检", "time2": "2024-06-07 19:24", "name3": "黄先生"}
+	for i := 0; i < 50; i++ {
+		// A Session per check, as the API makes one per single message.
+		if p, err := c.Session().Check(ctx, testApp, categoryID, good); err != nil || p != nil {
+			t.Fatalf("Check(good) = %+v, %v", p, err)
+		}
+	}
+	if n := reads.Load(); n != 0 {
+		t.Errorf("50 single checks with Local read Redis %d times, want 0", n)
+	}
+	// A list older than its TTL is not reused: the memo never outlives freshness.
+	b.clock.Advance(11 * time.Minute)
+	mustList(t, c)
+	if n := reads.Load(); n == 0 {
+		t.Error("a list past its TTL was served from the memo without reading Redis")
+	}
+	// Invalidate drops the memo with the stored list.
+	b.clock.Advance(time.Minute)
+	before := b.lists.Load()
+	if err := c.Invalidate(ctx, testApp); err != nil {
+		t.Fatal(err)
+	}
+	mustList(t, c)
+	if b.lists.Load() != before+1 {
+		t.Errorf("after Invalidate the list was fetched %d times, want 1", b.lists.Load()-before)
+	}
+}
