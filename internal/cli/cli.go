@@ -97,7 +97,8 @@ type command struct {
 }
 
 func commands() []command {
-	return []command{sendCommand, statusCommand, cancelCommand, deadListCommand, deadRetryCommand, resumeCommand, templatesCommand}
+	return []command{sendCommand, statusCommand, cancelCommand, deadListCommand, deadRetryCommand, resumeCommand, templatesCommand,
+		webhooksDeadCommand, webhooksReplayCommand}
 }
 
 func (r *runner) run(ctx context.Context, args []string) error {
@@ -134,6 +135,17 @@ func (r *runner) run(ctx context.Context, args []string) error {
 			return &exitError{code: exitUsage}
 		}
 		name, rest = "dead "+rest[0], rest[1:]
+	}
+	if name == "webhooks" { // the webhook surface's group: webhooks.go
+		if len(rest) == 0 || (rest[0] != "dead" && rest[0] != "replay") {
+			if len(rest) > 0 && (rest[0] == "-h" || rest[0] == "-help" || rest[0] == "--help") {
+				r.groupUsage(r.stdout, "webhooks")
+				return nil
+			}
+			r.groupUsage(r.stderr, "webhooks")
+			return &exitError{code: exitUsage}
+		}
+		name, rest = "webhooks "+rest[0], rest[1:]
 	}
 	for _, c := range commands() {
 		if c.name == name {
@@ -208,7 +220,7 @@ usage: wxpush [-server URL] [-api-key KEY] [-json] <command> [arguments]
 commands:
 `)
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-11s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-16s %s\n", c.name, c.summary)
 	}
 	fmt.Fprint(w, `
 global flags (accepted before or after the command):
