@@ -77,7 +77,7 @@ func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *p
 	p.tokens = wechat.NewTokenStore(rdb, p.client, wechat.TokenStoreConfig{
 		OnFetch: func(app string, err error) { m.TokenFetches.WithLabelValues(app, resultOf(err)).Inc() },
 	})
-	p.tpl = templates.New(rdb, p.fetchTemplates, templates.Config{})
+	p.tpl = templates.New(rdb, p.fetchTemplates, templates.Config{Local: time.Second})
 	return p
 }
 
@@ -145,7 +145,7 @@ func (p *parts) apiServer() (*api.Server, error) {
 	}
 	queue := asynq.NewClientFromRedisClient(p.rdb)
 	return api.New(api.Deps{
-		Submit:     tasks.NewSubmitter(p.store, queue, asynq.NewInspectorFromRedisClient(p.rdb), p.cfg.MaxAttempts),
+		Submit:     tasks.NewSubmitter(p.store, queue, asynq.NewInspectorFromRedisClient(p.rdb), p.cfg.MaxAttempts).Coalesce(),
 		Messages:   p.store,
 		Idem:       idempotency.New(p.rdb, p.cfg.IdempotencyWindow),
 		Templates:  p.tpl,
