@@ -114,10 +114,10 @@ type singleRun struct {
 // also counts Redis round trips (and runs again without callbacks to split
 // off their share).
 func runSingles(b *testing.B, producers, n int, count bool) singleRun {
-	total, rate, cmds, top := singlesOnce(b, producers, n, true)
+	total, rate, cmds, top := singlesOnce(b, producers, n, true, count)
 	run := singleRun{rate: rate}
 	if count {
-		noCallbacks, _, _, _ := singlesOnce(b, producers, n, false)
+		noCallbacks, _, _, _ := singlesOnce(b, producers, n, false, false)
 		run.roundTrips = &singleRoundTrips{perMessage: float64(total) / float64(n),
 			perCallback: float64(total-noCallbacks) / float64(n), commands: float64(cmds) / float64(n), top: top}
 	}
@@ -127,8 +127,9 @@ func runSingles(b *testing.B, producers, n int, count bool) singleRun {
 // singlesOnce is one run: it returns the round trips the processes made, the
 // rate, the Redis commands run and the busiest round trips. Without
 // callbacks the simulator pushes no results, and the run waits for every
-// message to be sent instead of final.
-func singlesOnce(b *testing.B, producers, n int, callbacks bool) (int64, float64, int64, string) {
+// message to be sent instead of final. profiled writes CPU profiles when
+// WXPUSH_BENCH_PROFILE names a directory.
+func singlesOnce(b *testing.B, producers, n int, callbacks, profiled bool) (int64, float64, int64, string) {
 	o := servicetest.Options{Env: env(map[string]string{"WXPUSH_CONCURRENCY": fmt.Sprint(concurrency)})}
 	if !callbacks {
 		o.Rules = "*=no_callback"
@@ -145,6 +146,10 @@ func singlesOnce(b *testing.B, producers, n int, callbacks bool) (int64, float64
 	}
 	rdb.ConfigResetStat(context.Background())
 	before := roundTrips(b, urls)
+	stopProfiles := func() {}
+	if profiled {
+		stopProfiles = profile(b, worker) // when WXPUSH_BENCH_PROFILE names a directory
+	}
 	start := time.Now()
 	runParallel(producers, n, func(i int) {
 		post(b, client, c.API+"/v1/messages", bodies[i], http.StatusAccepted)
@@ -155,6 +160,7 @@ func singlesOnce(b *testing.B, producers, n int, callbacks bool) (int64, float64
 		waitBacklog(b, rdb, 0, 2*time.Minute)
 	}
 	rate := float64(n) / time.Since(start).Seconds()
+	stopProfiles()
 	after := roundTrips(b, urls)
 	st := callStats{by: map[string]int64{}}
 	for cmd, v := range after {
