@@ -4,7 +4,10 @@ that wxpush exports.
 
 Usage: check_metrics.py METRICS_DIR FILE...
 
-METRICS_DIR is internal/metrics: the exported names are read from its Go sources
+METRICS_DIR is internal/metrics (or a colon-separated list of directories; the
+sibling packages in EXTRA_PACKAGES, internal/webhook and internal/api, which
+define their own metrics, are always read too): the exported names are read
+from their Go sources
 (Name: "wxpush_..." in the *Opts literals and prometheus.NewDesc("wxpush_...")),
 histograms adding their _bucket, _sum and _count series. Besides those, `up` and
 the standard go_* and process_* collectors are allowed. FILE is a Grafana
@@ -19,6 +22,9 @@ import re
 import sys
 
 ALLOWED_EXACT = {"up"}
+# Packages beside METRICS_DIR that register metrics of their own (NewMetrics in
+# the package), read along with it.
+EXTRA_PACKAGES = ("webhook", "api")
 ALLOWED_PREFIXES = ("go_", "process_")
 
 KEYWORDS = {
@@ -119,7 +125,14 @@ def main(argv):
     if len(argv) < 3:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
-    known = exported_metrics(argv[1])
+    dirs = [pathlib.Path(d) for d in argv[1].split(":") if d]
+    for extra in EXTRA_PACKAGES:
+        sibling = dirs[0].parent / extra
+        if sibling.is_dir() and sibling not in dirs:
+            dirs.append(sibling)
+    known = set()
+    for d in dirs:
+        known |= exported_metrics(d)
     if not known:
         print(f"check_metrics: no metric names found under {argv[1]}", file=sys.stderr)
         return 2
