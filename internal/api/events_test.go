@@ -264,3 +264,38 @@ func TestEventsStreamRefusals(t *testing.T) {
 		t.Errorf("promlint: %v %v", probs, err)
 	}
 }
+
+// TestEventsStreamOutlivesWriteTimeout: the server's WriteTimeout would cut a
+// stream; each write extends the deadline.
+func TestEventsStreamOutlivesWriteTimeout(t *testing.T) {
+	rdb := redistest.Start(t).Client(t)
+	m := api.NewEventsMetrics(prometheus.NewRegistry())
+	ts := httptest.NewUnstartedServer(api.New(api.Deps{Events: rdb, EventsKeepalive: 50 * time.Millisecond, EventsMetrics: m,
+		Apps: []api.App{{Name: "default"}}, Logger: logging.New(io.Discard, "debug", "json")}).Handler())
+	ts.Config.WriteTimeout = 300 * time.Millisecond
+	ts.Start()
+	t.Cleanup(ts.Close)
+	b := &eventsBundle{rdb: rdb, url: ts.URL, metrics: m}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	ch, resp := b.open(t, ctx, "", nil)
+	if ch == nil {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	// Keepalives for three WriteTimeouts, then an event must still arrive.
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				t.Fatal("the stream ended at the server's WriteTimeout")
+			}
+		case <-time.After(time.Until(deadline)):
+		}
+	}
+	id := b.add(t, "default", "late", "sent", 1)
+	if ev := next(t, ch); ev.id != id {
+		t.Fatalf("event = %+v, want %s", ev, id)
+	}
+	cancel()
+	waitClients(t, m, 0)
+}
