@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/oklog/ulid/v2"
@@ -18,7 +19,8 @@ import (
 // flight wait for it to finish and then go together: their records in one
 // pipelined round trip, one TypeChunk task per ChunkSize of them. A message
 // that arrives alone goes alone at once, so it waits for no timer; under load
-// the writes batch by themselves. Each Submit returns only after its own record
+// the writes batch by themselves. A write that hangs holds the next one back
+// for slowFlush at most. Each Submit returns only after its own record
 // and its chunk task are stored.
 //
 // The records name their chunk ("solo-<ulid>.<n>", see delivery.ChunkID), as
@@ -80,6 +82,12 @@ func (c *coalescer) submit(m delivery.NewMessage) (delivery.State, error) {
 	return r.state, r.err
 }
 
+// slowFlush is how long a group's next write waits for the one in flight. A
+// write that takes longer (Redis is down and its task's enqueue is being
+// retried, see Submitter.commit) no longer holds the messages behind it: they
+// go in a write of their own, which answers them (503) as soon as it fails.
+const slowFlush = 50 * time.Millisecond
+
 // flushLoop writes the group's waiting messages until none wait.
 func (c *coalescer) flushLoop(k groupKey, g *group) {
 	for {
@@ -94,7 +102,17 @@ func (c *coalescer) flushLoop(k groupKey, g *group) {
 		ws := g.waiting[:n:n]
 		g.waiting = g.waiting[n:]
 		c.mu.Unlock()
-		c.flush(ws)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			c.flush(ws)
+		}()
+		t := time.NewTimer(slowFlush)
+		select {
+		case <-done:
+		case <-t.C:
+		}
+		t.Stop()
 	}
 }
 

@@ -135,3 +135,51 @@ type failingQueue struct{}
 func (failingQueue) EnqueueContext(context.Context, *asynq.Task, ...asynq.Option) (*asynq.TaskInfo, error) {
 	return nil, errors.New("redis down")
 }
+
+// hangFirst hangs its first enqueue until release is closed (Redis stalled
+// under one write) and enqueues the others at once.
+type hangFirst struct {
+	mu      sync.Mutex
+	calls   int
+	hanging chan struct{} // closed once the first enqueue hangs
+	release chan struct{}
+}
+
+func (h *hangFirst) EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error) {
+	h.mu.Lock()
+	h.calls++
+	first := h.calls == 1
+	h.mu.Unlock()
+	if first {
+		close(h.hanging)
+		<-h.release
+	}
+	return &asynq.TaskInfo{}, nil
+}
+
+// TestCoalescedWriteDoesNotWaitForAHungOne: a message of a group whose write
+// hangs is written on its own after slowFlush, instead of waiting behind it
+// (with Redis down, every request would wait out the hung one's retries
+// instead of being answered 503 at once).
+func TestCoalescedWriteDoesNotWaitForAHungOne(t *testing.T) {
+	t.Parallel()
+	c := setupChunk(t, nil)
+	q := &hangFirst{hanging: make(chan struct{}), release: make(chan struct{})}
+	defer close(q.release)
+	s := NewSubmitter(c.store, q, nil, maxAttempts).Coalesce()
+	go s.Submit(context.Background(), singleMessage(0))
+	<-q.hanging
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Submit(context.Background(), singleMessage(1))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(SubmitTimeout / 2):
+		t.Fatal("a single message waited behind its group's hung write")
+	}
+}
