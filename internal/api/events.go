@@ -85,7 +85,11 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 			Message: fmt.Sprintf("%d event streams are open, the most this enqueuer serves; retry later", cap(s.eventSlots))})
 		return
 	}
-	ctx := r.Context()
+	// A stream ends with its client or when the server closes its streams
+	// (CloseStreams, at shutdown: a graceful shutdown waits for handlers).
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	defer context.AfterFunc(s.streams, cancel)()
 	gap := false
 	if last == "" {
 		// Start at now: the id of the newest entry, so nothing appended
@@ -130,9 +134,12 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	if !s.flushEvents(rc, w, &buf) {
 		return
 	}
+	wrote := time.Now()
 	for {
+		// A blocked XREAD does not end with its context: block in short
+		// slices, so a closed stream lets its connection go within one.
 		res, err := s.events.XRead(ctx, &redis.XReadArgs{Streams: []string{webhook.EventsStream, last},
-			Count: eventsBatch, Block: s.eventsKeepalive}).Result()
+			Count: eventsBatch, Block: min(s.eventsKeepalive, eventsPoll)}).Result()
 		if ctx.Err() != nil {
 			return
 		}
@@ -152,14 +159,25 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 				n++
 			}
 		}
-		if n == 0 && len(res) == 0 {
+		if n == 0 && time.Since(wrote) >= s.eventsKeepalive {
 			buf.WriteString(": keepalive\n\n")
 		}
-		if buf.Len() > 0 && !s.flushEvents(rc, w, &buf) {
-			return
+		if buf.Len() > 0 {
+			if !s.flushEvents(rc, w, &buf) {
+				return
+			}
+			wrote = time.Now()
 		}
 	}
 }
+
+// eventsPoll is the longest a stream's read blocks in Redis.
+const eventsPoll = time.Second
+
+// CloseStreams ends every open event stream (and any opened later): call it
+// when the server shuts down, since a graceful shutdown waits for handlers and
+// a stream's handler runs until its client leaves.
+func (s *Server) CloseStreams() { s.closeStreams() }
 
 // flushEvents writes buf with a fresh write deadline (the server's
 // WriteTimeout would end a long stream) and flushes it.

@@ -125,6 +125,8 @@ type Server struct {
 	events          EventStream
 	eventSlots      eventSlots
 	eventsKeepalive time.Duration
+	streams         context.Context // done once CloseStreams is called
+	closeStreams    context.CancelFunc
 	eventsMetrics   *EventsMetrics
 	webhooks        DeadWebhooks
 }
@@ -136,6 +138,7 @@ func New(d Deps) *Server {
 		log: d.Logger, ready: d.Ready, now: d.Now}
 	s.SetApps(d.Apps)
 	s.events, s.eventsKeepalive, s.eventsMetrics, s.webhooks = d.Events, d.EventsKeepalive, d.EventsMetrics, d.Webhooks
+	s.streams, s.closeStreams = context.WithCancel(context.Background())
 	if d.MaxEventStreams <= 0 {
 		d.MaxEventStreams = DefaultMaxEventStreams
 	}

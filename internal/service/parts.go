@@ -42,6 +42,7 @@ type parts struct {
 	client  *wechat.Client
 	tokens  *wechat.TokenStore
 	tpl     *templates.Cache
+	closers []func() error // see close
 	// apps is the configuration apps are read from: cfg at start, replaced by
 	// a reload (SIGHUP). Everything else in cfg is fixed for the process.
 	apps atomic.Pointer[config.Config]
@@ -145,19 +146,22 @@ func (p *parts) apiServer() (*api.Server, error) {
 	}
 	queue := asynq.NewClientFromRedisClient(p.rdb)
 	return api.New(api.Deps{
-		Submit:     tasks.NewSubmitter(p.store, queue, asynq.NewInspectorFromRedisClient(p.rdb), p.cfg.MaxAttempts).Coalesce(),
-		Messages:   p.store,
-		Idem:       idempotency.New(p.rdb, p.cfg.IdempotencyWindow),
-		Templates:  p.tpl,
-		UI:         p.uiHandler(),
-		Limit:      p.apiLimit(),
-		Apps:       apps,
-		DefaultApp: config.DefaultApp,
-		APIKeys:    p.cfg.APIKeys,
-		Metrics:    p.metrics,
-		Gatherer:   p.reg,
-		Logger:     p.log,
-		Ready:      func(ctx context.Context) error { return redisconn.Ping(ctx, p.rdb) },
+		Submit:        tasks.NewSubmitter(p.store, queue, asynq.NewInspectorFromRedisClient(p.rdb), p.cfg.MaxAttempts).Coalesce(),
+		Messages:      p.store,
+		Idem:          idempotency.New(p.rdb, p.cfg.IdempotencyWindow),
+		Templates:     p.tpl,
+		UI:            p.uiHandler(),
+		Limit:         p.apiLimit(),
+		Apps:          apps,
+		DefaultApp:    config.DefaultApp,
+		APIKeys:       p.cfg.APIKeys,
+		Metrics:       p.metrics,
+		Gatherer:      p.reg,
+		Events:        p.eventStreamClient(),
+		EventsMetrics: api.NewEventsMetrics(p.reg),
+		Webhooks:      p.deadWebhooks(),
+		Logger:        p.log,
+		Ready:         func(ctx context.Context) error { return redisconn.Ping(ctx, p.rdb) },
 	}), nil
 }
 

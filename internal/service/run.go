@@ -34,6 +34,7 @@ func RunEnqueuer(ctx context.Context, getenv Env, stdout, stderr io.Writer) erro
 	}
 	defer rdb.Close()
 	p := newParts(cfg, log, rdb)
+	defer p.close()
 	// The enqueuer starts without Redis (it answers 503 until Redis is back), so
 	// Redis is checked only when it answers now.
 	if err := redisconn.Ping(ctx, rdb); err != nil {
@@ -56,6 +57,7 @@ func RunEnqueuer(ctx context.Context, getenv Env, stdout, stderr io.Writer) erro
 	log.Info("enqueuer started", "addr", ln.Addr().String(), "apps", cfg.AppNames())
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { p.watchReload(gctx, getenv, srv); return nil })
+	context.AfterFunc(gctx, srv.CloseStreams)
 	g.Go(func() error { return serveHTTP(gctx, ln, srv.Handler(), log) })
 	return g.Wait()
 }
@@ -86,6 +88,7 @@ func RunWorker(ctx context.Context, getenv Env, stdout, stderr io.Writer) error 
 		return fmt.Errorf("REDIS_URL: %w", err)
 	}
 	p := newParts(cfg, log, rdb)
+	defer p.close()
 	if err := p.store.CheckLayout(ctx); err != nil {
 		return err
 	}

@@ -63,12 +63,14 @@ func runStandalone(ctx context.Context, cfg config.Config, log *slog.Logger, std
 	}
 
 	p := newParts(cfg, log, rdb)
+	defer p.close()
 	srv, err := p.apiServer()
 	if err != nil {
 		apiLn.Close()
 		adminLn.Close()
 		return err
 	}
+	context.AfterFunc(gctx, srv.CloseStreams)
 	g.Go(func() error { return serveHTTP(gctx, apiLn, srv.Handler(), log) })
 	g.Go(func() error { return serveHTTP(gctx, adminLn, p.adminHandler(), log) })
 	g.Go(func() error { return p.runWorker(gctx) })
