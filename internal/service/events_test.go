@@ -63,7 +63,9 @@ func TestShutdownEndsEventStreams(t *testing.T) {
 	env["WXPUSH_HTTP_ADDR"] = addr
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- service.RunEnqueuer(ctx, func(k string) string { return env[k] }, io.Discard, io.Discard) }()
+	go func() {
+		done <- service.RunEnqueuer(ctx, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	}()
 	servicetest.WaitHTTP(t, "http://"+addr+"/healthz")
 	resp, err := http.Get("http://" + addr + "/v1/events")
 	if err != nil {
