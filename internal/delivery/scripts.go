@@ -28,12 +28,27 @@ local function move(backlog, app, from, to)
   count(backlog, app, from, -1)
   count(backlog, app, to, 1)
 end
+-- emit appends a state change to the shard's outbox stream (the transactional
+-- outbox of status webhooks and GET /v1/events, see delivery/events.go), when
+-- the record wants events: a status_url (u) or the event stream (ev). Without
+-- either it costs one HMGET. seq (es) numbers a message's events in order. The
+-- outbox shares the backlog's hash tag, so it is in the script's slot.
+local function emit(rec, backlog, app, from, to, now)
+  local f = redis.call("HMGET", rec, "u", "ev", "n", "m", "ec", "em")
+  if not f[1] and not f[2] then return end
+  local seq = redis.call("HINCRBY", rec, "es", 1)
+  redis.call("XADD", string.sub(backlog, 1, -8) .. "outbox", "*",
+    "id", string.match(rec, ":msg:(.*)$"), "a", app, "s", to, "p", from or "",
+    "q", seq, "n", f[3] or "0", "m", f[4] or "", "ec", f[5] or "", "em", f[6] or "",
+    "u", f[1] or "", "t", now)
+end
 local function settle(rec, backlog, app, from, to, now, retention)
   redis.call("HSET", rec, "s", to, "tf", now)
   redis.call("HDEL", rec, "fl")
   if redis.call("HINCRBY", backlog, app, -1) <= 0 then redis.call("HDEL", backlog, app) end
   count(backlog, app, from, -1)
   redis.call("PEXPIRE", rec, retention)
+  emit(rec, backlog, app, from, to, now)
 end
 -- settleBody ends a settled record's keeping of its send body: the body goes,
 -- unless the message may be requeued (dead) or shows why it was refused
@@ -225,6 +240,7 @@ if ARGV[2] ~= "0" then
   redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[5])
   held = redis.call("GET", KEYS[3])
 end
+emit(KEYS[1], KEYS[5], app, st, "sent", ARGV[3])
 if held then
   local sep = string.find(held, "|", 1, true)
   local to, raw = string.sub(held, 1, sep - 1), string.sub(held, sep + 1)
@@ -312,8 +328,9 @@ if (ARGV[8] == "sent") ~= (st == "sent") then return {st, "", app} end
 if ARGV[8] == "cancel" and tonumber(v[3] or "0") > tonumber(ARGV[2]) then
   return {st, "inflight", app}
 end
-settle(KEYS[1], KEYS[3], app, st, ARGV[1], ARGV[2], ARGV[6])
+-- The error first: settle's event carries it.
 if ARGV[4] ~= "" then redis.call("HSET", KEYS[1], "ec", ARGV[4], "em", ARGV[5]) end
+settle(KEYS[1], KEYS[3], app, st, ARGV[1], ARGV[2], ARGV[6])
 hist(KEYS[1], ARGV[3])
 redis.call("ZREM", KEYS[2], ARGV[7])
 if ARGV[1] == "dead" then

@@ -45,6 +45,9 @@ type Config struct {
 	AttemptTimeout time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Events: every message's state changes go to the outbox (for GET
+	// /v1/events), not only those of messages with a status_url (see events.go).
+	Events bool
 }
 
 // Store keeps message records in Redis.
@@ -105,6 +108,8 @@ type NewMessage struct {
 	// fanout's id, or the id of the chunk task that will deliver the message,
 	// ChunkID(fanout, n).
 	Fanout string
+	// StatusURL is where its state changes are POSTed ("" = none; see events.go).
+	StatusURL string
 }
 
 // ErrorInfo is the last error WeChat (or the transport) reported.
@@ -189,6 +194,7 @@ func (s *Store) createArgs(m NewMessage) (State, []any) {
 	if !m.ExpireAt.IsZero() {
 		args = append(args, "ea", m.ExpireAt.UnixMilli())
 	}
+	args = append(args, s.eventFields(m)...)
 	return state, args
 }
 
