@@ -98,10 +98,18 @@ type Config struct {
 	Pprof bool
 	// APIRate and APIBurst limit /v1 requests per API key (per client address
 	// without keys), cluster-wide; 0 = no limit.
-	APIRate   int
-	APIBurst  int
-	LogLevel  string // debug, info, warn, error
-	LogFormat string // json, text
+	APIRate  int
+	APIBurst int
+	// Events puts every message's state changes on the event stream
+	// (GET /v1/events): the transition scripts append them to their shard's
+	// outbox and the workers forward them. false = only messages with a
+	// status_url emit events.
+	Events bool
+	// EventsMaxLen is about how many events the stream keeps for clients that
+	// resume (older ones are trimmed).
+	EventsMaxLen int
+	LogLevel     string // debug, info, warn, error
+	LogFormat    string // json, text
 
 	fromFile uint32 // bit i: knobs[i] was set by the file and not by the environment
 	// index is built by Load and shared read-only by copies. A pointer also keeps fmt
@@ -128,6 +136,8 @@ func Defaults() Config {
 		IdempotencyWindow: 24 * time.Hour,
 		APIRate:           500,
 		APIBurst:          1000,
+		Events:            true,
+		EventsMaxLen:      100000,
 		LogLevel:          "info",
 		LogFormat:         "auto",
 	}

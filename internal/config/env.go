@@ -39,6 +39,8 @@ var knobs = []knob{
 	{"WXPUSH_PPROF", "pprof", func(c *Config) any { return &c.Pprof }},
 	{"WXPUSH_API_RATE", "api_rate", func(c *Config) any { return &c.APIRate }},
 	{"WXPUSH_API_BURST", "api_burst", func(c *Config) any { return &c.APIBurst }},
+	{"WXPUSH_EVENTS", "events", func(c *Config) any { return &c.Events }},
+	{"WXPUSH_EVENTS_MAXLEN", "events_maxlen", func(c *Config) any { return &c.EventsMaxLen }},
 	{"WXPUSH_LOG_LEVEL", "log_level", func(c *Config) any { return &c.LogLevel }},
 	{"WXPUSH_LOG_FORMAT", "log_format", func(c *Config) any { return &c.LogFormat }},
 }

@@ -92,7 +92,7 @@ func TestLoadExampleFile(t *testing.T) {
 		HTTPAddr: "0.0.0.0:8080", AdminAddr: "0.0.0.0:9090", Concurrency: 50, MaxAttempts: 12,
 		RetryBase: 2 * time.Second, RetryCap: 15 * time.Minute, SendTimeout: 5 * time.Second,
 		Retention: 72 * time.Hour, ConfirmTimeout: 45 * time.Minute, CallbackHold: 2 * time.Hour, OrphanAfter: 20 * time.Minute,
-		TaskCheckInterval: 250 * time.Millisecond, ShutdownTimeout: 30 * time.Second, IdempotencyWindow: 12 * time.Hour, UIWritable: true, Pprof: true, APIRate: 200, APIBurst: 400,
+		TaskCheckInterval: 250 * time.Millisecond, ShutdownTimeout: 30 * time.Second, IdempotencyWindow: 12 * time.Hour, UIWritable: true, Pprof: true, APIRate: 200, APIBurst: 400, Events: false, EventsMaxLen: 500000,
 		LogLevel: "debug", LogFormat: "text",
 	}
 	defaults := Defaults()

@@ -69,6 +69,9 @@ func (c Config) Validate() error {
 			bad("%s: %s must be positive", name(d.key), d.v)
 		}
 	}
+	if c.EventsMaxLen < 100 {
+		bad("%s: %d must be at least 100", name("events_maxlen"), c.EventsMaxLen)
+	}
 	if c.APIRate < 0 || c.APIBurst < 0 {
 		bad("%s: %d/%d must not be negative", name("api_rate"), c.APIRate, c.APIBurst)
 	}

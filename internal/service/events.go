@@ -1,10 +1,14 @@
 package service
 
 import (
+	"fmt"
+	"os"
+
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/wxpush/wxpush/internal/api"
+	"github.com/wxpush/wxpush/internal/events"
 	"github.com/wxpush/wxpush/internal/webhook"
 )
 
@@ -29,6 +33,14 @@ func (p *parts) eventStreamClient() redis.UniversalClient {
 	}
 	p.closers = append(p.closers, c.Close)
 	return c
+}
+
+// forwarder moves state changes from the outboxes to the event stream; the
+// workers share the work through one consumer group, each under its own name.
+func (p *parts) forwarder() *events.Forwarder {
+	host, _ := os.Hostname()
+	name := fmt.Sprintf("%s-%d-%s", host, os.Getpid(), randomHex(4))
+	return events.NewForwarder(p.rdb, name, p.cfg.EventsMaxLen, p.events, p.log.With("component", "events"))
 }
 
 // deadWebhooks lists and replays the webhooks that gave up.

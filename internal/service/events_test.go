@@ -3,6 +3,8 @@ package service_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -83,5 +85,55 @@ func TestShutdownEndsEventStreams(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("enqueuer did not stop")
+	}
+}
+
+// TestEventStreamCarriesStateChanges: a message's state changes reach GET
+// /v1/events end to end (the scripts' outbox, the worker's forwarder): sent
+// then delivered, numbered 1 and 2, each event's event_id its SSE id.
+func TestEventStreamCarriesStateChanges(t *testing.T) {
+	t.Parallel()
+	c := servicetest.Start(t, servicetest.Options{Workers: 1})
+	id := servicetest.PostMessage(t, c.API, servicetest.MessageBody("oEvents1"))
+	servicetest.WaitFinal(t, c.API, id, 20*time.Second)
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, c.API+"/v1/events", nil)
+	req.Header.Set("Last-Event-ID", "0-0")
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var got []string
+	sc := bufio.NewScanner(resp.Body)
+	sseID := ""
+	for len(got) < 2 && sc.Scan() {
+		line := sc.Text()
+		if v, ok := strings.CutPrefix(line, "id: "); ok {
+			sseID = v
+		}
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok {
+			continue
+		}
+		var ev struct {
+			EventID  string `json:"event_id"`
+			ID       string `json:"id"`
+			State    string `json:"state"`
+			Previous string `json:"previous"`
+			Seq      int64  `json:"seq"`
+		}
+		if err := json.Unmarshal([]byte(data), &ev); err != nil {
+			t.Fatalf("event %q: %v", data, err)
+		}
+		if ev.ID != id {
+			continue
+		}
+		if ev.EventID != sseID {
+			t.Errorf("event_id %q, SSE id %q: want the same", ev.EventID, sseID)
+		}
+		got = append(got, fmt.Sprintf("%d %s→%s", ev.Seq, ev.Previous, ev.State))
+	}
+	if want := []string{"1 queued→sent", "2 sent→delivered"}; strings.Join(got, ", ") != strings.Join(want, ", ") {
+		t.Errorf("events of %s = %v, want %v", id, got, want)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/wxpush/wxpush/internal/api"
 	"github.com/wxpush/wxpush/internal/config"
 	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/events"
 	"github.com/wxpush/wxpush/internal/idempotency"
 	"github.com/wxpush/wxpush/internal/logging"
 	"github.com/wxpush/wxpush/internal/metrics"
@@ -42,6 +43,7 @@ type parts struct {
 	client  *wechat.Client
 	tokens  *wechat.TokenStore
 	tpl     *templates.Cache
+	events  *events.Metrics
 	closers []func() error // see close
 	// apps is the configuration apps are read from: cfg at start, replaced by
 	// a reload (SIGHUP). Everything else in cfg is fixed for the process.
@@ -68,9 +70,10 @@ func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *p
 	})
 	store := delivery.NewStore(rdb, delivery.Config{
 		Retention: cfg.Retention, ConfirmTimeout: cfg.ConfirmTimeout, CallbackHold: cfg.CallbackHold,
+		Events: cfg.Events,
 	})
 	rdb.AddHook(m.RedisHook())
-	p := &parts{cfg: cfg, log: log, rdb: rdb, reg: reg, metrics: m, store: store}
+	p := &parts{cfg: cfg, log: log, rdb: rdb, reg: reg, metrics: m, store: store, events: events.NewMetrics(reg, rdb)}
 	p.apps.Store(&cfg)
 	reg.MustRegister(metrics.NewClusterCollector(store, func() []string { return p.current().AppNames() }),
 		metrics.NewQueueCollector(asynq.NewInspectorFromRedisClient(rdb), []string{tasks.QueueHigh, tasks.QueueNormal, tasks.QueueLow}))

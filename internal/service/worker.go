@@ -60,7 +60,13 @@ func (p *parts) runWorker(ctx context.Context) error {
 		defer close(sweepDone)
 		p.sweep(ctx)
 	}()
+	forwarded := make(chan struct{})
+	go func() {
+		defer close(forwarded)
+		p.forwarder().Run(ctx)
+	}()
 	<-ctx.Done()
+	<-forwarded
 	// Shutdown stops fetching, waits for in-flight handlers up to ShutdownTimeout,
 	// and hands unfinished tasks back to the queue.
 	srv.Shutdown()
