@@ -5,7 +5,7 @@ that wxpush exports.
 Usage: check_metrics.py METRICS_DIR FILE...
 
 METRICS_DIR is internal/metrics (or a colon-separated list of directories; the
-sibling packages in EXTRA_PACKAGES, internal/webhook and internal/api, which
+sibling packages in EXTRA_PACKAGES, internal/webhook, internal/api and internal/events, which
 define their own metrics, are always read too): the exported names are read
 from their Go sources
 (Name: "wxpush_..." in the *Opts literals and prometheus.NewDesc("wxpush_...")),
@@ -24,7 +24,7 @@ import sys
 ALLOWED_EXACT = {"up"}
 # Packages beside METRICS_DIR that register metrics of their own (NewMetrics in
 # the package), read along with it.
-EXTRA_PACKAGES = ("webhook", "api")
+EXTRA_PACKAGES = ("webhook", "api", "events")
 ALLOWED_PREFIXES = ("go_", "process_")
 
 KEYWORDS = {
