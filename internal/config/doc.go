@@ -31,7 +31,7 @@
 //	  retry_base: 1s            # variable, when set, wins
 //
 // The tuning keys are concurrency, max_attempts, retry_base, retry_cap, send_timeout,
-// retention, confirm_timeout, callback_hold, task_check_interval, shutdown_timeout, idempotency_window, ui_writable, api_rate, api_burst,
+// retention, confirm_timeout, callback_hold, task_check_interval, shutdown_timeout, idempotency_window, ui_writable, events, events_maxlen, api_rate, api_burst,
 // log_level, log_format, http_addr, admin_addr, redis_url and wechat_api_base.
 // Durations are Go duration strings (30s, 10m, 168h). Decoding is strict: an unknown
 // key is an error. An empty file is an empty configuration.
