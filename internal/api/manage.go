@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 
 	"github.com/wxpush/wxpush/internal/delivery"
@@ -57,12 +58,7 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 		writeError(w, badField("app", "unknown_app", fmt.Sprintf("app %q is not configured", app)))
 		return
 	}
-	limit, e := intParam(q.Get("limit"), "limit", 50, 1, 500)
-	if e != nil {
-		writeError(w, e)
-		return
-	}
-	offset, e := intParam(q.Get("offset"), "offset", 0, 0, 1<<30)
+	limit, offset, e := pageParams(q)
 	if e != nil {
 		writeError(w, e)
 		return
@@ -78,6 +74,15 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 		resp.NextOffset = &page.Next
 	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// pageParams reads a list's page: limit (default 50, 1 to 500) and offset.
+func pageParams(q url.Values) (limit, offset int, e *apiError) {
+	if limit, e = intParam(q.Get("limit"), "limit", 50, 1, 500); e != nil {
+		return 0, 0, e
+	}
+	offset, e = intParam(q.Get("offset"), "offset", 0, 0, 1<<30)
+	return limit, offset, e
 }
 
 func intParam(v, field string, def, lo, hi int) (int, *apiError) {

@@ -47,12 +47,7 @@ func (s *Server) handleDeadWebhooks(w http.ResponseWriter, r *http.Request) {
 		writeError(w, badField("app", "unknown_app", fmt.Sprintf("app %q is not configured", app)))
 		return
 	}
-	limit, e := intParam(q.Get("limit"), "limit", 50, 1, 500)
-	if e != nil {
-		writeError(w, e)
-		return
-	}
-	offset, e := intParam(q.Get("offset"), "offset", 0, 0, 1<<30)
+	limit, offset, e := pageParams(q)
 	if e != nil {
 		writeError(w, e)
 		return
