@@ -14,23 +14,20 @@ import (
 	"github.com/wxpush/wxpush/internal/delivery"
 )
 
-// gatedQueue is a fakeQueue safe for the coalescer's concurrent enqueues that
-// keeps each task, and holds the first enqueue until open is closed.
-type gatedQueue struct {
+// lockedQueue is a fakeQueue safe for the coalescer's concurrent enqueues
+// that keeps each task.
+type lockedQueue struct {
 	mu    sync.Mutex
 	q     *fakeQueue
-	open  chan struct{}
-	first sync.Once
 	tasks []*asynq.Task
 }
 
-func (g *gatedQueue) EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error) {
-	g.first.Do(func() { <-g.open })
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	info, err := g.q.EnqueueContext(ctx, task, opts...)
+func (l *lockedQueue) EnqueueContext(ctx context.Context, task *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	info, err := l.q.EnqueueContext(ctx, task, opts...)
 	if err == nil {
-		g.tasks = append(g.tasks, task)
+		l.tasks = append(l.tasks, task)
 	}
 	return info, err
 }
@@ -58,8 +55,7 @@ func singleMessage(i int) delivery.NewMessage {
 func TestCoalescedSinglesShareChunks(t *testing.T) {
 	t.Parallel()
 	c := setupChunk(t, nil)
-	q := &gatedQueue{q: &fakeQueue{ids: map[string]bool{}}, open: make(chan struct{})}
-	close(q.open)
+	q := &lockedQueue{q: &fakeQueue{ids: map[string]bool{}}}
 	s := NewSubmitter(c.store, q, nil, maxAttempts).Coalesce()
 	// The group's write is in flight: the submissions below wait behind it
 	// and lead none of their own.
