@@ -36,6 +36,14 @@ type App struct {
 	// ValidateTemplates checks a message's template_id and data keys before it is
 	// queued. Load sets it to true unless the file says false; the zero value = off.
 	ValidateTemplates bool
+	// StatusURL is where the state changes of this app's messages that name no
+	// status_url of their own are POSTed; empty = none (see config/webhook.go).
+	StatusURL string
+	// WebhookSecret signs this app's status webhooks (Wxpush-Signature); it is
+	// required when StatusURL is set or messages carry a status_url.
+	WebhookSecret secret.Value
+	// WebhookStates are the states whose changes are POSTed; nil = DefaultWebhookStates.
+	WebhookStates []string
 
 	origin origin // where the fields came from, so Validate names them as written
 }
@@ -108,8 +116,15 @@ type Config struct {
 	// EventsMaxLen is about how many events the stream keeps for clients that
 	// resume (older ones are trimmed).
 	EventsMaxLen int
-	LogLevel     string // debug, info, warn, error
-	LogFormat    string // json, text
+	// Webhook delivery (see config/webhook.go).
+	WebhookWindow       time.Duration // how long a webhook is retried before it is dead
+	WebhookRetryBase    time.Duration // first retry delay (exponential, full jitter)
+	WebhookRetryCap     time.Duration // largest retry delay
+	WebhookConcurrency  int           // webhook POSTs in flight per worker
+	WebhookPerEndpoint  int           // of those, at most this many to one receiver (scheme://host:port)
+	WebhookAllowPrivate bool          // let webhooks target loopback/private addresses (off: SSRF guard)
+	LogLevel            string        // debug, info, warn, error
+	LogFormat           string        // json, text
 
 	fromFile uint32 // bit i: knobs[i] was set by the file and not by the environment
 	// index is built by Load and shared read-only by copies. A pointer also keeps fmt
@@ -120,26 +135,31 @@ type Config struct {
 // Defaults returns the configuration with every default set and no apps.
 func Defaults() Config {
 	return Config{
-		HTTPAddr:          "127.0.0.1:8080",
-		AdminAddr:         "127.0.0.1:9090",
-		Concurrency:       20,
-		MaxAttempts:       10,
-		RetryBase:         time.Second,
-		RetryCap:          10 * time.Minute,
-		SendTimeout:       10 * time.Second,
-		Retention:         7 * 24 * time.Hour,
-		ConfirmTimeout:    time.Hour,
-		CallbackHold:      time.Hour,
-		OrphanAfter:       10 * time.Minute,
-		TaskCheckInterval: 10 * time.Millisecond,
-		ShutdownTimeout:   10 * time.Second,
-		IdempotencyWindow: 24 * time.Hour,
-		APIRate:           500,
-		APIBurst:          1000,
-		Events:            true,
-		EventsMaxLen:      100000,
-		LogLevel:          "info",
-		LogFormat:         "auto",
+		HTTPAddr:           "127.0.0.1:8080",
+		AdminAddr:          "127.0.0.1:9090",
+		Concurrency:        20,
+		MaxAttempts:        10,
+		RetryBase:          time.Second,
+		RetryCap:           10 * time.Minute,
+		SendTimeout:        10 * time.Second,
+		Retention:          7 * 24 * time.Hour,
+		ConfirmTimeout:     time.Hour,
+		CallbackHold:       time.Hour,
+		OrphanAfter:        10 * time.Minute,
+		TaskCheckInterval:  10 * time.Millisecond,
+		ShutdownTimeout:    10 * time.Second,
+		IdempotencyWindow:  24 * time.Hour,
+		APIRate:            500,
+		APIBurst:           1000,
+		Events:             true,
+		EventsMaxLen:       100000,
+		WebhookWindow:      24 * time.Hour,
+		WebhookRetryBase:   time.Second,
+		WebhookRetryCap:    time.Hour,
+		WebhookConcurrency: 20,
+		WebhookPerEndpoint: 4,
+		LogLevel:           "info",
+		LogFormat:          "auto",
 	}
 }
 

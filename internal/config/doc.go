@@ -26,12 +26,17 @@
 //	    recipient_limit: {max: 3, window: 1m}    # optional: at most max messages per openid per window
 //	    max_backlog: 100000     # optional admission control; 0 = unlimited
 //	    validate_templates: true  # optional, default true
+//	    status_url: https://…   # optional default status_url of the app's messages
+//	    webhook_secret: "..."   # signs its webhooks, ≥ 16 characters (or webhook_secret_env);
+//	                            # required with status_url or messages that carry one
+//	    webhook_states: [delivered, dead]  # optional; default sent and every final state
 //	tuning:                     # each key is the lower-case WXPUSH_* (or REDIS_URL,
 //	  concurrency: 20           # WECHAT_API_BASE) variable without its prefix; the
 //	  retry_base: 1s            # variable, when set, wins
 //
 // The tuning keys are concurrency, max_attempts, retry_base, retry_cap, send_timeout,
-// retention, confirm_timeout, callback_hold, task_check_interval, shutdown_timeout, idempotency_window, ui_writable, events, events_maxlen, api_rate, api_burst,
+// retention, confirm_timeout, callback_hold, task_check_interval, shutdown_timeout, idempotency_window, ui_writable, events, events_maxlen, webhook_window, webhook_retry_base, webhook_retry_cap,
+// webhook_concurrency, webhook_per_endpoint, webhook_allow_private, api_rate, api_burst,
 // log_level, log_format, http_addr, admin_addr, redis_url and wechat_api_base.
 // Durations are Go duration strings (30s, 10m, 168h). Decoding is strict: an unknown
 // key is an error. An empty file is an empty configuration.
@@ -39,7 +44,8 @@
 // # The app named default
 //
 // WECHAT_APP_ID, WECHAT_APP_SECRET, WECHAT_TOKEN, WECHAT_AES_KEY, WECHAT_STABLE_TOKEN,
-// WECHAT_RATE_LIMIT (messages per second) and WECHAT_RATE_BURST define the app named
+// WECHAT_RATE_LIMIT (messages per second), WECHAT_RATE_BURST, WXPUSH_STATUS_URL,
+// WXPUSH_WEBHOOK_SECRET and WXPUSH_WEBHOOK_STATES (comma-separated) define the app named
 // "default". If the file has an app named default, each variable that is set overrides
 // that field of it and the rest of the file's app is kept; otherwise WECHAT_APP_ID is
 // required and the app is added after the file's apps.

@@ -41,6 +41,12 @@ var knobs = []knob{
 	{"WXPUSH_API_BURST", "api_burst", func(c *Config) any { return &c.APIBurst }},
 	{"WXPUSH_EVENTS", "events", func(c *Config) any { return &c.Events }},
 	{"WXPUSH_EVENTS_MAXLEN", "events_maxlen", func(c *Config) any { return &c.EventsMaxLen }},
+	{"WXPUSH_WEBHOOK_WINDOW", "webhook_window", func(c *Config) any { return &c.WebhookWindow }},
+	{"WXPUSH_WEBHOOK_RETRY_BASE", "webhook_retry_base", func(c *Config) any { return &c.WebhookRetryBase }},
+	{"WXPUSH_WEBHOOK_RETRY_CAP", "webhook_retry_cap", func(c *Config) any { return &c.WebhookRetryCap }},
+	{"WXPUSH_WEBHOOK_CONCURRENCY", "webhook_concurrency", func(c *Config) any { return &c.WebhookConcurrency }},
+	{"WXPUSH_WEBHOOK_PER_ENDPOINT", "webhook_per_endpoint", func(c *Config) any { return &c.WebhookPerEndpoint }},
+	{"WXPUSH_WEBHOOK_ALLOW_PRIVATE", "webhook_allow_private", func(c *Config) any { return &c.WebhookAllowPrivate }},
 	{"WXPUSH_LOG_LEVEL", "log_level", func(c *Config) any { return &c.LogLevel }},
 	{"WXPUSH_LOG_FORMAT", "log_format", func(c *Config) any { return &c.LogFormat }},
 }
@@ -106,6 +112,9 @@ var envAppVars = []struct {
 		}
 		return nil
 	}},
+	{"WXPUSH_STATUS_URL", "status_url", func(a *App, v string) error { a.StatusURL = v; return nil }},
+	{"WXPUSH_WEBHOOK_SECRET", "webhook_secret", func(a *App, v string) error { a.WebhookSecret = secret.Value(v); return nil }},
+	{"WXPUSH_WEBHOOK_STATES", "webhook_states", func(a *App, v string) error { a.WebhookStates = splitList(v); return nil }},
 	{"WECHAT_RATE_LIMIT", "rate_limit.per_second", func(a *App, v string) (err error) {
 		if a.RateLimit.PerSecond, err = strconv.ParseFloat(v, 64); err != nil {
 			return fmt.Errorf("WECHAT_RATE_LIMIT: %q is not a number (messages per second)", v)

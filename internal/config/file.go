@@ -45,8 +45,12 @@ type fileApp struct {
 		Max    int     `yaml:"max"`
 		Window located `yaml:"window"`
 	} `yaml:"recipient_limit"`
-	MaxBacklog        int   `yaml:"max_backlog"`
-	ValidateTemplates *bool `yaml:"validate_templates"` // nil = true
+	MaxBacklog        int          `yaml:"max_backlog"`
+	ValidateTemplates *bool        `yaml:"validate_templates"` // nil = true
+	StatusURL         string       `yaml:"status_url"`
+	WebhookSecret     secret.Value `yaml:"webhook_secret"`
+	WebhookSecretEnv  located      `yaml:"webhook_secret_env"`
+	WebhookStates     []string     `yaml:"webhook_states"`
 }
 
 // located is a scalar kept as text with its line, for values checked after decoding
@@ -141,6 +145,8 @@ func (fa fileApp) app(prefix string, at func(int) string, getenv func(string) st
 		RecipientLimit:    RecipientLimit{Max: fa.RecipientLimit.Max},
 		MaxBacklog:        fa.MaxBacklog,
 		ValidateTemplates: fa.ValidateTemplates == nil || *fa.ValidateTemplates,
+		StatusURL:         fa.StatusURL,
+		WebhookStates:     fa.WebhookStates,
 		origin:            origin{file: true},
 	}
 	var errs []error
@@ -155,6 +161,7 @@ func (fa fileApp) app(prefix string, at func(int) string, getenv func(string) st
 		{"aes_key", fa.AESKey, fa.AESKeyEnv, &a.AESKey},
 		{"previous_token", fa.PreviousToken, fa.PreviousTokenEnv, &a.PreviousToken},
 		{"previous_aes_key", fa.PreviousAESKey, fa.PreviousAESKeyEnv, &a.PreviousAESKey},
+		{"webhook_secret", fa.WebhookSecret, fa.WebhookSecretEnv, &a.WebhookSecret},
 	}
 	for _, s := range secrets {
 		*s.dst = s.value

@@ -65,6 +65,8 @@ func TestLoadExampleFile(t *testing.T) {
 		Token: "shopToken2024", AESKey: aesKey, PreviousToken: "shopToken2023", PreviousAESKey: secret.Value(strings.Repeat("P", 43)),
 		StableToken: true, RateLimit: RateLimit{PerSecond: 20, Burst: 40}, RecipientLimit: RecipientLimit{Max: 3, Window: time.Minute},
 		MaxBacklog: 100000, ValidateTemplates: false,
+		StatusURL: "https://shop.example.com/wxpush/status", WebhookSecret: "shop-webhook-signing-key-2026",
+		WebhookStates: []string{"delivered", "user_blocked", "failed", "dead"},
 	}, {
 		Name: "news", AppID: "wxfedcba0987654321", Secret: "news-app-secret",
 		Token: "newsToken1", AESKey: secret.Value(strings.Repeat("N", 43)), PreviousToken: "newsToken0",
@@ -93,6 +95,8 @@ func TestLoadExampleFile(t *testing.T) {
 		RetryBase: 2 * time.Second, RetryCap: 15 * time.Minute, SendTimeout: 5 * time.Second,
 		Retention: 72 * time.Hour, ConfirmTimeout: 45 * time.Minute, CallbackHold: 2 * time.Hour, OrphanAfter: 20 * time.Minute,
 		TaskCheckInterval: 250 * time.Millisecond, ShutdownTimeout: 30 * time.Second, IdempotencyWindow: 12 * time.Hour, UIWritable: true, Pprof: true, APIRate: 200, APIBurst: 400, Events: false, EventsMaxLen: 500000,
+		WebhookWindow: 12 * time.Hour, WebhookRetryBase: 2 * time.Second, WebhookRetryCap: 30 * time.Minute,
+		WebhookConcurrency: 40, WebhookPerEndpoint: 8, WebhookAllowPrivate: true,
 		LogLevel: "debug", LogFormat: "text",
 	}
 	defaults := Defaults()

@@ -96,7 +96,9 @@ func (c Config) Validate() error {
 	first := make(map[string]int, len(c.Apps))
 	for i, a := range c.Apps {
 		errs = append(errs, a.validate(i, first)...)
+		errs = append(errs, a.validateWebhooks(i, c.WebhookAllowPrivate)...)
 	}
+	errs = append(errs, c.validateWebhooks()...)
 	return errors.Join(errs...)
 }
 
