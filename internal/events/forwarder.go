@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
@@ -126,6 +127,8 @@ type Forwarder struct {
 	// ClaimAfter: entries another forwarder read and left unacknowledged this
 	// long are taken over (default ClaimAfter).
 	ClaimAfter time.Duration
+	// Webhooks, when set, enqueues status webhooks (see Webhooks).
+	Webhooks *Webhooks
 }
 
 // NewForwarder returns a forwarder named consumer (unique per process) that
@@ -216,9 +219,24 @@ func (f *Forwarder) createGroups(ctx context.Context, keys []string) error {
 }
 
 // entry is one outbox entry to forward; body is "" for a malformed one,
-// which is acknowledged and dropped.
+// which is acknowledged and dropped. url is its message's status_url.
 type entry struct {
 	stream, id, body string
+	ev               webhook.Event
+	url              string
+}
+
+// Enqueuer hands webhook tasks to the delivery queue; *asynq.Client is one.
+type Enqueuer interface {
+	EnqueueContext(ctx context.Context, t *asynq.Task, opts ...asynq.Option) (*asynq.TaskInfo, error)
+}
+
+// Webhooks makes the forwarder enqueue a delivery task for every event of a
+// message with a status_url whose state its app wants POSTed.
+type Webhooks struct {
+	Queue  Enqueuer
+	Wants  func(app, state string) bool
+	Window time.Duration // the delivery window (the order set lives a little longer)
 }
 
 // forward appends the entries to the event stream in one round trip, then
@@ -227,20 +245,24 @@ func (f *Forwarder) forward(ctx context.Context, byStream map[string][]redis.XMe
 	var es []entry
 	for k, msgs := range byStream {
 		for _, m := range msgs {
-			body, err := eventJSON(m)
+			ev, url, body, err := eventJSON(m)
 			if err != nil {
 				f.log.Error("events: dropping a malformed outbox entry", "stream", k, "entry", m.ID, "err", err)
 			}
-			es = append(es, entry{stream: k, id: m.ID, body: body})
+			es = append(es, entry{stream: k, id: m.ID, body: body, ev: ev, url: url})
 		}
 	}
 	if len(es) == 0 {
 		return 0, nil
 	}
-	if err := f.append(ctx, es); err != nil {
+	ids, err := f.append(ctx, es)
+	if err != nil {
 		return 0, err
 	}
-	_, err := f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	if err := f.enqueueWebhooks(ctx, es, ids); err != nil {
+		return 0, err
+	}
+	_, err = f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		acked := map[string][]string{}
 		for _, e := range es {
 			acked[e.stream] = append(acked[e.stream], e.id)
@@ -258,41 +280,91 @@ func (f *Forwarder) forward(ctx context.Context, byStream map[string][]redis.XMe
 	return len(es), nil
 }
 
-// append runs the forward script for every entry in one pipeline. A Redis
-// without the script (new, restarted) gets it loaded and the calls run again,
-// which the seen keys make harmless.
-func (f *Forwarder) append(ctx context.Context, es []entry) error {
+// append runs the forward script for every entry in one pipeline and returns
+// the event id of each ("" for a malformed entry). A Redis without the script
+// (new, restarted) gets it loaded and the calls run again, which the seen keys
+// make harmless.
+func (f *Forwarder) append(ctx context.Context, es []entry) ([]string, error) {
 	for try := 0; ; try++ {
+		cmds := make([]*redis.Cmd, len(es))
 		_, err := f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, e := range es {
+			for i, e := range es {
 				if e.body != "" {
-					forwardScript.EvalSha(ctx, p, []string{webhook.EventsStream, seenKey(e.stream, e.id)},
+					cmds[i] = forwardScript.EvalSha(ctx, p, []string{webhook.EventsStream, seenKey(e.stream, e.id)},
 						e.body, f.maxLen, seenTTL.Milliseconds())
 				}
 			}
 			return nil
 		})
 		if err == nil {
-			return nil
+			ids := make([]string, len(es))
+			for i, c := range cmds {
+				if c != nil {
+					ids[i], _ = c.Text()
+				}
+			}
+			return ids, nil
 		}
 		if try == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
 			if err := forwardScript.Load(ctx, f.rdb).Err(); err != nil {
-				return fmt.Errorf("events: load forward script: %w", err)
+				return nil, fmt.Errorf("events: load forward script: %w", err)
 			}
 			continue
 		}
-		return fmt.Errorf("events: forward: %w", err)
+		return nil, fmt.Errorf("events: forward: %w", err)
 	}
 }
 
-// eventJSON is the event an outbox entry records, with an empty event_id for
-// the forward script to fill in.
-func eventJSON(m redis.XMessage) (string, error) {
+// enqueueWebhooks enqueues the delivery task of every entry that wants one,
+// after recording its place in its message's order. A task that exists
+// already (a repeated forward: the event id is the task id) is left alone.
+func (f *Forwarder) enqueueWebhooks(ctx context.Context, es []entry, ids []string) error {
+	w := f.Webhooks
+	if w == nil {
+		return nil
+	}
+	var due []webhook.Event
+	var urls []string
+	for i, e := range es {
+		if e.url == "" || ids[i] == "" || !w.Wants(e.ev.App, e.ev.State) {
+			continue
+		}
+		ev := e.ev
+		ev.EventID = ids[i]
+		due, urls = append(due, ev), append(urls, e.url)
+	}
+	if len(due) == 0 {
+		return nil
+	}
+	if _, err := f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, ev := range due {
+			webhook.AddPending(ctx, p, ev, w.Window)
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("events: record webhook order: %w", err)
+	}
+	for i, ev := range due {
+		t, err := webhook.Task(ev, urls[i])
+		if err != nil {
+			return err
+		}
+		if _, err := w.Queue.EnqueueContext(ctx, t); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+			return fmt.Errorf("events: enqueue webhook: %w", err)
+		}
+	}
+	return nil
+}
+
+// eventJSON is the event an outbox entry records and its JSON, with an empty
+// event_id for the forward script to fill in, and its message's status_url.
+func eventJSON(m redis.XMessage) (webhook.Event, string, string, error) {
 	oe := delivery.ParseOutboxEvent(m.Values)
 	if oe.ID == "" || oe.App == "" || oe.State == "" {
-		return "", errors.New("entry without id, app or state")
+		return webhook.Event{}, "", "", errors.New("entry without id, app or state")
 	}
-	b, err := webhook.Event{ID: oe.ID, App: oe.App, State: string(oe.State), Previous: string(oe.Previous),
-		Seq: oe.Seq, Attempts: oe.Attempts, WeChatMsgID: oe.MsgID, LastError: oe.LastError, At: oe.At}.MarshalJSON()
-	return string(b), err
+	ev := webhook.Event{ID: oe.ID, App: oe.App, State: string(oe.State), Previous: string(oe.Previous),
+		Seq: oe.Seq, Attempts: oe.Attempts, WeChatMsgID: oe.MsgID, LastError: oe.LastError, At: oe.At}
+	b, err := ev.MarshalJSON()
+	return ev, oe.StatusURL, string(b), err
 }

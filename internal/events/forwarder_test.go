@@ -76,10 +76,10 @@ func TestForwardOnceThroughACrash(t *testing.T) {
 	}
 	var es []entry
 	for _, msg := range msgs[0].Messages {
-		body, _ := eventJSON(msg)
+		_, _, body, _ := eventJSON(msg)
 		es = append(es, entry{stream: msgs[0].Stream, id: msg.ID, body: body})
 	}
-	if err := first.append(ctx, es); err != nil {
+	if _, err := first.append(ctx, es); err != nil {
 		t.Fatal(err)
 	}
 	before := streamed(t, rdb)

@@ -23,3 +23,11 @@ func decodePayload(b []byte) (payload, error) {
 	}
 	return p, nil
 }
+
+func encodePayload(p payload) ([]byte, error) {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return nil, fmt.Errorf("webhook: encode task payload: %w", err)
+	}
+	return b, nil
+}
