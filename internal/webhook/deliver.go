@@ -224,7 +224,7 @@ func (d *Deliverer) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	secret, ok := d.cfg.Secret(ev.App)
 	if !ok {
 		d.count(ev.App, ResultRefused)
-		d.done(ctx, ev)
+		d.dead(ctx, ev)
 		return fmt.Errorf("webhook: app %q has no webhook_secret: %w", ev.App, asynq.SkipRetry)
 	}
 
@@ -260,7 +260,7 @@ func (d *Deliverer) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return nil
 	case errors.Is(err, netguard.ErrPrivate):
 		d.count(ev.App, ResultRefused)
-		d.done(ctx, ev)
+		d.dead(ctx, ev)
 		return fmt.Errorf("webhook: %s: %w: %w", endpointOf(p.URL), netguard.ErrPrivate, asynq.SkipRetry)
 	}
 	var attempt error
@@ -272,7 +272,7 @@ func (d *Deliverer) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		attempt = fmt.Errorf("webhook: POST %s: HTTP %d", endpointOf(p.URL), status)
 	}
 	if time.Since(start) >= d.cfg.Window {
-		d.done(ctx, ev)
+		d.dead(ctx, ev)
 		return fmt.Errorf("%w; delivery window of %s ran out: %w", attempt, d.cfg.Window, asynq.SkipRetry)
 	}
 	return attempt
@@ -312,6 +312,12 @@ func (d *Deliverer) done(ctx context.Context, ev Event) {
 		// The pending set expires after the window; until then later events wait.
 		d.cfg.Log.Warn("webhook: could not mark an event done", "event_id", ev.EventID, "err", err)
 	}
+}
+
+// dead is done for an event that goes to the dead-letter list.
+func (d *Deliverer) dead(ctx context.Context, ev Event) {
+	d.cfg.Metrics.Dead.WithLabelValues(ev.App).Inc()
+	d.done(ctx, ev)
 }
 
 func (d *Deliverer) count(app, result string) {

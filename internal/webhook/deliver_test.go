@@ -239,6 +239,9 @@ func TestWindowEndsInDeadLetterAndReplay(t *testing.T) {
 		!strings.Contains(de.LastError, "window") || de.Attempts < 2 {
 		t.Errorf("dead event = %+v", de)
 	}
+	if n := testutil.ToFloat64(g.metrics.Dead.WithLabelValues("shop")); n != 1 {
+		t.Errorf("wxpush_webhook_dead_total = %v, want 1", n)
+	}
 	if strings.Contains(de.LastError, "k=v") || strings.Contains(de.LastError, "/hook") {
 		t.Errorf("the error names the URL's path or query: %q", de.LastError)
 	}
