@@ -66,7 +66,7 @@ func TestLoadExampleFile(t *testing.T) {
 		StableToken: true, RateLimit: RateLimit{PerSecond: 20, Burst: 40}, RecipientLimit: RecipientLimit{Max: 3, Window: time.Minute},
 		MaxBacklog: 100000, ValidateTemplates: false,
 		StatusURL: "https://shop.example.com/wxpush/status", WebhookSecret: "shop-webhook-signing-key-2026",
-		WebhookStates: []string{"delivered", "user_blocked", "failed", "dead"},
+		WebhookStates: []string{"delivered", "user_blocked", "wechat_failed", "dead"},
 	}, {
 		Name: "news", AppID: "wxfedcba0987654321", Secret: "news-app-secret",
 		Token: "newsToken1", AESKey: secret.Value(strings.Repeat("N", 43)), PreviousToken: "newsToken0",

@@ -12,7 +12,7 @@ import (
 // DefaultWebhookStates are the state changes POSTed to a status_url when the
 // app names none: sent, and every final state.
 var DefaultWebhookStates = []string{
-	"sent", "delivered", "user_blocked", "failed", "rejected", "dead", "expired", "canceled", "unconfirmed",
+	"sent", "delivered", "user_blocked", "wechat_failed", "rejected", "dead", "expired", "canceled", "unconfirmed",
 }
 
 // WantsWebhook reports whether a change to state is POSTed to the app's
