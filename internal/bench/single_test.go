@@ -41,7 +41,7 @@ var singleProducers = []int{16, 64}
 // runs the three systems one after the other on fresh Redis servers.
 func singleFigures(b *testing.B, tab *table) {
 	const rounds = 3
-	type rates struct{ pipe, bare, hand []float64 }
+	type rates struct{ pipe, bare, hand, hooks, events []float64 }
 	by := map[int]*rates{}
 	var rt singleRoundTrips
 	for round := 0; round < rounds; round++ {
@@ -58,6 +58,10 @@ func singleFigures(b *testing.B, tab *table) {
 				rt = *run.roundTrips
 			}
 			r.hand = append(r.hand, handWrittenRun(b, p, singleN))
+			if p == singleProducers[len(singleProducers)-1] {
+				msgs, events := webhooksRun(b, p, singleN)
+				r.hooks, r.events = append(r.hooks, msgs), append(r.events, events)
+			}
 		}
 	}
 	var headline float64
@@ -73,6 +77,14 @@ func singleFigures(b *testing.B, tab *table) {
 		tab.row(fmt.Sprintf("single-message pipeline/hand-written, %d producers", p), fmt.Sprintf("%.2f", pipe/hand), "moonshot ≥ 1.0",
 			"ratio of the medians; per round: "+ratioList(r.pipe, r.hand))
 		headline = pipe / bare
+		if len(r.hooks) > 0 {
+			hooks := median(r.hooks)
+			tab.row(fmt.Sprintf("status webhooks, %d producers", p), fmt.Sprintf("%.0f events/s (%.0f msg/s)", median(r.events), hooks), "–",
+				fmt.Sprintf("every message has a status_url: POST to its sent and delivered webhooks answered 2xx by a local receiver; median of %d rounds (%s events/s)",
+					rounds, rateList(r.events)))
+			tab.row(fmt.Sprintf("single-message pipeline/asynq with webhooks on, %d producers", p), fmt.Sprintf("%.2f", hooks/bare), "–",
+				"messages/s to their last webhook ÷ bare asynq, medians of the same rounds; per round: "+ratioList(r.hooks, r.bare))
+		}
 	}
 	tab.row("Redis round trips per single message", fmt.Sprintf("%.2f", rt.perMessage), "≤ 4",
 		fmt.Sprintf("wxpush_redis_round_trips_total of enqueuer and worker, %d producers, POST to delivered: %s", singleProducers[len(singleProducers)-1], rt.top))
@@ -168,6 +180,46 @@ func singlesOnce(b *testing.B, producers, n int, callbacks, profiled bool) (int6
 		st.total += v - before[cmd]
 	}
 	return st.total, rate, commandCalls(b, rdb).total, st.top(6, n)
+}
+
+// webhooksRun is singlesOnce with status webhooks on: every message names a
+// status_url, a local receiver answers 204, and the clock stops when it has
+// had every message's sent and delivered webhooks (2n POSTs; duplicates, at
+// least once, would count too). It returns messages/s and webhook events/s.
+// The receiver does not verify signatures: that is the receiver's CPU, not
+// wxpush's.
+func webhooksRun(b *testing.B, producers, n int) (float64, float64) {
+	var got atomic.Int64
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		got.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer recv.Close()
+	c := servicetest.Start(b, servicetest.Options{Env: env(map[string]string{
+		"WXPUSH_CONCURRENCY": fmt.Sprint(concurrency), "WXPUSH_STATUS_URL": recv.URL + "/hook",
+		"WXPUSH_WEBHOOK_SECRET": "bench-webhook-secret-0123", "WXPUSH_WEBHOOK_ALLOW_PRIVATE": "true",
+	})})
+	worker := startWorkerBinary(b, c.Env(b))
+	defer worker.stop()
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: producers}}
+	bodies := make([][]byte, n)
+	for i := range bodies {
+		bodies[i] = []byte(body(fmt.Sprintf("oHook%d_%06d", producers, i)))
+	}
+	start := time.Now()
+	runParallel(producers, n, func(i int) {
+		post(b, client, c.API+"/v1/messages", bodies[i], http.StatusAccepted)
+	})
+	deadline := time.Now().Add(3 * time.Minute)
+	for got.Load() < int64(2*n) {
+		if time.Now().After(deadline) {
+			b.Fatalf("webhooks: %d of %d arrived within 3 minutes", got.Load(), 2*n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	el := time.Since(start).Seconds()
+	return float64(n) / el, float64(2*n) / el
 }
 
 // waitSent waits until n messages of app default are in state sent.

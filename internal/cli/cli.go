@@ -98,7 +98,7 @@ type command struct {
 
 func commands() []command {
 	return []command{sendCommand, statusCommand, cancelCommand, deadListCommand, deadRetryCommand, resumeCommand, templatesCommand,
-		webhooksDeadCommand, webhooksReplayCommand}
+		webhooksDeadCommand, webhooksReplayCommand, webhooksListenCommand}
 }
 
 func (r *runner) run(ctx context.Context, args []string) error {
@@ -137,7 +137,7 @@ func (r *runner) run(ctx context.Context, args []string) error {
 		name, rest = "dead "+rest[0], rest[1:]
 	}
 	if name == "webhooks" { // the webhook surface's group: webhooks.go
-		if len(rest) == 0 || (rest[0] != "dead" && rest[0] != "replay") {
+		if len(rest) == 0 || (rest[0] != "dead" && rest[0] != "replay" && rest[0] != "listen") {
 			if len(rest) > 0 && (rest[0] == "-h" || rest[0] == "-help" || rest[0] == "--help") {
 				r.groupUsage(r.stdout, "webhooks")
 				return nil

@@ -59,7 +59,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// binaries builds cmd/worker and cmd/enqueuer once per test binary run.
+// binaries builds cmd/worker, cmd/enqueuer and cmd/wxpush (the CLI, whose
+// 'webhooks listen' is the webhook receiver process) once per test binary run.
 func binaries(t *testing.T) (worker, enqueuer string) {
 	t.Helper()
 	build.once.Do(func() {
@@ -71,7 +72,7 @@ func binaries(t *testing.T) (worker, enqueuer string) {
 		build.dir = dir
 		start := time.Now()
 		cmd := exec.Command("go", "build", "-o", dir+string(os.PathSeparator),
-			"github.com/wxpush/wxpush/cmd/worker", "github.com/wxpush/wxpush/cmd/enqueuer")
+			"github.com/wxpush/wxpush/cmd/worker", "github.com/wxpush/wxpush/cmd/enqueuer", "github.com/wxpush/wxpush/cmd/wxpush")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			build.err = fmt.Errorf("go build cmd/worker cmd/enqueuer: %v\n%s", err, out)
 			return
@@ -101,8 +102,8 @@ type proc struct {
 	signaled atomic.Bool
 }
 
-func startProc(name, bin string, env map[string]string) (*proc, error) {
-	cmd := exec.Command(bin)
+func startProc(name, bin string, env map[string]string, args ...string) (*proc, error) {
+	cmd := exec.Command(bin, args...)
 	// A clean environment: only what the cluster sets, so nothing from the
 	// test's own environment (WXPUSH_*, REDIS_URL) leaks in.
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME"), "TMPDIR=" + os.TempDir()}
@@ -652,9 +653,9 @@ func (c *cluster) envWith(extra map[string]string) map[string]string {
 	return env
 }
 
-func (c *cluster) launch(name, bin string, env map[string]string) *proc {
+func (c *cluster) launch(name, bin string, env map[string]string, args ...string) *proc {
 	c.t.Helper()
-	p, err := startProc(name, bin, env)
+	p, err := startProc(name, bin, env, args...)
 	if err != nil {
 		c.t.Fatal(err)
 	}

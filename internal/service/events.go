@@ -40,7 +40,9 @@ func (p *parts) eventStreamClient() redis.UniversalClient {
 func (p *parts) forwarder() *events.Forwarder {
 	host, _ := os.Hostname()
 	name := fmt.Sprintf("%s-%d-%s", host, os.Getpid(), randomHex(4))
-	return events.NewForwarder(p.rdb, name, p.cfg.EventsMaxLen, p.events, p.log.With("component", "events"))
+	f := events.NewForwarder(p.rdb, name, p.cfg.EventsMaxLen, p.events, p.log.With("component", "events"))
+	f.Webhooks = p.webhooks()
+	return f
 }
 
 // deadWebhooks lists and replays the webhooks that gave up.

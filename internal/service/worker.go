@@ -55,6 +55,11 @@ func (p *parts) runWorker(ctx context.Context) error {
 	if err := srv.Start(mux); err != nil {
 		return fmt.Errorf("worker: start asynq: %w", err)
 	}
+	hooks, err := p.startWebhooks()
+	if err != nil {
+		srv.Shutdown()
+		return err
+	}
 	sweepDone := make(chan struct{})
 	go func() {
 		defer close(sweepDone)
@@ -70,6 +75,7 @@ func (p *parts) runWorker(ctx context.Context) error {
 	// Shutdown stops fetching, waits for in-flight handlers up to ShutdownTimeout,
 	// and hands unfinished tasks back to the queue.
 	srv.Shutdown()
+	hooks.Shutdown()
 	<-sweepDone
 	return nil
 }
