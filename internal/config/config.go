@@ -156,8 +156,8 @@ func Defaults() Config {
 		WebhookWindow:      24 * time.Hour,
 		WebhookRetryBase:   time.Second,
 		WebhookRetryCap:    time.Hour,
-		WebhookConcurrency: 20,
-		WebhookPerEndpoint: 4,
+		WebhookConcurrency: 32,
+		WebhookPerEndpoint: 16,
 		LogLevel:           "info",
 		LogFormat:          "auto",
 	}

@@ -19,6 +19,7 @@ func (p *parts) startWebhooks() (*asynq.Server, error) {
 		Window:       p.cfg.WebhookWindow,
 		PerEndpoint:  p.cfg.WebhookPerEndpoint,
 		AllowPrivate: p.cfg.WebhookAllowPrivate,
+		Runner:       asynq.NewInspectorFromRedisClient(p.rdb),
 		Metrics:      webhook.NewMetrics(p.reg, p.cfg.AppNames()),
 		Log:          p.log.With("component", "webhook"),
 	})

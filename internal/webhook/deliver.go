@@ -27,10 +27,11 @@ import (
 // Defaults of a Deliverer's settings.
 const (
 	DefaultTimeout      = 10 * time.Second
-	DefaultPerEndpoint  = 4
-	DefaultBreakerTrip  = 5                // consecutive failures that open an endpoint's breaker
-	DefaultBreakerOpen  = 30 * time.Second // how long it stays open before one probe
-	maxResponseBody     = 64 << 10         // bytes of a receiver's answer read (and discarded)
+	DefaultPerEndpoint  = 16
+	slotWait            = 100 * time.Millisecond // how long a POST waits for an endpoint slot before it is busy
+	DefaultBreakerTrip  = 5                      // consecutive failures that open an endpoint's breaker
+	DefaultBreakerOpen  = 30 * time.Second       // how long it stays open before one probe
+	maxResponseBody     = 64 << 10               // bytes of a receiver's answer read (and discarded)
 	goneFor             = 30 * 24 * time.Hour
 	pendingSlack        = time.Hour // a message's pending set outlives its window by this much
 	maxRetry            = 100000    // asynq's own bound; the window ends a webhook first
@@ -74,8 +75,11 @@ func IsFailure(err error) bool {
 func RetryDelay(base, limit time.Duration) asynq.RetryDelayFunc {
 	return func(n int, err error, _ *asynq.Task) time.Duration {
 		switch {
-		case errors.Is(err, errWaiting), errors.Is(err, errBusy):
-			return 200*time.Millisecond + rand.N(800*time.Millisecond)
+		case errors.Is(err, errWaiting):
+			// A fallback: the earlier event's end runs this one at once (next).
+			return 100*time.Millisecond + rand.N(400*time.Millisecond)
+		case errors.Is(err, errBusy):
+			return 50*time.Millisecond + rand.N(200*time.Millisecond)
 		case errors.Is(err, errBreakerOpen):
 			open := min(DefaultBreakerOpen, limit)
 			return open/2 + rand.N(open/2+1)
@@ -106,8 +110,11 @@ type DelivererConfig struct {
 	// BreakerTrip and BreakerOpen tune the per-endpoint circuit breaker; 0 = defaults.
 	BreakerTrip uint32
 	BreakerOpen time.Duration
-	Metrics     *Metrics
-	Log         *slog.Logger
+	// Runner starts a message's next waiting event when one ends (nil: the
+	// next one starts after its retry delay).
+	Runner  TaskRunner
+	Metrics *Metrics
+	Log     *slog.Logger
 	// Transport overrides the HTTP transport (tests); its dialer must apply
 	// the SSRF guard itself.
 	Transport http.RoundTripper
@@ -173,13 +180,14 @@ func Task(ev Event, url string) (*asynq.Task, error) {
 		asynq.MaxRetry(maxRetry), asynq.Retention(deliveredTaskRetain)), nil
 }
 
-// PendingKey holds the sequence numbers of message id's events that have a
-// webhook not yet done; an event is POSTed only when its number is the least.
+// PendingKey holds the event ids of message id's events that have a webhook
+// not yet done, scored by sequence number; an event is POSTed only when its
+// number is the least, and its end starts the next one.
 func PendingKey(id string) string { return "wxpush:webhook:pending:" + id }
 
 // AddPending is the forwarder's step before enqueueing ev's task.
 func AddPending(ctx context.Context, p redis.Pipeliner, ev Event, window time.Duration) {
-	p.ZAdd(ctx, PendingKey(ev.ID), redis.Z{Score: float64(ev.Seq), Member: ev.Seq})
+	p.ZAdd(ctx, PendingKey(ev.ID), redis.Z{Score: float64(ev.Seq), Member: ev.EventID})
 	p.Expire(ctx, PendingKey(ev.ID), window+pendingSlack)
 }
 
@@ -229,13 +237,11 @@ func (d *Deliverer) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 
 	ep := d.endpoint(p.URL)
-	select {
-	case ep.slots <- struct{}{}:
-		defer func() { <-ep.slots }()
-	default:
+	if !ep.acquire(ctx) {
 		d.count(ev.App, ResultBusy)
 		return errBusy
 	}
+	defer ep.release()
 	doneBreaker, err := ep.breaker.Allow()
 	if err != nil {
 		d.count(ev.App, ResultBreakerOpen)
@@ -301,18 +307,53 @@ func (d *Deliverer) post(ctx context.Context, rawURL string, ev Event, secret []
 	return resp.StatusCode, nil
 }
 
-// done ends ev's turn in its message's order, and its replay mark.
+// done ends ev's turn in its message's order, and its replay mark, and
+// runs the message's next event at once if it waits for a retry.
 func (d *Deliverer) done(ctx context.Context, ev Event) {
+	var next *redis.StringSliceCmd
 	_, err := d.cfg.Redis.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.ZRem(ctx, PendingKey(ev.ID), ev.Seq)
+		p.ZRem(ctx, PendingKey(ev.ID), ev.EventID)
 		p.Del(ctx, replayKey(ev.EventID))
+		next = p.ZRange(ctx, PendingKey(ev.ID), 0, 0)
 		return nil
 	})
 	if err != nil {
 		// The pending set expires after the window; until then later events wait.
 		d.cfg.Log.Warn("webhook: could not mark an event done", "event_id", ev.EventID, "err", err)
+		return
+	}
+	if ids := next.Val(); len(ids) > 0 && d.cfg.Runner != nil {
+		// It may be running or pending already (then this fails, harmlessly);
+		// if it waits for a retry, it runs now instead of after its delay.
+		_ = d.cfg.Runner.RunTask(Queue, ids[0])
 	}
 }
+
+// TaskRunner moves a scheduled or retrying task to pending; *asynq.Inspector is one.
+type TaskRunner interface {
+	RunTask(queue, id string) error
+}
+
+// acquire takes one of the endpoint's slots, waiting for one at most
+// slotWait; false = the endpoint is busy.
+func (ep *endpoint) acquire(ctx context.Context) bool {
+	select {
+	case ep.slots <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(slotWait)
+	defer t.Stop()
+	select {
+	case ep.slots <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
+}
+
+func (ep *endpoint) release() { <-ep.slots }
 
 // dead is done for an event that goes to the dead-letter list.
 func (d *Deliverer) dead(ctx context.Context, ev Event) {

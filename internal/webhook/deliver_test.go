@@ -113,6 +113,7 @@ func startRig(t *testing.T, cfg DelivererConfig, concurrency int) *rig {
 	rdb := redistest.Start(t).Client(t)
 	m := NewMetrics(prometheus.NewRegistry(), []string{"shop"})
 	cfg.Redis, cfg.Metrics, cfg.Log = rdb, m, logging.Discard()
+	cfg.Runner = asynq.NewInspectorFromRedisClient(rdb)
 	if cfg.Secret == nil {
 		cfg.Secret = func(string) ([]byte, bool) { return testSecret, true }
 	}
