@@ -20,6 +20,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/webhook"
@@ -344,17 +345,26 @@ func (f *Forwarder) enqueueWebhooks(ctx context.Context, es []entry, ids []strin
 	}); err != nil {
 		return fmt.Errorf("events: record webhook order: %w", err)
 	}
+	// One round trip per task (asynq enqueues one at a time): side by side.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(enqueueParallel)
 	for i, ev := range due {
 		t, err := webhook.Task(ev, urls[i])
 		if err != nil {
 			return err
 		}
-		if _, err := w.Queue.EnqueueContext(ctx, t); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
-			return fmt.Errorf("events: enqueue webhook: %w", err)
-		}
+		g.Go(func() error {
+			if _, err := w.Queue.EnqueueContext(gctx, t); err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
+				return fmt.Errorf("events: enqueue webhook: %w", err)
+			}
+			return nil
+		})
 	}
-	return nil
+	return g.Wait()
 }
+
+// enqueueParallel bounds a forwarder's webhook enqueues in flight.
+const enqueueParallel = 16
 
 // eventJSON is the event an outbox entry records and its JSON, with an empty
 // event_id for the forward script to fill in, and its message's status_url.
