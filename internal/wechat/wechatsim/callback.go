@@ -87,8 +87,12 @@ func (s *Server) deliver(ctx context.Context, ev event) {
 		return
 	}
 	body := eventXML(originalID, ev)
+	// A current timestamp and a nonce of its own for each copy, as WeChat
+	// sends: receivers refuse stale timestamps and a used nonce with another
+	// body. 64 random bits keep two events of one second from sharing a
+	// nonce even at load-test rates; the tries below resend both unchanged.
 	timestamp := strconv.FormatInt(s.now().Unix(), 10)
-	nonce := strconv.FormatUint(uint64(rand.Uint32()), 10)
+	nonce := strconv.FormatUint(rand.Uint64(), 10)
 	u, err := signedURL(target, token, timestamp, nonce, ev.openID)
 	if err != nil {
 		s.log.Error("wechatsim: bad callback URL", "app", ev.appID, "err", err)

@@ -49,7 +49,8 @@ type Config struct {
 	HTTPClient *http.Client
 	// Logger receives callback and rule events; nil = discard.
 	Logger *slog.Logger
-	// Now is the clock for token lifetimes and de-duplication windows; nil =
+	// Now is the clock for token lifetimes, de-duplication windows and the
+	// timestamps of pushed callbacks (receivers check them against theirs); nil =
 	// time.Now. Delays and timeouts always use real time.
 	Now func() time.Time
 }
