@@ -1,9 +1,11 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/wechat"
@@ -36,17 +38,36 @@ var deliveryStates = map[wechat.DeliveryStatus]delivery.State{
 
 // Reasons a callback is refused, for the rejected-callbacks metric.
 const (
-	rejectUnknownApp = "unknown_app"
-	rejectNoSig      = "missing_signature"
-	rejectBadSig     = "bad_signature"
-	rejectEnvelope   = "bad_envelope"
-	rejectNoAESKey   = "no_aes_key"
-	rejectMalformed  = "malformed_xml"
-	rejectTooLarge   = "too_large"
+	rejectUnknownApp   = "unknown_app"
+	rejectNoSig        = "missing_signature"
+	rejectBadSig       = "bad_signature"
+	rejectEnvelope     = "bad_envelope"
+	rejectNoAESKey     = "no_aes_key"
+	rejectMalformed    = "malformed_xml"
+	rejectTooLarge     = "too_large"
+	rejectReadError    = "read_error"       // the body timed out or was cut off while being read
+	rejectStale        = "stale_timestamp"  // timestamp outside the window
+	rejectReplayed     = "replayed"         // a used timestamp and nonce with another body
+	rejectPlainRefused = "plain_refused"    // a plain callback for an app with an AES key
+	rejectTooMany      = "too_many_entries" // more results in one event than WeChat sends
 )
 
 // CallbackRejectReasons are the label values to initialise.
-var CallbackRejectReasons = []string{rejectNoSig, rejectBadSig, rejectEnvelope, rejectNoAESKey, rejectMalformed, rejectTooLarge}
+var CallbackRejectReasons = []string{rejectNoSig, rejectBadSig, rejectEnvelope, rejectNoAESKey, rejectMalformed, rejectTooLarge,
+	rejectReadError, rejectStale, rejectReplayed, rejectPlainRefused, rejectTooMany}
+
+// Nonces remembers the timestamp and nonce of accepted callbacks against
+// replays; *wechat.NonceStore provides it.
+type Nonces interface {
+	Remember(ctx context.Context, app, timestamp, nonce string, body []byte, ttl time.Duration) (wechat.NonceUse, error)
+}
+
+var _ Nonces = (*wechat.NonceStore)(nil)
+
+// MaxEventResults bounds the results one subscribe_msg_sent_event may carry.
+// WeChat reports a send or a few in one event; a body of a thousand <List>
+// entries is not WeChat's, and each entry would cost a script run and a held key.
+const MaxEventResults = 20
 
 // reject writes the refusal and counts it. The app label is bounded: a path
 // naming no configured app counts as "unknown".
@@ -69,6 +90,20 @@ func (s *Server) callbackApp(w http.ResponseWriter, r *http.Request) (App, bool)
 
 // encrypted reports whether the request is in WeChat's safe or compatible mode.
 func encrypted(r *http.Request) bool { return r.URL.Query().Get("encrypt_type") == "aes" }
+
+// plainRefused refuses a plain callback for an app with an AES key, unless the
+// app accepts WeChat's compatible mode: its plain signature covers neither the
+// body nor anything secret to the request, so a captured URL could carry any
+// body. It writes the refusal and returns true when it refuses.
+func (s *Server) plainRefused(w http.ResponseWriter, r *http.Request, app App) bool {
+	if encrypted(r) || app.Keys == nil || app.CallbackCompat {
+		return false
+	}
+	s.log.Warn("plain callback for an app with an AES key refused", "app", app.Name, "remote", r.RemoteAddr)
+	s.reject(w, app.Name, rejectPlainRefused, &apiError{Status: http.StatusForbidden, Code: "plain_refused", Field: "encrypt_type",
+		Message: "this app has an aes_key: callbacks must be encrypted (encrypt_type=aes with msg_signature); set callback_compat to also accept plain ones"})
+	return true
+}
 
 // verifyPlain checks the query signature against the app's current and previous
 // token (rotation); it writes the refusal and returns false when it fails.
@@ -93,9 +128,25 @@ func (s *Server) verifyPlain(w http.ResponseWriter, r *http.Request, app App) bo
 	return false
 }
 
+// fresh refuses a signed request whose timestamp is outside the window: a
+// signature never expires by itself. Call it after the signature is checked,
+// so that only WeChat's own timestamps are judged. It writes the refusal and
+// returns false when it refuses.
+func (s *Server) fresh(w http.ResponseWriter, r *http.Request, app App) bool {
+	err := wechat.CheckTimestamp(r.URL.Query().Get("timestamp"), s.now(), s.callbackWindow)
+	if err == nil {
+		return true
+	}
+	s.log.Warn("callback with a stale timestamp", "app", app.Name, "remote", r.RemoteAddr, "err", err)
+	s.reject(w, app.Name, rejectStale, &apiError{Status: http.StatusForbidden, Code: "stale_timestamp", Field: "timestamp",
+		Message: fmt.Sprintf("timestamp must be within %s of this server's clock", s.callbackWindow)})
+	return false
+}
+
 // handleVerify answers WeChat's URL verification: echo echostr when signed. In
 // safe mode with msg_signature, echostr is itself an envelope and the reply is
-// its plaintext.
+// its plaintext. WeChat sends a current timestamp, so the window applies; the
+// nonce is not remembered, as an echo changes nothing.
 func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
 	app, ok := s.callbackApp(w, r)
 	if !ok {
@@ -110,6 +161,9 @@ func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
 		}
 		echo = plain
 	} else if !s.verifyPlain(w, r, app) {
+		return
+	}
+	if !s.fresh(w, r, app) {
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -151,34 +205,62 @@ func (s *Server) openEnvelope(w http.ResponseWriter, r *http.Request, app App, e
 	return plain, true
 }
 
-// handleCallback receives WeChat's event push, plain or encrypted. It does one
-// Redis write and answers "success"; a Redis failure answers 503 so that WeChat
-// tries again.
+// readCallback reads the body within maxCallbackBytes. Only a body over the
+// limit counts as too_large; one that timed out or was cut off is a read_error.
+func (s *Server) readCallback(w http.ResponseWriter, r *http.Request, app App) ([]byte, bool) {
+	body, e := readBody(w, r, maxCallbackBytes)
+	switch {
+	case e == nil:
+		return body, true
+	case e.Status == http.StatusRequestEntityTooLarge:
+		s.reject(w, app.Name, rejectTooLarge, e)
+	default:
+		s.log.Warn("callback body could not be read", "app", app.Name, "remote", r.RemoteAddr)
+		s.reject(w, app.Name, rejectReadError, e)
+	}
+	return nil, false
+}
+
+// openCallback authenticates a POST and returns the body as received (what
+// the nonce memory hashes) and the event XML inside it: for a plain callback
+// both are the body, for an encrypted one the XML is the envelope's plaintext.
+// It writes the refusal and returns false on failure.
+func (s *Server) openCallback(w http.ResponseWriter, r *http.Request, app App) (raw, event []byte, ok bool) {
+	if s.plainRefused(w, r, app) {
+		return nil, nil, false
+	}
+	if !encrypted(r) {
+		if !s.verifyPlain(w, r, app) {
+			return nil, nil, false
+		}
+		raw, ok = s.readCallback(w, r, app)
+		return raw, raw, ok
+	}
+	if raw, ok = s.readCallback(w, r, app); !ok {
+		return nil, nil, false
+	}
+	outer, err := wechat.ParseEvent(raw)
+	if err != nil || outer.Encrypt == "" {
+		s.reject(w, app.Name, rejectMalformed, &apiError{Status: http.StatusBadRequest, Code: "malformed_xml",
+			Message: "encrypted mode: the body is not XML with an Encrypt element"})
+		return nil, nil, false
+	}
+	event, ok = s.openEnvelope(w, r, app, outer.Encrypt, false)
+	return raw, event, ok
+}
+
+// handleCallback receives WeChat's event push, plain or encrypted: it checks
+// the signature, the timestamp window and the event, then remembers the nonce
+// and applies the event's results in one round trip, and answers "success".
+// A Redis failure answers 503 so that WeChat tries again.
 func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 	app, ok := s.callbackApp(w, r)
 	if !ok {
 		return
 	}
-	if !encrypted(r) && !s.verifyPlain(w, r, app) {
+	raw, body, ok := s.openCallback(w, r, app)
+	if !ok || !s.fresh(w, r, app) {
 		return
-	}
-	body, e := readBody(w, r, maxCallbackBytes)
-	if e != nil {
-		s.reject(w, app.Name, rejectTooLarge, e)
-		return
-	}
-	if encrypted(r) {
-		outer, err := wechat.ParseEvent(body)
-		if err != nil || outer.Encrypt == "" {
-			s.reject(w, app.Name, rejectMalformed, &apiError{Status: http.StatusBadRequest, Code: "malformed_xml",
-				Message: "encrypted mode: the body is not XML with an Encrypt element"})
-			return
-		}
-		plain, ok := s.openEnvelope(w, r, app, outer.Encrypt, false)
-		if !ok {
-			return
-		}
-		body = plain
 	}
 	ev, err := wechat.ParseEvent(body)
 	if err != nil {
@@ -186,51 +268,107 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, app.Name, rejectMalformed, &apiError{Status: http.StatusBadRequest, Code: "malformed_xml", Message: "the body is not a WeChat event XML document"})
 		return
 	}
+	results, ok := s.eventResults(w, app, ev)
+	if !ok || !s.firstUse(w, r, app, raw) {
+		return
+	}
+	if len(results) > 0 && !s.applyResults(w, r, app.Name, ev.Event, results) {
+		return
+	}
+	writeSuccess(w)
+}
+
+// eventResults lists the delivery results an event reports, counting the
+// events that settle nothing. It refuses an event with more results than
+// MaxEventResults, before anything is stored.
+func (s *Server) eventResults(w http.ResponseWriter, app App, ev *wechat.Event) ([]delivery.CallbackInput, bool) {
 	switch ev.Event {
 	case wechat.EventTemplateSendJobFinish:
 		to, known := deliveryStates[wechat.ParseDeliveryStatus(ev.Status)]
 		if !known {
 			s.log.Warn("unrecognised template result status; left unchanged", "app", app.Name, "wechat_msgid", ev.MsgID, "status", ev.Status)
 			s.metrics.Callbacks.WithLabelValues(app.Name, ev.Event, outcomeUnrecognised).Inc()
-			break
+			return nil, true
 		}
-		if !s.applyResult(w, r, app.Name, ev.Event, ev.MsgID, to, ev.Status) {
-			return
-		}
+		return []delivery.CallbackInput{{App: app.Name, MsgID: ev.MsgID, To: to, Raw: ev.Status}}, true
 	case wechat.EventSubscribeMsgSent:
-		for _, res := range ev.SubscribeSent {
-			raw := fmt.Sprintf("%d %s", res.ErrorCode, res.ErrorStatus)
-			if !s.applyResult(w, r, app.Name, ev.Event, res.MsgID, deliveryStates[res.SubscribeDelivery()], raw) {
-				return
-			}
+		if n := len(ev.SubscribeSent); n > MaxEventResults {
+			s.log.Warn("subscribe result event with too many entries", "app", app.Name, "entries", n)
+			s.reject(w, app.Name, rejectTooMany, &apiError{Status: http.StatusBadRequest, Code: "too_many_entries", Field: "SubscribeMsgSentEvent.List",
+				Message: fmt.Sprintf("%d results in one event; at most %d are accepted", n, MaxEventResults)})
+			return nil, false
 		}
+		in := make([]delivery.CallbackInput, len(ev.SubscribeSent))
+		for i, res := range ev.SubscribeSent {
+			in[i] = delivery.CallbackInput{App: app.Name, MsgID: res.MsgID, To: deliveryStates[res.SubscribeDelivery()],
+				Raw: fmt.Sprintf("%d %s", res.ErrorCode, res.ErrorStatus)}
+		}
+		return in, true
 	case wechat.EventSubscribeMsgPopup, wechat.EventSubscribeMsgChange:
 		// A user accepted or rejected a subscription: nothing to settle.
 		s.metrics.Callbacks.WithLabelValues(app.Name, ev.Event, outcomeIgnored).Inc()
 	default:
 		s.metrics.Callbacks.WithLabelValues(app.Name, eventOther, outcomeIgnored).Inc()
 	}
-	writeSuccess(w)
+	return nil, true
 }
 
-// applyResult settles the message WeChat reports on; it writes a 503 and
-// returns false when Redis fails, so that WeChat tries again (the store makes
-// the retry idempotent).
-func (s *Server) applyResult(w http.ResponseWriter, r *http.Request, app, event, msgID string, to delivery.State, raw string) bool {
-	res, err := s.messages.ApplyCallback(r.Context(), app, msgID, to, raw)
+// firstUse remembers the callback's timestamp and nonce with a hash of its
+// body for as long as the timestamp stays within the window (up to twice the
+// window, for one from the future), and refuses a used pair with another body.
+// The same body again is WeChat's own retry (it resends a callback it got no
+// answer to within 5 s, query and body unchanged): it goes on and is applied
+// again, which callbacks are built to tolerate, so a result whose first try
+// failed in Redis is still stored. A Redis failure answers 503.
+func (s *Server) firstUse(w http.ResponseWriter, r *http.Request, app App, raw []byte) bool {
+	if s.nonces == nil {
+		return true
+	}
+	q := r.URL.Query()
+	use, err := s.nonces.Remember(r.Context(), app.Name, q.Get("timestamp"), q.Get("nonce"), raw, 2*s.callbackWindow)
+	switch {
+	case err != nil:
+		s.log.Error("could not remember the callback nonce", "app", app.Name, "err", err)
+		writeError(w, errStorage)
+		return false
+	case use == wechat.NonceReplayed:
+		s.log.Warn("callback replayed: a used timestamp and nonce with another body", "app", app.Name, "remote", r.RemoteAddr)
+		s.reject(w, app.Name, rejectReplayed, &apiError{Status: http.StatusForbidden, Code: "replayed", Field: "nonce",
+			Message: "this timestamp and nonce were already used with another body"})
+		return false
+	case use == wechat.NonceRetry:
+		s.log.Debug("WeChat retried a callback", "app", app.Name)
+	}
+	return true
+}
+
+// applyResults settles the messages WeChat reports on in one round trip; it
+// writes a 503 and returns false when Redis fails, so that WeChat tries again
+// (the store makes the retry idempotent, also for the results that did apply).
+func (s *Server) applyResults(w http.ResponseWriter, r *http.Request, app, event string, in []delivery.CallbackInput) bool {
+	rs, errs, err := s.messages.ApplyCallbacks(r.Context(), in)
+	if err == nil {
+		err = errors.Join(errs...)
+	}
+	for i, res := range rs {
+		if errs[i] != nil {
+			continue
+		}
+		c := in[i]
+		s.metrics.Callbacks.WithLabelValues(app, event, string(res.Outcome)).Inc()
+		if res.Outcome == delivery.CallbackApplied {
+			s.metrics.Finished.WithLabelValues(app, string(c.To)).Inc()
+			if !res.SentAt.IsZero() {
+				s.metrics.FinalLatency.WithLabelValues(app).Observe(s.now().Sub(res.SentAt).Seconds())
+			}
+		}
+		s.log.Info("delivery result", "app", app, "event", event, "msg_id", res.ID, "wechat_msgid", c.MsgID, "status", c.Raw, "outcome", res.Outcome)
+	}
 	if err != nil {
-		s.log.Error("could not apply callback", "app", app, "wechat_msgid", msgID, "err", err)
+		s.log.Error("could not apply callback", "app", app, "event", event, "results", len(in), "err", err)
 		writeError(w, errStorage)
 		return false
 	}
-	s.metrics.Callbacks.WithLabelValues(app, event, string(res.Outcome)).Inc()
-	if res.Outcome == delivery.CallbackApplied {
-		s.metrics.Finished.WithLabelValues(app, string(to)).Inc()
-		if !res.SentAt.IsZero() {
-			s.metrics.FinalLatency.WithLabelValues(app).Observe(s.now().Sub(res.SentAt).Seconds())
-		}
-	}
-	s.log.Info("delivery result", "app", app, "event", event, "msg_id", res.ID, "wechat_msgid", msgID, "status", raw, "outcome", res.Outcome)
 	return true
 }
 

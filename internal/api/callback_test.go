@@ -6,11 +6,14 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/wxpush/wxpush/internal/api"
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/wechat"
 )
@@ -98,9 +101,10 @@ func TestCallbackVerify(t *testing.T) {
 			q.Set("echostr", "a b&c=d<e>/+%ü")
 		}), status: 200, body: "a b&c=d<e>/+%ü"},
 		{name: "other timestamp and nonce", app: "default", query: with(defaultToken, func(q url.Values) {
-			q.Set("timestamp", "1700000000")
+			ts := strconv.FormatInt(time.Now().Add(-time.Minute).Unix(), 10)
+			q.Set("timestamp", ts)
 			q.Set("nonce", "abc")
-			q.Set("signature", sign(defaultToken, "1700000000", "abc"))
+			q.Set("signature", sign(defaultToken, ts, "abc"))
 		}), status: 200, body: echostr},
 		{name: "wrong signature", app: "default", query: with(defaultToken, func(q url.Values) {
 			q.Set("signature", sign("not-the-token", q.Get("timestamp"), q.Get("nonce")))
@@ -388,5 +392,39 @@ func TestCallbackRedisDown(t *testing.T) {
 	}
 	if n := b.finished("default", delivery.StateDelivered); n != 0 {
 		t.Errorf("finished{delivered} = %v, want 0", n)
+	}
+}
+
+// TestCallbackCompatMode: an app with an AES key takes plain callbacks only
+// when CallbackCompat says it runs in WeChat's compatible mode; encrypted ones
+// are taken either way.
+func TestCallbackCompatMode(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name   string
+		compat bool
+		status int
+		want   delivery.State
+	}{
+		{name: "safe mode refuses plain", compat: false, status: http.StatusForbidden, want: delivery.StateSent},
+		{name: "compatible mode takes plain", compat: true, status: http.StatusOK, want: delivery.StateDelivered},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, withKeys(t), func(d *api.Deps) { d.Apps[0].CallbackCompat = tt.compat })
+			sentMessage(t, b, "Ym1", "default", 31700300)
+			sentMessage(t, b, "Ym2", "default", 31700301)
+			r := b.postCallback(t, "default", signedQuery(defaultToken), []byte(resultXML(31700300, "success")))
+			if r.status != tt.status {
+				t.Fatalf("plain callback = %d %s, want %d", r.status, r.body, tt.status)
+			}
+			if got := b.record(t, "Ym1").State; got != tt.want {
+				t.Errorf("state %s, want %s", got, tt.want)
+			}
+			q, body := encryptedPost(t, defaultToken, encKey, encAppID, resultXML(31700301, "success"))
+			if r := b.do(t, http.MethodPost, "/wechat/callback/default?"+q, body); r.status != http.StatusOK {
+				t.Errorf("encrypted callback = %d %s, want 200", r.status, r.body)
+			}
+		})
 	}
 }

@@ -2,10 +2,13 @@ package api_test
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -50,8 +53,10 @@ func encryptedPost(t *testing.T, token, key, appID, eventXML string) (string, []
 	return encryptedQuery(token, enc), []byte("<xml><ToUserName><![CDATA[gh_7f083739789a]]></ToUserName><Encrypt><![CDATA[" + enc + "]]></Encrypt></xml>")
 }
 
+// encryptedQuery signs enc as WeChat does now: the current time and a fresh
+// nonce (a fixed old timestamp is refused as stale since issue 17).
 func encryptedQuery(token, enc string) string {
-	ts, nonce := "1409304348", "xxxxxx"
+	ts, nonce := strconv.FormatInt(time.Now().Unix(), 10), strconv.FormatUint(rand.Uint64(), 10)
 	q := url.Values{"encrypt_type": {"aes"}, "timestamp": {ts}, "nonce": {nonce},
 		"msg_signature": {wechat.Signature(token, ts, nonce, enc)},
 		"signature":     {wechat.Signature(token, ts, nonce)}, "openid": {"oia2TjuEGTNoeX76QEjQNrcURxG8"}}
@@ -150,7 +155,7 @@ func TestEncryptedURLVerification(t *testing.T) {
 	if r := b.do(t, http.MethodGet, "/wechat/callback/default?"+q, nil); r.status != 200 || string(r.body) != "1616140317555161061" {
 		t.Errorf("encrypted echo = %d %q", r.status, r.body)
 	}
-	ts, nonce := "1409304348", "n1"
+	ts, nonce := strconv.FormatInt(time.Now().Unix(), 10), "n1"
 	plain := url.Values{"signature": {wechat.Signature(encPrevToken, ts, nonce)}, "timestamp": {ts}, "nonce": {nonce}, "echostr": {"e42"}}
 	if r := b.do(t, http.MethodGet, "/wechat/callback/default?"+plain.Encode(), nil); r.status != 200 || string(r.body) != "e42" {
 		t.Errorf("plain echo with the previous token = %d %q", r.status, r.body)

@@ -36,7 +36,7 @@ type Submitter interface {
 // Messages reads and settles message records; *delivery.Store provides it.
 type Messages interface {
 	Get(ctx context.Context, id string) (*delivery.Message, error)
-	ApplyCallback(ctx context.Context, app, msgID string, to delivery.State, raw string) (delivery.CallbackResult, error)
+	ApplyCallbacks(ctx context.Context, in []delivery.CallbackInput) ([]delivery.CallbackResult, []error, error)
 	Cancel(ctx context.Context, id string) (delivery.Transition, error)
 	ListDead(ctx context.Context, app string, offset, limit int) (delivery.DeadPage, error)
 	Resume(ctx context.Context, app string) (bool, error)
@@ -59,6 +59,9 @@ type App struct {
 	// Keys open encrypted callbacks (safe and compatible mode) with the current
 	// or previous token and EncodingAESKey; nil = plain callbacks only.
 	Keys *wechat.Keyring
+	// CallbackCompat also accepts plain callbacks for an app with Keys
+	// (WeChat's compatible mode); false = with Keys, only encrypted ones.
+	CallbackCompat bool
 	// MaxBacklog: refuse new messages (429) while the app has this many
 	// unfinished ones; 0 = no limit.
 	MaxBacklog int
@@ -93,6 +96,11 @@ type Deps struct {
 	Logger     *slog.Logger
 	Ready      func(ctx context.Context) error
 	Now        func() time.Time
+	// Nonces remembers callback nonces against replays (nil = not
+	// remembered: tests only); CallbackWindow is how far a callback's
+	// timestamp may be from Now (0 = wechat.DefaultCallbackWindow).
+	Nonces         Nonces
+	CallbackWindow time.Duration
 
 	// Webhook surface: GET /v1/events reads Events (nil = 404 not_configured), at most
 	// MaxEventStreams at once (0 = DefaultMaxEventStreams), a keepalive every
@@ -122,6 +130,9 @@ type Server struct {
 	ready      func(ctx context.Context) error
 	now        func() time.Time
 
+	nonces         Nonces
+	callbackWindow time.Duration
+
 	events          EventStream
 	eventSlots      eventSlots
 	eventsKeepalive time.Duration
@@ -135,7 +146,10 @@ type Server struct {
 func New(d Deps) *Server {
 	s := &Server{submit: d.Submit, messages: d.Messages, idem: d.Idem, templates: d.Templates, ui: d.UI, limit: d.Limit,
 		defaultApp: d.DefaultApp, apiKeys: d.APIKeys, metrics: d.Metrics, gatherer: d.Gatherer,
-		log: d.Logger, ready: d.Ready, now: d.Now}
+		log: d.Logger, ready: d.Ready, now: d.Now, nonces: d.Nonces, callbackWindow: d.CallbackWindow}
+	if s.callbackWindow <= 0 {
+		s.callbackWindow = wechat.DefaultCallbackWindow
+	}
 	s.SetApps(d.Apps)
 	s.events, s.eventsKeepalive, s.eventsMetrics, s.webhooks = d.Events, d.EventsKeepalive, d.EventsMetrics, d.Webhooks
 	s.streams, s.closeStreams = context.WithCancel(context.Background())

@@ -7,11 +7,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -89,6 +91,7 @@ func setup(t *testing.T, opts ...func(*api.Deps)) *bundle {
 		Gatherer:   reg,
 		Logger:     logging.New(logs, "debug", "json"),
 		Ready:      func(ctx context.Context) error { return redisconn.Ping(ctx, rdb) },
+		Nonces:     wechat.NewNonceStore(rdb),
 	}
 	for _, o := range opts {
 		o(&d)
@@ -233,9 +236,11 @@ func sign(token, ts, nonce string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// signedQuery is a callback query string signed with token.
+// signedQuery is a callback query string signed with token, as WeChat sends
+// it: the current time and a nonce of its own, so that the timestamp window
+// and the nonce memory let it through once (and its retries with the same body).
 func signedQuery(token string) url.Values {
-	ts, nonce := "1395658920", "1320562132"
+	ts, nonce := strconv.FormatInt(time.Now().Unix(), 10), strconv.FormatUint(rand.Uint64(), 10)
 	return url.Values{"signature": {sign(token, ts, nonce)}, "timestamp": {ts}, "nonce": {nonce},
 		"openid": {"oia2TjuEGTNoeX76QEjQNrcURxG8"}}
 }
