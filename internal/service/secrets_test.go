@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -34,6 +36,8 @@ const (
 	// token-fetch error path; its token signs nothing.
 	leakBrokenSecret = "broken-app-secret-leakcheck-Vb7Nq3"
 	leakBrokenToken  = "brokenAppCallbackTokenLeakcheck5"
+	// leakWebhookSecret signs app default's status webhooks.
+	leakWebhookSecret = "webhook-secret-leakcheck-Qp4Tz8Wm2"
 )
 
 // The recipients, one per path through the system; the rules prefix-match them.
@@ -173,9 +177,23 @@ func TestSecretsNeverLeak(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Every message POSTs its status webhooks here: their bodies and headers
+	// are a surface too.
+	var hooksMu sync.Mutex
+	var hooks strings.Builder
+	hookRecv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		hooksMu.Lock()
+		fmt.Fprintf(&hooks, "%s %s %v\n%s\n", r.Method, r.URL, r.Header, b)
+		hooksMu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	defer hookRecv.Close()
 	c := servicetest.Start(t, servicetest.Options{Workers: 2, AESKey: leakAESKey, Rules: leakRules,
 		Env: map[string]string{
-			"WXPUSH_API_KEYS": "another-key-leakcheck-Jd8Ws1," + leakAPIKey, "WXPUSH_CONFIG": cfg,
+			"WXPUSH_STATUS_URL": hookRecv.URL + "/hook", "WXPUSH_WEBHOOK_SECRET": leakWebhookSecret,
+			"WXPUSH_WEBHOOK_ALLOW_PRIVATE": "true",
+			"WXPUSH_API_KEYS":              "another-key-leakcheck-Jd8Ws1," + leakAPIKey, "WXPUSH_CONFIG": cfg,
 			"WXPUSH_LOG_LEVEL": "debug", "WXPUSH_SEND_TIMEOUT": "1s", "WXPUSH_MAX_ATTEMPTS": "4",
 		}})
 	api := &client{t: t, base: c.API, key: leakAPIKey}
@@ -326,6 +344,12 @@ func TestSecretsNeverLeak(t *testing.T) {
 
 	// Collect every surface.
 	surfaces := map[string]string{}
+	hooksMu.Lock()
+	surfaces["status webhooks"] = hooks.String()
+	hooksMu.Unlock()
+	if !strings.Contains(surfaces["status webhooks"], `"state":"delivered"`) {
+		t.Errorf("no delivered status webhook arrived; the webhook surface went unchecked:\n%.500s", surfaces["status webhooks"])
+	}
 	logs := c.Logs()
 	for name, text := range logs {
 		if !strings.Contains(text, `"level":"INFO"`) {
@@ -352,6 +376,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 		"app secret": servicetest.Secret, "broken app's secret": leakBrokenSecret,
 		"callback token": servicetest.Token, "broken app's callback token": leakBrokenToken,
 		"AES key": leakAESKey, "API key": leakAPIKey, "first access token": tokens[0], "second access token": tokens[1],
+		"webhook secret": leakWebhookSecret,
 	}
 	for surface, text := range surfaces {
 		for what, value := range secrets {
@@ -361,6 +386,11 @@ func TestSecretsNeverLeak(t *testing.T) {
 		}
 	}
 	openIDs := []string{oOK1, oOK2, oBatch, oPerm, oBusy, oHTTP, oHang, oTokenBad, oDead, oBlock, oLater, oBroken, oCallback, oBadInput}
+	for _, openID := range openIDs {
+		if line, ok := lineWith(surfaces["status webhooks"], openID); ok {
+			t.Errorf("LEAK: a status webhook holds the openid %s:\n  %s", openID, line)
+		}
+	}
 	for name, text := range logs {
 		for _, openID := range openIDs {
 			if line, ok := lineWith(text, openID); ok {
