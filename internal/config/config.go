@@ -23,6 +23,11 @@ type App struct {
 	// is in progress; empty = only the current ones.
 	PreviousToken  secret.Value
 	PreviousAESKey secret.Value
+	// CallbackCompat accepts plain callbacks too for an app with an AESKey
+	// (WeChat's compatible mode). The zero value accepts only encrypted ones
+	// from such an app: a plain signature covers neither the body nor anything
+	// a captured URL does not already show.
+	CallbackCompat bool
 	// StableToken uses /cgi-bin/stable_token instead of /cgi-bin/token.
 	StableToken bool
 	// RateLimit caps this app's sends across the cluster; the zero value = no
@@ -91,6 +96,10 @@ type Config struct {
 	Retention      time.Duration // how long final records are kept
 	ConfirmTimeout time.Duration // how long a sent message waits for its callback
 	CallbackHold   time.Duration // how long a callback for an unknown msgid is kept
+	// CallbackWindow is how far a callback's timestamp may be from this
+	// server's clock, either way; its nonce is remembered that long. At least
+	// MinCallbackWindow.
+	CallbackWindow time.Duration
 	// OrphanAfter is how long a record may stay without a task before the
 	// worker's sweep ends it as canceled: its request was never acknowledged
 	// (see tasks.SweepOrphans). At least MinOrphanAfter.
@@ -145,6 +154,7 @@ func Defaults() Config {
 		Retention:          7 * 24 * time.Hour,
 		ConfirmTimeout:     time.Hour,
 		CallbackHold:       time.Hour,
+		CallbackWindow:     5 * time.Minute,
 		OrphanAfter:        10 * time.Minute,
 		TaskCheckInterval:  10 * time.Millisecond,
 		ShutdownTimeout:    10 * time.Second,

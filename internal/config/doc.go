@@ -20,6 +20,8 @@
 //	    aes_key: "..."          # optional EncodingAESKey, 43 of [A-Za-z0-9+/] (or aes_key_env)
 //	    previous_token: "..."   # optional, still accepted during rotation (or previous_token_env)
 //	    previous_aes_key: "..." # optional, likewise (or previous_aes_key_env)
+//	    callback_compat: false  # with aes_key: also accept plain callbacks (WeChat's
+//	                            # compatible mode); default false = encrypted ones only
 //	    stable_token: false     # use /cgi-bin/stable_token instead of /cgi-bin/token
 //	    rate_limit: {per_second: 20, burst: 20}  # optional; absent or 0 = no wxpush-side limit;
 //	                                             # burst defaults to ceil(per_second)
@@ -35,7 +37,7 @@
 //	  retry_base: 1s            # variable, when set, wins
 //
 // The tuning keys are concurrency, max_attempts, retry_base, retry_cap, send_timeout,
-// retention, confirm_timeout, callback_hold, task_check_interval, shutdown_timeout, idempotency_window, ui_writable, events, events_maxlen, webhook_window, webhook_retry_base, webhook_retry_cap,
+// retention, confirm_timeout, callback_hold, callback_window, task_check_interval, shutdown_timeout, idempotency_window, ui_writable, events, events_maxlen, webhook_window, webhook_retry_base, webhook_retry_cap,
 // webhook_concurrency, webhook_per_endpoint, webhook_allow_private, api_rate, api_burst,
 // log_level, log_format, http_addr, admin_addr, redis_url and wechat_api_base.
 // Durations are Go duration strings (30s, 10m, 168h). Decoding is strict: an unknown
@@ -43,7 +45,7 @@
 //
 // # The app named default
 //
-// WECHAT_APP_ID, WECHAT_APP_SECRET, WECHAT_TOKEN, WECHAT_AES_KEY, WECHAT_STABLE_TOKEN,
+// WECHAT_APP_ID, WECHAT_APP_SECRET, WECHAT_TOKEN, WECHAT_AES_KEY, WECHAT_CALLBACK_COMPAT, WECHAT_STABLE_TOKEN,
 // WECHAT_RATE_LIMIT (messages per second), WECHAT_RATE_BURST, WXPUSH_STATUS_URL,
 // WXPUSH_WEBHOOK_SECRET and WXPUSH_WEBHOOK_STATES (comma-separated) define the app named
 // "default". If the file has an app named default, each variable that is set overrides

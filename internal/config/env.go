@@ -31,6 +31,7 @@ var knobs = []knob{
 	{"WXPUSH_RETENTION", "retention", func(c *Config) any { return &c.Retention }},
 	{"WXPUSH_CONFIRM_TIMEOUT", "confirm_timeout", func(c *Config) any { return &c.ConfirmTimeout }},
 	{"WXPUSH_CALLBACK_HOLD", "callback_hold", func(c *Config) any { return &c.CallbackHold }},
+	{"WXPUSH_CALLBACK_WINDOW", "callback_window", func(c *Config) any { return &c.CallbackWindow }},
 	{"WXPUSH_ORPHAN_AFTER", "orphan_after", func(c *Config) any { return &c.OrphanAfter }},
 	{"WXPUSH_TASK_CHECK_INTERVAL", "task_check_interval", func(c *Config) any { return &c.TaskCheckInterval }},
 	{"WXPUSH_SHUTDOWN_TIMEOUT", "shutdown_timeout", func(c *Config) any { return &c.ShutdownTimeout }},
@@ -106,6 +107,12 @@ var envAppVars = []struct {
 	{"WECHAT_APP_SECRET", "secret", func(a *App, v string) error { a.Secret = secret.Value(v); return nil }},
 	{"WECHAT_TOKEN", "token", func(a *App, v string) error { a.Token = secret.Value(v); return nil }},
 	{"WECHAT_AES_KEY", "aes_key", func(a *App, v string) error { a.AESKey = secret.Value(v); return nil }},
+	{"WECHAT_CALLBACK_COMPAT", "callback_compat", func(a *App, v string) (err error) {
+		if a.CallbackCompat, err = strconv.ParseBool(v); err != nil {
+			return fmt.Errorf("WECHAT_CALLBACK_COMPAT: %q is not true or false", v)
+		}
+		return nil
+	}},
 	{"WECHAT_STABLE_TOKEN", "stable_token", func(a *App, v string) (err error) {
 		if a.StableToken, err = strconv.ParseBool(v); err != nil {
 			return fmt.Errorf("WECHAT_STABLE_TOKEN: %q is not true or false", v)

@@ -36,6 +36,7 @@ type fileApp struct {
 	PreviousTokenEnv  located      `yaml:"previous_token_env"`
 	PreviousAESKey    secret.Value `yaml:"previous_aes_key"`
 	PreviousAESKeyEnv located      `yaml:"previous_aes_key_env"`
+	CallbackCompat    bool         `yaml:"callback_compat"`
 	StableToken       bool         `yaml:"stable_token"`
 	RateLimit         struct {
 		PerSecond float64 `yaml:"per_second"`
@@ -140,7 +141,7 @@ func tuningKeys() string {
 // app converts one file app; prefix is "apps[i]." and at formats a line's location.
 func (fa fileApp) app(prefix string, at func(int) string, getenv func(string) string) (App, []error) {
 	a := App{
-		Name: fa.Name, AppID: fa.AppID, StableToken: fa.StableToken,
+		Name: fa.Name, AppID: fa.AppID, StableToken: fa.StableToken, CallbackCompat: fa.CallbackCompat,
 		RateLimit:         RateLimit{PerSecond: fa.RateLimit.PerSecond, Burst: fa.RateLimit.Burst},
 		RecipientLimit:    RecipientLimit{Max: fa.RecipientLimit.Max},
 		MaxBacklog:        fa.MaxBacklog,

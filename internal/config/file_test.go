@@ -70,7 +70,7 @@ func TestLoadExampleFile(t *testing.T) {
 	}, {
 		Name: "news", AppID: "wxfedcba0987654321", Secret: "news-app-secret",
 		Token: "newsToken1", AESKey: secret.Value(strings.Repeat("N", 43)), PreviousToken: "newsToken0",
-		RateLimit: RateLimit{PerSecond: 2.5, Burst: 3}, ValidateTemplates: true,
+		RateLimit: RateLimit{PerSecond: 2.5, Burst: 3}, ValidateTemplates: true, CallbackCompat: true,
 	}}
 	if got := public(c.Apps); !reflect.DeepEqual(got, want) {
 		t.Errorf("apps =\n%#v\nwant\n%#v", revealed(got), revealed(want))
@@ -93,7 +93,7 @@ func TestLoadExampleFile(t *testing.T) {
 		RedisURL: "redis://127.0.0.1:6379/2", WeChatAPIBase: "http://127.0.0.1:8081",
 		HTTPAddr: "0.0.0.0:8080", AdminAddr: "0.0.0.0:9090", Concurrency: 50, MaxAttempts: 12,
 		RetryBase: 2 * time.Second, RetryCap: 15 * time.Minute, SendTimeout: 5 * time.Second,
-		Retention: 72 * time.Hour, ConfirmTimeout: 45 * time.Minute, CallbackHold: 2 * time.Hour, OrphanAfter: 20 * time.Minute,
+		Retention: 72 * time.Hour, ConfirmTimeout: 45 * time.Minute, CallbackHold: 2 * time.Hour, CallbackWindow: 10 * time.Minute, OrphanAfter: 20 * time.Minute,
 		TaskCheckInterval: 250 * time.Millisecond, ShutdownTimeout: 30 * time.Second, IdempotencyWindow: 12 * time.Hour, UIWritable: true, Pprof: true, APIRate: 200, APIBurst: 400, Events: false, EventsMaxLen: 500000,
 		WebhookWindow: 12 * time.Hour, WebhookRetryBase: 2 * time.Second, WebhookRetryCap: 30 * time.Minute,
 		WebhookConcurrency: 40, WebhookPerEndpoint: 8, WebhookAllowPrivate: true,

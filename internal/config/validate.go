@@ -17,6 +17,11 @@ import (
 // which leaves room for clock skew between enqueuers and workers.
 const MinOrphanAfter = 30 * time.Second
 
+// MinCallbackWindow is the least CallbackWindow: WeChat retries a callback it
+// got no answer to with the same timestamp for about 15 s (3 tries, 5 s
+// each), and the window must also absorb clock skew.
+const MinCallbackWindow = 30 * time.Second
+
 var (
 	appNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,63}$`)
 	// tokenRE is WeChat's rule for the callback token: 3–32 letters and digits.
@@ -78,6 +83,10 @@ func (c Config) Validate() error {
 	if c.OrphanAfter < MinOrphanAfter {
 		bad("%s: %s must be at least %s, longer than a request may take to store and enqueue a message",
 			name("orphan_after"), c.OrphanAfter, MinOrphanAfter)
+	}
+	if c.CallbackWindow < MinCallbackWindow {
+		bad("%s: %s must be at least %s: WeChat retries a callback with its first timestamp for about 15 s",
+			name("callback_window"), c.CallbackWindow, MinCallbackWindow)
 	}
 	if c.RetryCap < c.RetryBase {
 		bad("%s: %s is less than %s %s", name("retry_cap"), c.RetryCap, name("retry_base"), c.RetryBase)
