@@ -15,6 +15,11 @@ const (
 	CallbackDuplicate CallbackOutcome = "duplicate" // already applied or already held
 	CallbackLate      CallbackOutcome = "late"      // arrived after the message was settled unconfirmed
 	CallbackUnknown   CallbackOutcome = "unknown"   // the msgid's record has expired
+	// CallbackCorrected: the msgid was unknown, but the result settled a
+	// message whose reply was lost that had ended final (dead, rejected,
+	// expired, canceled) meanwhile: see replylost.go. A not yet final one
+	// settled that way is CallbackApplied.
+	CallbackCorrected CallbackOutcome = "corrected"
 )
 
 // CallbackResult is what ApplyCallback did.
@@ -24,14 +29,23 @@ type CallbackResult struct {
 	App     string
 	State   State
 	SentAt  time.Time // when applied: when WeChat accepted it, for the sent→final latency
+	// Evicted: holding this result evicted that many of the app's oldest
+	// held results (Config.MaxHeld); they are reported to OnHeldEvicted too.
+	Evicted int
 }
 
 // CallbackInput is one result WeChat reported, for ApplyCallbacks: To is the
-// final state it means and Raw its Status text.
+// final state it means and Raw its Status text. OpenID (the event's
+// FromUserName) and CreateTime let a result for an unknown msgid settle a
+// message whose reply was lost (replylost.go), and keep a held result from
+// settling a message to another openid (held.go); zero values do neither
+// (a zero CreateTime counts as the time it is applied).
 type CallbackInput struct {
 	App, MsgID string
 	To         State
 	Raw        string
+	OpenID     string
+	CreateTime time.Time
 }
 
 // ApplyCallback applies WeChat's result for msgID of app: to is the final state
@@ -43,7 +57,7 @@ func (s *Store) ApplyCallback(ctx context.Context, app, msgID string, to State, 
 	if err != nil {
 		return CallbackResult{}, fmt.Errorf("delivery: apply callback: %w", err)
 	}
-	return callbackResult(res), nil
+	return s.callbackResult(app, res), nil
 }
 
 // ApplyCallbacks applies many results in one pipelined round trip, each as
@@ -65,7 +79,7 @@ func (s *Store) ApplyCallbacks(ctx context.Context, in []CallbackInput) (rs []Ca
 			errs[i] = fmt.Errorf("delivery: apply callback: %w", err)
 			continue
 		}
-		rs[i] = callbackResult(res)
+		rs[i] = s.callbackResult(in[i].App, res)
 	}
 	return rs, errs, nil
 }
@@ -73,15 +87,25 @@ func (s *Store) ApplyCallbacks(ctx context.Context, in []CallbackInput) (rs []Ca
 func (s *Store) callbackCall(c CallbackInput) scriptCall {
 	shard := Shard(c.App)
 	now := s.cfg.Now()
+	created := now
+	if !c.CreateTime.IsZero() {
+		created = c.CreateTime
+	}
 	return scriptCall{
-		keys: []string{indexKey(c.App, c.MsgID), heldKey(c.App, c.MsgID), sentKey(shard), backlogKey(shard)},
+		keys: []string{indexKey(c.App, c.MsgID), heldKey(c.App, c.MsgID), sentKey(shard), backlogKey(shard), heldIndexKey(c.App)},
 		args: []any{string(c.To), c.Raw, now.UnixMilli(), s.cfg.CallbackHold.Milliseconds(), s.cfg.Retention.Milliseconds(),
 			s.line(now, historyLine{Event: "callback", State: c.To}),
-			s.line(now, historyLine{Event: "late callback", State: c.To, Status: c.Raw}), tag(shard)},
+			s.line(now, historyLine{Event: "late callback", State: c.To, Status: c.Raw}), tag(shard),
+			c.App, c.MsgID, s.cfg.MaxHeld, c.OpenID, created.UnixMilli(),
+			s.cfg.SuspectTTL.Milliseconds(), s.cfg.ReplyLostSkew.Milliseconds()},
 	}
 }
 
-func callbackResult(res []any) CallbackResult {
-	return CallbackResult{Outcome: CallbackOutcome(str(res, 0)), ID: str(res, 1), App: str(res, 2), State: State(str(res, 3)),
-		SentAt: msTime(str(res, 4))}
+func (s *Store) callbackResult(app string, res []any) CallbackResult {
+	r := CallbackResult{Outcome: CallbackOutcome(str(res, 0)), ID: str(res, 1), App: str(res, 2), State: State(str(res, 3)),
+		SentAt: msTime(str(res, 4)), Evicted: int(num(res, 5))}
+	if r.Evicted > 0 && s.cfg.OnHeldEvicted != nil {
+		s.cfg.OnHeldEvicted(app, r.Evicted)
+	}
+	return r
 }

@@ -22,7 +22,11 @@ import (
 //	wxpush:{S}:parked               ZSET  app → parked until (ms)
 //	wxpush:{S}:dead:<app>           ZSET  id → when it died (ms)
 //	wxpush:{S}:wxid:<app>:<msgid>   STRING WeChat msgid → id (msgids are unique per account)
-//	wxpush:{S}:held:<app>:<msgid>   STRING a result callback that came before its msgid was stored
+//	wxpush:{S}:held:<app>:<msgid>   STRING a result callback that came before its msgid was stored (JSON, see held.go)
+//	wxpush:{S}:heldz:<app>          ZSET  msgid → when held (ms): bounds the app's held results (Config.MaxHeld)
+//	wxpush:{S}:heldo:<app>:<openid> ZSET  msgid → the held result's CreateTime (ms), to match a lost reply (replylost.go)
+//	wxpush:{S}:rl:<app>:<openid>    ZSET  id → start of its first attempt whose reply was lost (ms)
+//	wxpush:{S}:rlz:<app>            ZSET  "<id> <openid>" → its latest such attempt (ms): bounds and expires them
 //
 // A record's fields have one- or two-letter names, so that a settled record
 // (without its send body) fits Redis's compact listpack encoding in few bytes:
@@ -33,6 +37,7 @@ import (
 //	fo the batch's fanout task id  or canceled as never acknowledged ("1")
 //	ts sent ms     tf final ms    m WeChat msgid   w WeChat's result status
 //	ec, em         last errcode and errmsg
+//	at, ao         first attempt whose reply was lost (ms) and the recipient's openid (replylost.go)
 //	hn, h1…hN      history entries after "enqueued" (which c and sa imply), short JSON
 const (
 	// Shards is how many hash tags wxpush's message keys are spread over.
@@ -76,6 +81,16 @@ func unownedKey(shard byte) string { return tag(shard) + "unowned" }
 func indexKey(app, msgID string) string { return tag(Shard(app)) + "wxid:" + app + ":" + msgID }
 func heldKey(app, msgID string) string  { return tag(Shard(app)) + "held:" + app + ":" + msgID }
 func deadKey(app string) string         { return tag(Shard(app)) + "dead:" + app }
+
+// heldIndexKey and suspectIndexKey are an app's lists of held results and of
+// messages whose reply was lost; the per-openid keys beside them are built by
+// the scripts from the shard's tag (see held.go and replylost.go).
+func heldIndexKey(app string) string    { return tag(Shard(app)) + "heldz:" + app }
+func suspectIndexKey(app string) string { return tag(Shard(app)) + "rlz:" + app }
+func heldByUserKey(app, openID string) string {
+	return tag(Shard(app)) + "heldo:" + app + ":" + openID
+}
+func suspectKey(app, openID string) string { return tag(Shard(app)) + "rl:" + app + ":" + openID }
 
 // shardOf is the shard of message id; validID has checked it.
 func shardOf(id string) byte {

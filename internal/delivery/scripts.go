@@ -214,12 +214,15 @@ redis.call("HSET", KEYS[1], "fo", ARGV[1] .. "!")
 return 1`)
 
 // sentScript records WeChat's acceptance: state sent, the msgid and its index, and
-// the confirmation deadline. A callback held for this msgid is applied at once.
+// the confirmation deadline. A callback held for this msgid is applied at once,
+// if it was held within the hold and names this message's recipient (held.go);
+// either way it is forgotten. A message accepted at last is no longer a
+// suspect of a lost reply (replylost.go).
 // KEYS: rec, index, held, sentz, backlog, body.
 // ARGV: id, msgid, now, history entry, index ttl, confirm deadline, retention,
 // index ttl once settled.
 // Returns {state, "changed"|"", app, created ms}.
-var sentScript = redis.NewScript(luaPrelude + `
+var sentScript = redis.NewScript(luaPrelude + luaHeld + luaReplyLost + `
 local v = redis.call("HMGET", KEYS[1], "s", "a", "c")
 local st, app = v[1], v[2]
 if not st then return {} end
@@ -233,21 +236,29 @@ end
 redis.call("HSET", KEYS[1], "s", "sent", "ts", ARGV[3])
 move(KEYS[5], app, st, "sent")
 hist(KEYS[1], ARGV[4])
-local held = false
+local held = nil
+local prefix = string.sub(KEYS[5], 1, -8)
 -- msgid 0: WeChat accepted without saying which msgid; no callback can match.
 if ARGV[2] ~= "0" then
   redis.call("HSET", KEYS[1], "m", ARGV[2])
   redis.call("SET", KEYS[2], ARGV[1], "PX", ARGV[5])
-  held = redis.call("GET", KEYS[3])
+  local hv = redis.call("GET", KEYS[3])
+  if hv then
+    held = decodeHeld(hv)
+    dropHeld(prefix, app, ARGV[2])
+    if held and not (heldFresh(held, tonumber(ARGV[3]), tonumber(ARGV[8])) and heldFor(held, KEYS[6])) then
+      held = nil
+    end
+  end
 end
+local ao = redis.call("HGET", KEYS[1], "ao")
+if ao then dropSuspect(prefix, app, ARGV[1], ao) end
 emit(KEYS[1], KEYS[5], app, st, "sent", ARGV[3])
 if held then
-  local sep = string.find(held, "|", 1, true)
-  local to, raw = string.sub(held, 1, sep - 1), string.sub(held, sep + 1)
+  local to, raw = held.s, held.w or ""
   settle(KEYS[1], KEYS[5], app, "sent", to, ARGV[3], ARGV[7])
   redis.call("HSET", KEYS[1], "w", raw)
   hist(KEYS[1], cjson.encode({t = tonumber(ARGV[3]), e = "callback", s = to, n = "held"}))
-  redis.call("DEL", KEYS[3])
   settleBody(KEYS[6], to, ARGV[7])
   redis.call("PEXPIRE", KEYS[2], ARGV[8])
   return {to, "changed", app, v[3]}
@@ -256,22 +267,37 @@ redis.call("ZADD", KEYS[4], ARGV[6], ARGV[1])
 return {"sent", "changed", app, v[3]}`)
 
 // callbackScript applies a TEMPLATESENDJOBFINISH result. Unknown msgids are held
-// for a while: the sender may not have stored the msgid yet.
+// for a while: the sender may not have stored the msgid yet (held.go bounds
+// them), unless the result matches a message whose reply was lost
+// (replylost.go).
 // The script reads the index itself and builds the record's and body's keys
 // from the id it names and the shard's tag (ARGV[8]): they share the index's
 // hash tag, so on Redis Cluster they are in the slot the declared keys route
 // the script to, and the callback costs one round trip.
-// KEYS: index, held, sentz, backlog. ARGV: state, raw status, now, hold ttl,
+// KEYS: index, held, sentz, backlog, heldz. ARGV: state, raw status, now, hold ttl,
 // retention, history entry, history entry of a late result (with the raw
 // status, which the record's w field does not hold then), the shard's key
-// prefix ("wxpush:{S}:").
-// Returns {outcome, id, app, state, sent ms (when applied)}.
-var callbackScript = redis.NewScript(luaPrelude + `
+// prefix ("wxpush:{S}:"), app, msgid, max held, openid ("" = unknown), the
+// event's CreateTime ms, suspect ttl, skew.
+// Returns {outcome, id, app, state, sent ms (when applied), evicted (when held)}.
+var callbackScript = redis.NewScript(luaPrelude + luaHeld + luaReplyLost + `
 local id = redis.call("GET", KEYS[1])
 if not id then
   if redis.call("EXISTS", KEYS[2]) == 1 then return {"duplicate"} end
-  redis.call("SET", KEYS[2], ARGV[1] .. "|" .. ARGV[2], "PX", ARGV[4])
-  return {"held"}
+  local now, hold, openid, ct = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[12], tonumber(ARGV[13])
+  if openid ~= "" then
+    local r = matchSuspect(ARGV[8], ARGV[9], openid, ARGV[10], ARGV[1], ARGV[2], ct, now,
+      tonumber(ARGV[14]), tonumber(ARGV[15]), ARGV[5], hold)
+    if r then return r end
+  end
+  redis.call("SET", KEYS[2], cjson.encode({s = ARGV[1], w = ARGV[2], t = now, o = openid, c = ct}), "PX", ARGV[4])
+  redis.call("ZADD", KEYS[5], now, ARGV[10])
+  if openid ~= "" then
+    local ho = ARGV[8] .. "heldo:" .. ARGV[9] .. ":" .. openid
+    redis.call("ZADD", ho, ct, ARGV[10])
+    redis.call("PEXPIRE", ho, ARGV[4])
+  end
+  return {"held", "", "", "", "", trimHeld(ARGV[8], ARGV[9], now, hold, tonumber(ARGV[11]))}
 end
 local rec, body = ARGV[8] .. "msg:" .. id, ARGV[8] .. "body:" .. id
 local v = redis.call("HMGET", rec, "s", "a", "w", "ts")

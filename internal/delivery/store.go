@@ -48,6 +48,17 @@ type Config struct {
 	// Events: every message's state changes go to the outbox (for GET
 	// /v1/events), not only those of messages with a status_url (see events.go).
 	Events bool
+	// MaxHeld bounds each app's held results (held.go): past it the oldest is
+	// evicted and reported to OnHeldEvicted, when set (default DefaultMaxHeld).
+	MaxHeld       int
+	OnHeldEvicted func(app string, n int)
+	// MaxSuspects, SuspectTTL and ReplyLostSkew bound the match of lost
+	// replies (replylost.go): messages kept per app, for how long, and the
+	// clock skew allowed between a worker and WeChat (defaults
+	// DefaultMaxSuspects, DefaultSuspectTTL, DefaultReplyLostSkew).
+	MaxSuspects   int
+	SuspectTTL    time.Duration
+	ReplyLostSkew time.Duration
 }
 
 // Store keeps message records in Redis.
@@ -73,6 +84,10 @@ func NewStore(rdb redis.UniversalClient, cfg Config) *Store {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	cfg.MaxHeld = cmp.Or(max(cfg.MaxHeld, 0), DefaultMaxHeld)
+	cfg.MaxSuspects = cmp.Or(max(cfg.MaxSuspects, 0), DefaultMaxSuspects)
+	cfg.SuspectTTL = cmp.Or(max(cfg.SuspectTTL, 0), DefaultSuspectTTL)
+	cfg.ReplyLostSkew = cmp.Or(max(cfg.ReplyLostSkew, 0), DefaultReplyLostSkew)
 	return &Store{rdb: rdb, cfg: cfg}
 }
 
@@ -82,7 +97,7 @@ func NewStore(rdb redis.UniversalClient, cfg Config) *Store {
 // restarts; the calls then load them again by themselves.
 func (s *Store) LoadScripts(ctx context.Context) error {
 	for _, sc := range []*redis.Script{createScript, deleteScript, beginScript, sentScript, callbackScript,
-		retryScript, finishScript, requeueScript, orphanScript, handOffScript} {
+		retryScript, finishScript, requeueScript, orphanScript, handOffScript, ambiguousScript} {
 		if err := sc.Load(ctx, s.rdb).Err(); err != nil {
 			return fmt.Errorf("delivery: load scripts: %w", err)
 		}
