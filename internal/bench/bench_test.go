@@ -118,6 +118,7 @@ func BenchmarkFigures(b *testing.B) {
 	}{
 		{"pipeline", pipelineFigures},
 		{"single", singleFigures},
+		{"callbacks", callbackFigures},
 		{"latency", latencyFigures},
 		{"enqueue", enqueueFigures},
 		{"ratelimit", rateLimitFigures},
