@@ -38,7 +38,11 @@ const (
 	userAgent           = "wxpush-webhook/1"
 	eventIDHeader       = "Wxpush-Event-Id"
 	contentTypeJSON     = "application/json"
-	deliveredTaskRetain = time.Hour // a delivered event's task id blocks a repeated forward this long
+	// deliveredTaskRetain: a delivered event's task id blocks a repeated
+	// forward this long; longer than a dead forwarder's entries wait for
+	// takeover (events.ClaimAfter), and short, since asynq keeps every
+	// completed task this long (about 500 bytes each).
+	deliveredTaskRetain = 2 * time.Minute
 )
 
 // Results of one attempt, the result label of wxpush_webhook_attempts_total.
