@@ -26,18 +26,18 @@ import (
 
 // Defaults of a Deliverer's settings.
 const (
-	DefaultTimeout      = 10 * time.Second
-	DefaultPerEndpoint  = 16
-	slotWait            = 100 * time.Millisecond // how long a POST waits for an endpoint slot before it is busy
-	DefaultBreakerTrip  = 5                      // consecutive failures that open an endpoint's breaker
-	DefaultBreakerOpen  = 30 * time.Second       // how long it stays open before one probe
-	maxResponseBody     = 64 << 10               // bytes of a receiver's answer read (and discarded)
-	goneFor             = 30 * 24 * time.Hour
-	pendingSlack        = time.Hour // a message's pending set outlives its window by this much
-	maxRetry            = 100000    // asynq's own bound; the window ends a webhook first
-	userAgent           = "wxpush-webhook/1"
-	eventIDHeader       = "Wxpush-Event-Id"
-	contentTypeJSON     = "application/json"
+	DefaultTimeout     = 10 * time.Second
+	DefaultPerEndpoint = 16
+	slotWait           = 100 * time.Millisecond // how long a POST waits for an endpoint slot before it is busy
+	DefaultBreakerTrip = 5                      // consecutive failures that open an endpoint's breaker
+	DefaultBreakerOpen = 30 * time.Second       // how long it stays open before one probe
+	maxResponseBody    = 64 << 10               // bytes of a receiver's answer read (and discarded)
+	goneFor            = 30 * 24 * time.Hour
+	pendingSlack       = time.Hour // a message's pending set outlives its window by this much
+	maxRetry           = 100000    // asynq's own bound; the window ends a webhook first
+	userAgent          = "wxpush-webhook/1"
+	eventIDHeader      = "Wxpush-Event-Id"
+	contentTypeJSON    = "application/json"
 	// deliveredTaskRetain: a delivered event's task id blocks a repeated
 	// forward this long; longer than a dead forwarder's entries wait for
 	// takeover (events.ClaimAfter), and short, since asynq keeps every
