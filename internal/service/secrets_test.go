@@ -293,13 +293,15 @@ func TestSecretsNeverLeak(t *testing.T) {
 		name, method, query, body string
 		want                      int
 	}{
+		// App default has an AES key, so every plain callback is refused
+		// (403 plain_refused) before its signature or body is looked at.
 		{name: "plain, bad signature", method: "POST", query: "signature=0123abcd&timestamp=" + ts + "&nonce=" + nonce,
 			body: resultXML(oCallback, 880000002), want: 403},
-		{name: "plain, no signature", method: "POST", query: "timestamp=" + ts, body: resultXML(oCallback, 880000002), want: 401},
+		{name: "plain, no signature", method: "POST", query: "timestamp=" + ts, body: resultXML(oCallback, 880000002), want: 403},
 		{name: "plain, signed, unknown msgid", method: "POST", query: "signature=" + plainSig + "&timestamp=" + ts + "&nonce=" + nonce,
-			body: resultXML(oCallback, 880000003), want: 200},
+			body: resultXML(oCallback, 880000003), want: 403},
 		{name: "plain, signed, not XML", method: "POST", query: "signature=" + plainSig + "&timestamp=" + ts + "&nonce=" + nonce,
-			body: "not xml at all " + oCallback, want: 400},
+			body: "not xml at all " + oCallback, want: 403},
 		{name: "verify, bad signature", method: "GET", query: "signature=0123abcd&timestamp=" + ts + "&nonce=" + nonce + "&echostr=e1",
 			want: 403},
 		{name: "verify, signed", method: "GET", query: "signature=" + plainSig + "&timestamp=" + ts + "&nonce=" + nonce + "&echostr=e2",

@@ -99,6 +99,8 @@ func startSimulator(ctx context.Context, g *errgroup.Group, cfg config.Config, a
 	for _, a := range cfg.Apps {
 		simCfg.Apps = append(simCfg.Apps, wechatsim.App{
 			AppID: a.AppID, Secret: a.Secret.Reveal(), Token: a.Token.Reveal(),
+			// With an AES key the receiver takes only sealed callbacks.
+			AESKey:      a.AESKey.Reveal(),
 			CallbackURL: apiURL + "/wechat/callback/" + a.Name,
 		})
 		simCfg.Templates = append(simCfg.Templates, wechatsim.SampleTemplate(a.AppID))
