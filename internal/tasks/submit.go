@@ -236,6 +236,13 @@ func (s *Submitter) undo(ctx context.Context, cause error, ids ...string) error 
 // Requeue sends a dead message again with its id, client_msg_id and a fresh
 // retry budget: the record goes back to queued, asynq's archived task is
 // replaced by a new one with the same id.
+//
+// The record's dead → queued change is the claim: of concurrent retries of one
+// message exactly one makes it, and only that one touches the asynq task. (A
+// loser that dropped the task first would delete the task the winner had just
+// enqueued under the same id, and strand the message queued with no task.)
+// Should the task not be enqueued, the claimant puts the message back to dead,
+// where a later retry finds it.
 func (s *Submitter) Requeue(ctx context.Context, id string) error {
 	app, err := s.records.AppOf(ctx, id)
 	if err != nil {
@@ -246,14 +253,17 @@ func (s *Submitter) Requeue(ctx context.Context, id string) error {
 		return err
 	}
 	if m.State != delivery.StateDead {
-		return delivery.ErrNotDead
-	}
-	if err := s.tasks.DeleteTask(m.Queue, id); err != nil && !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
-		return fmt.Errorf("tasks: requeue: drop archived task: %w", err)
+		return delivery.ErrNotDead // spares the losers of a race most round trips
 	}
 	queue, err := s.records.Requeue(ctx, id, app)
 	if err != nil {
 		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, SubmitTimeout)
+	defer cancel()
+	err = s.tasks.DeleteTask(queue, id)
+	if err != nil && !errors.Is(err, asynq.ErrTaskNotFound) && !errors.Is(err, asynq.ErrQueueNotFound) {
+		return s.unclaim(ctx, fmt.Errorf("tasks: requeue: drop archived task: %w", err), id, app)
 	}
 	var body struct {
 		ToUser string `json:"touser"`
@@ -261,17 +271,33 @@ func (s *Submitter) Requeue(ctx context.Context, id string) error {
 	_ = json.Unmarshal(m.Body, &body)
 	_, err = s.queue.EnqueueContext(ctx, NewDeliverTask(id, app, body.ToUser), deliverOptions(queue, time.Time{}, s.maxRetry)...)
 	if err != nil && !errors.Is(err, asynq.ErrTaskIDConflict) {
-		// Without its task the message would stay queued for ever, and could
-		// not be requeued again (it is no longer dead): it goes back to dead.
-		err = fmt.Errorf("tasks: requeue: %w", err)
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SubmitTimeout)
-		defer cancel()
-		if _, uerr := s.records.Finish(ctx, id, app, delivery.StateDead, nil); uerr != nil {
-			return errors.Join(err, uerr)
-		}
-		return err
+		return s.unclaim(ctx, fmt.Errorf("tasks: requeue: %w", err), id, app)
 	}
 	return nil
+}
+
+// unclaim puts a requeued message whose task could not be enqueued back to
+// dead: queued without a task it would wait for ever, and could not be
+// retried (it is no longer dead). Redis failed a moment ago, so the change is
+// tried again, within SubmitTimeout, even when the request is gone.
+func (s *Submitter) unclaim(ctx context.Context, cause error, id, app string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SubmitTimeout)
+	defer cancel()
+	wait := 50 * time.Millisecond
+	for {
+		_, err := s.records.Finish(ctx, id, app, delivery.StateDead, nil)
+		if err == nil {
+			return cause
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return errors.Join(cause, fmt.Errorf("tasks: requeue: back to dead: %w", err))
+		case <-t.C:
+		}
+		wait = min(2*wait, time.Second)
+	}
 }
 
 // WakeApp runs now the app's messages that wait for a quota reset or a
