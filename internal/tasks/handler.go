@@ -24,6 +24,7 @@ type Store interface {
 	MarkRetrying(ctx context.Context, id string, e delivery.ErrorInfo) (delivery.State, error)
 	Finish(ctx context.Context, id, app string, to delivery.State, e *delivery.ErrorInfo) (delivery.Transition, error)
 	Park(ctx context.Context, app string, until time.Time) error
+	MarkAmbiguous(ctx context.Context, id, app, openID string, start time.Time) (delivery.Transition, error)
 }
 
 // Limiter takes a permit from a cluster-wide rate limit (see package ratelimit).
@@ -212,13 +213,19 @@ func (h *Handler) try(ctx context.Context, log *slog.Logger, id string, a delive
 			return 0, log, &retryAfter{err: fmt.Errorf("tasks: no turn to send: %w", ctx.Err())}
 		}
 	}
-	msgID, err := h.send(ctx, cred, call)
+	start := h.now()
+	msgID, called, err := h.send(ctx, cred, call)
 	if err == nil {
 		h.metrics.Attempts.WithLabelValues(a.App, metrics.ResultOK).Inc()
 		return msgID, log, nil
 	}
 	class := wechat.ClassOfError(err)
 	h.metrics.Attempts.WithLabelValues(a.App, class.String()).Inc()
+	if called && mayHaveReached(err) {
+		if settled := h.replyLost(ctx, log, id, a.App, toUser, start, err); settled != nil {
+			return 0, log, settled
+		}
+	}
 	if class == wechat.ClassPermanent {
 		var apiErr *wechat.APIError
 		if h.tpl != nil && errors.As(err, &apiErr) && apiErr.Code == 40037 {
@@ -244,19 +251,20 @@ func (h *Handler) recordSent(log *slog.Logger, app string, msgID int64, tr deliv
 
 // send gets the shared token and sends; a token error invalidates the token (only
 // if it is still the one that failed) and retries once at once, which is not
-// counted as a failed attempt.
-func (h *Handler) send(ctx context.Context, cred wechat.Credentials, call sendFunc) (int64, error) {
+// counted as a failed attempt. called: the error is the send's own, not the
+// token's.
+func (h *Handler) send(ctx context.Context, cred wechat.Credentials, call sendFunc) (_ int64, called bool, _ error) {
 	for try := 0; ; try++ {
 		token, err := h.tokens.Token(ctx, cred)
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		id, err := call(ctx, token)
 		if err == nil || wechat.ClassOfError(err) != wechat.ClassToken || try > 0 {
-			return id, err
+			return id, true, err
 		}
 		if err := h.tokens.Invalidate(ctx, cred.App, token); err != nil {
-			return 0, err
+			return 0, false, err
 		}
 	}
 }
