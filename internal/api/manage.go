@@ -96,9 +96,35 @@ func intParam(v, field string, def, lo, hi int) (int, *apiError) {
 	return n, nil
 }
 
-// handleRetry requeues a dead message with its id (and client_msg_id).
+// handleRetry requeues a dead message with its id (and client_msg_id). A
+// message one of whose attempts may have reached WeChat without its reply
+// (delivery.PossibleDuplicate) is refused with 409 possible_duplicate unless
+// the caller passes force=true: past WeChat's ~10-minute client_msg_id
+// de-duplication, sending it again may deliver it twice.
 func (s *Server) handleRetry(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	force := false
+	if v := r.URL.Query().Get("force"); v != "" {
+		var err error
+		if force, err = strconv.ParseBool(v); err != nil {
+			writeError(w, badField("force", "invalid_force", "force must be true or false"))
+			return
+		}
+	}
+	if !force {
+		m, err := s.messages.Get(r.Context(), id)
+		switch {
+		case err != nil && !errors.Is(err, delivery.ErrNotFound):
+			s.log.Error("could not read the message to retry", "msg_id", id, "err", err)
+			writeError(w, errStorage)
+			return
+		case err == nil && m.State == delivery.StateDead && delivery.PossibleDuplicate(m):
+			writeError(w, &apiError{Status: http.StatusConflict, Code: "possible_duplicate", Field: "id",
+				Message: "an attempt may have reached WeChat without its reply, and WeChat's result never matched it: " +
+					"a retry may deliver the message twice; pass force=true to retry anyway"})
+			return
+		}
+	}
 	err := s.submit.Requeue(r.Context(), id)
 	switch {
 	case errors.Is(err, delivery.ErrNotFound):
