@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 	"unicode"
 
 	"github.com/oklog/ulid/v2"
@@ -19,7 +20,8 @@ import (
 // idempotent makes a POST safe to retry with an Idempotency-Key header: the first
 // request runs, repeats within the window get its response back (with
 // Idempotent-Replayed: true), the same key with another body is a 409. Responses
-// that say "try again" (429, 5xx) are not stored, so a retry runs for real.
+// that say "try again" (429, 5xx) are not stored, and their key is released
+// before they are sent, so a retry runs for real.
 func (s *Server) idempotent(limit int64, next http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key := r.Header.Get("Idempotency-Key")
@@ -75,16 +77,53 @@ func (s *Server) idempotent(limit int64, next http.HandlerFunc) http.Handler {
 		// The client may be gone by now (its own timeout): the outcome must be
 		// recorded anyway, or a retry would run the request a second time.
 		ctx := context.WithoutCancel(r.Context())
-		if rec.status == http.StatusTooManyRequests || rec.status >= 500 {
-			if err := s.idem.Abort(ctx, claim); err != nil {
-				s.log.Warn("could not release idempotency key", "err", err)
-			}
+		if retryable(rec.status) {
+			// Nothing was accepted: the key is released before the answer goes
+			// out, so that the client's retry runs at once instead of meeting
+			// idempotency_in_progress until the lease lapses.
+			s.release(ctx, claim)
+			rec.flush()
 			return
 		}
 		if err := s.idem.Complete(ctx, claim, idempotency.Response{Status: rec.status, Body: rec.body.Bytes()}); err != nil {
 			s.log.Warn("could not store idempotent response; a retry will conflict until the key lease ends", "err", err)
 		}
 	})
+}
+
+// releaseTimeout bounds how long a "try again" answer waits for its
+// Idempotency-Key to be released.
+const releaseTimeout = 3 * time.Second
+
+// release frees the claim of a request that accepted nothing. Such answers
+// mostly come from a Redis that failed a moment ago (a stall, a failover), so
+// a failed release is tried again for a short while; should Redis stay away,
+// the key is free once its lease lapses.
+func (s *Server) release(ctx context.Context, claim *idempotency.Claim) {
+	ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+	defer cancel()
+	wait := 20 * time.Millisecond
+	for {
+		err := s.idem.Abort(ctx, claim)
+		if err == nil {
+			return
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			s.log.Warn("could not release idempotency key; a retry will conflict until the key lease ends", "err", err)
+			return
+		case <-t.C:
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
+}
+
+// retryable reports whether a status says "try again" (429, 5xx): nothing
+// was accepted, and the response is not kept.
+func retryable(status int) bool {
+	return status == http.StatusTooManyRequests || status >= 500
 }
 
 func checkIdempotencyKey(key string) *apiError {
@@ -99,21 +138,43 @@ func checkIdempotencyKey(key string) *apiError {
 	return nil
 }
 
-// recorder passes a response through and keeps a copy.
+// recorder passes a response through and keeps a copy; a "try again"
+// response (retryable) it holds back until flush.
 type recorder struct {
 	http.ResponseWriter
-	status int
-	body   bytes.Buffer
+	status      int
+	wroteHeader bool
+	body        bytes.Buffer
 }
 
 func (r *recorder) WriteHeader(status int) {
-	r.status = status
-	r.ResponseWriter.WriteHeader(status)
+	if r.wroteHeader {
+		return
+	}
+	r.status, r.wroteHeader = status, true
+	if !retryable(status) {
+		r.ResponseWriter.WriteHeader(status)
+	}
 }
 
 func (r *recorder) Write(b []byte) (int, error) {
+	if !r.wroteHeader {
+		r.WriteHeader(http.StatusOK)
+	}
 	r.body.Write(b)
+	if retryable(r.status) {
+		return len(b), nil
+	}
 	return r.ResponseWriter.Write(b)
+}
+
+// flush sends a held-back response.
+func (r *recorder) flush() {
+	if !retryable(r.status) {
+		return
+	}
+	r.ResponseWriter.WriteHeader(r.status)
+	_, _ = r.ResponseWriter.Write(r.body.Bytes())
 }
 
 // idSeedKey keys the seed of deterministic message ids in a request context.

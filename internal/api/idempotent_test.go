@@ -4,15 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/wxpush/wxpush/internal/api"
 	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/idempotency"
 	"github.com/wxpush/wxpush/internal/secret"
 )
 
@@ -352,6 +355,68 @@ func TestIdempotencyClientGone(t *testing.T) {
 
 	retry := b.do(t, http.MethodPost, "/v1/messages", body, "Idempotency-Key", key)
 	checkReplay(t, first, retry)
+	if n := len(recordIDs(t, b)); n != 1 {
+		t.Errorf("%d records, want 1", n)
+	}
+}
+
+// stalledSubmit fails the next Submit as a stalled Redis does, and takes the
+// idempotency store down with it for the first release attempt.
+type stalledSubmit struct {
+	api.Submitter
+	stall *stallingIdem
+	once  sync.Once
+}
+
+func (s *stalledSubmit) Submit(ctx context.Context, m delivery.NewMessage) (delivery.State, error) {
+	failed := false
+	s.once.Do(func() { failed = true; s.stall.failAborts.Store(1) })
+	if failed {
+		return "", errors.New("redis: i/o timeout")
+	}
+	return s.Submitter.Submit(ctx, m)
+}
+
+// stallingIdem fails the first failAborts releases, then recovers.
+type stallingIdem struct {
+	api.Idempotency
+	failAborts atomic.Int32
+}
+
+func (s *stallingIdem) Abort(ctx context.Context, c *idempotency.Claim) error {
+	if s.failAborts.Add(-1) >= 0 {
+		return errors.New("redis: i/o timeout")
+	}
+	return s.Idempotency.Abort(ctx, c)
+}
+
+// TestIdempotencyKeyFreeAfterStall: a request answered 503 "nothing was
+// accepted" during a Redis stall frees its Idempotency-Key, even when the
+// first release fails as well (the stall was still on): the client's
+// immediate retry runs and is accepted, it does not meet
+// idempotency_in_progress until the lease lapses (issue 17, item 6).
+func TestIdempotencyKeyFreeAfterStall(t *testing.T) {
+	t.Parallel()
+	var idem *stallingIdem
+	b := setup(t, func(d *api.Deps) {
+		idem = &stallingIdem{Idempotency: d.Idem}
+		d.Idem = idem
+		d.Submit = &stalledSubmit{Submitter: d.Submit, stall: idem}
+	})
+	body := seed(t, "template-send-request.json")
+	const key = "stalled-order-17"
+	first := b.do(t, http.MethodPost, "/v1/messages", body, "Idempotency-Key", key)
+	if first.status != http.StatusServiceUnavailable {
+		t.Fatalf("POST during the stall = %d %s, want 503", first.status, first.body)
+	}
+	if idem.failAborts.Load() == 1 {
+		t.Fatal("the release was not attempted")
+	}
+	retry := b.do(t, http.MethodPost, "/v1/messages", body, "Idempotency-Key", key)
+	if retry.status != http.StatusAccepted || retry.header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("immediate retry = %d %s, want a fresh 202 (the key must be free)", retry.status, retry.body)
+	}
+	checkReplay(t, retry, b.do(t, http.MethodPost, "/v1/messages", body, "Idempotency-Key", key))
 	if n := len(recordIDs(t, b)); n != 1 {
 		t.Errorf("%d records, want 1", n)
 	}

@@ -7,6 +7,7 @@ package idempotency
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -50,10 +51,13 @@ type Response struct {
 	Body   []byte
 }
 
-// Claim is a running request's hold on its key.
+// Claim is a running request's hold on its key. Its token tells this hold
+// from a later one on the same key (taken once this one's lease lapsed).
 type Claim struct {
-	key, hash string
+	key, hash, token string
 }
+
+func (c *Claim) pending() string { return "pending " + c.hash + " " + c.token }
 
 func redisKey(scope, key string) string { return "wxpush:idem:{" + scope + "}:" + key }
 
@@ -71,13 +75,14 @@ func Hash(method, path string, body []byte) string {
 // request (replay), or a Claim that the caller must Complete or Abort, or
 // ErrMismatch / ErrInProgress.
 func (s *Store) Begin(ctx context.Context, scope, key, hash string) (*Response, *Claim, error) {
-	k := redisKey(scope, key)
-	ok, err := s.rdb.SetNX(ctx, k, "pending "+hash, s.lease).Result()
+	c := &Claim{key: redisKey(scope, key), hash: hash, token: rand.Text()}
+	k := c.key
+	ok, err := s.rdb.SetNX(ctx, k, c.pending(), s.lease).Result()
 	if err != nil {
 		return nil, nil, fmt.Errorf("idempotency: %w", err)
 	}
 	if ok {
-		return nil, &Claim{key: k, hash: hash}, nil
+		return nil, c, nil
 	}
 	v, err := s.rdb.Get(ctx, k).Result()
 	if err == redis.Nil {
@@ -90,7 +95,7 @@ func (s *Store) Begin(ctx context.Context, scope, key, hash string) (*Response, 
 	return parse(v, hash)
 }
 
-// parse reads "pending <hash>" or "done <hash> <status>\n<body>".
+// parse reads "pending <hash> <token>" or "done <hash> <status>\n<body>".
 func parse(v, hash string) (*Response, *Claim, error) {
 	head, body, _ := strings.Cut(v, "\n")
 	f := strings.Fields(head)
@@ -117,10 +122,16 @@ func (s *Store) Complete(ctx context.Context, c *Claim, r Response) error {
 }
 
 // Abort releases a claim whose request failed without effect, so a retry with
-// the same key can run.
+// the same key can run. It releases only this claim: should its lease have
+// lapsed and another request have claimed the key since, that claim stands.
 func (s *Store) Abort(ctx context.Context, c *Claim) error {
-	if err := s.rdb.Del(ctx, c.key).Err(); err != nil {
+	if err := abortScript.Run(ctx, s.rdb, []string{c.key}, c.pending()).Err(); err != nil {
 		return fmt.Errorf("idempotency: %w", err)
 	}
 	return nil
 }
+
+// abortScript deletes KEYS[1] if it still holds ARGV[1].
+var abortScript = redis.NewScript(`
+if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
+return 0`)

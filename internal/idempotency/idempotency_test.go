@@ -67,3 +67,36 @@ func TestReplayMismatchAndRace(t *testing.T) {
 		t.Errorf("after Abort the key is still held: %v", err)
 	}
 }
+
+// TestAbortReleasesOnlyItsOwnClaim: a release that comes late (its lease
+// lapsed and another request claimed the key meanwhile) leaves the newer
+// claim in place, so two requests with one key still cannot both run.
+func TestAbortReleasesOnlyItsOwnClaim(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	s := New(rdb, time.Hour)
+	ctx := context.Background()
+	h := Hash("POST", "/v1/messages", []byte(`{"a":1}`))
+	_, stale, err := s.Begin(ctx, "k", "key-1", h)
+	if err != nil || stale == nil {
+		t.Fatalf("first Begin = %v, %v", stale, err)
+	}
+	rdb.Del(ctx, redisKey("k", "key-1")) // the lease lapses
+	_, fresh, err := s.Begin(ctx, "k", "key-1", h)
+	if err != nil || fresh == nil {
+		t.Fatalf("Begin after the lease lapsed = %v, %v", fresh, err)
+	}
+	if err := s.Abort(ctx, stale); err != nil {
+		t.Fatal(err)
+	}
+	if _, c, err := s.Begin(ctx, "k", "key-1", h); c != nil || !errors.Is(err, ErrInProgress) {
+		t.Fatalf("after a stale Abort: claim %v, %v; want ErrInProgress (the newer claim stands)", c, err)
+	}
+	if err := s.Abort(ctx, fresh); err != nil {
+		t.Fatal(err)
+	}
+	if _, c, err := s.Begin(ctx, "k", "key-1", h); c == nil || err != nil {
+		t.Errorf("after its own Abort the key is still held: %v", err)
+	}
+}
