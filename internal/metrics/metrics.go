@@ -48,6 +48,10 @@ type Metrics struct {
 	// their request was never acknowledged (tasks.SweepOrphans). They were
 	// never counted as enqueued, so they are not counted as finished either.
 	OrphansCanceled *prometheus.CounterVec // app
+	// HeldEvicted counts result callbacks for unknown msgids that were held
+	// and then evicted, unapplied, because the app held its maximum
+	// (delivery.Config.MaxHeld): a sign of forged or misrouted callbacks.
+	HeldEvicted *prometheus.CounterVec // app
 }
 
 // Labels lists the known label values to initialise.
@@ -136,7 +140,11 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 		Name: "wxpush_orphans_canceled_total",
 		Help: "Stored messages ended canceled because their request was never acknowledged and no task was enqueued.",
 	}, []string{"app"})
-	reg.MustRegister(m.OrphansCanceled, m.RedisRoundTrips, m.SentLatency, m.FinalLatency, m.TemplateChecks, m.ConfigErrors, m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
+	m.HeldEvicted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wxpush_callbacks_held_evicted_total",
+		Help: "Held results of callbacks for unknown msgids evicted unapplied because the app held its maximum.",
+	}, []string{"app"})
+	reg.MustRegister(m.HeldEvicted, m.OrphansCanceled, m.RedisRoundTrips, m.SentLatency, m.FinalLatency, m.TemplateChecks, m.ConfigErrors, m.CallbacksRejected, m.RateLimitWaits, m.RateLimitWaited, m.Enqueued, m.Finished, m.Attempts, m.Callbacks, m.APIDuration,
 		m.TokenFetches, m.RetriesWaited,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewBuildInfoCollector())
@@ -144,6 +152,7 @@ func New(reg prometheus.Registerer, l Labels) *Metrics {
 	for _, app := range zeroedApps(l.Apps) {
 		m.Enqueued.WithLabelValues(app)
 		m.OrphansCanceled.WithLabelValues(app)
+		m.HeldEvicted.WithLabelValues(app)
 		m.ConfigErrors.WithLabelValues(app)
 		m.SentLatency.WithLabelValues(app)
 		m.FinalLatency.WithLabelValues(app)

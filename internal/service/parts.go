@@ -70,7 +70,8 @@ func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *p
 	})
 	store := delivery.NewStore(rdb, delivery.Config{
 		Retention: cfg.Retention, ConfirmTimeout: cfg.ConfirmTimeout, CallbackHold: cfg.CallbackHold,
-		Events: cfg.Events,
+		Events:        cfg.Events,
+		OnHeldEvicted: func(app string, n int) { m.HeldEvicted.WithLabelValues(app).Add(float64(n)) },
 	})
 	rdb.AddHook(m.RedisHook())
 	p := &parts{cfg: cfg, log: log, rdb: rdb, reg: reg, metrics: m, store: store, events: events.NewMetrics(reg, rdb)}
