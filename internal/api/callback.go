@@ -27,7 +27,7 @@ var (
 		wechat.EventSubscribeMsgPopup, wechat.EventSubscribeMsgChange, eventOther}
 	CallbackOutcomes = []string{string(delivery.CallbackApplied), string(delivery.CallbackHeld),
 		string(delivery.CallbackDuplicate), string(delivery.CallbackLate), string(delivery.CallbackUnknown),
-		outcomeIgnored, outcomeUnrecognised}
+		string(delivery.CallbackCorrected), outcomeIgnored, outcomeUnrecognised}
 )
 
 var deliveryStates = map[wechat.DeliveryStatus]delivery.State{
@@ -290,7 +290,8 @@ func (s *Server) eventResults(w http.ResponseWriter, app App, ev *wechat.Event) 
 			s.metrics.Callbacks.WithLabelValues(app.Name, ev.Event, outcomeUnrecognised).Inc()
 			return nil, true
 		}
-		return []delivery.CallbackInput{{App: app.Name, MsgID: ev.MsgID, To: to, Raw: ev.Status}}, true
+		return []delivery.CallbackInput{{App: app.Name, MsgID: ev.MsgID, To: to, Raw: ev.Status,
+			OpenID: ev.FromUserName, CreateTime: eventTime(ev, s.now())}}, true
 	case wechat.EventSubscribeMsgSent:
 		if n := len(ev.SubscribeSent); n > MaxEventResults {
 			s.log.Warn("subscribe result event with too many entries", "app", app.Name, "entries", n)
@@ -301,7 +302,7 @@ func (s *Server) eventResults(w http.ResponseWriter, app App, ev *wechat.Event) 
 		in := make([]delivery.CallbackInput, len(ev.SubscribeSent))
 		for i, res := range ev.SubscribeSent {
 			in[i] = delivery.CallbackInput{App: app.Name, MsgID: res.MsgID, To: deliveryStates[res.SubscribeDelivery()],
-				Raw: fmt.Sprintf("%d %s", res.ErrorCode, res.ErrorStatus)}
+				Raw: fmt.Sprintf("%d %s", res.ErrorCode, res.ErrorStatus), OpenID: ev.FromUserName, CreateTime: eventTime(ev, s.now())}
 		}
 		return in, true
 	case wechat.EventSubscribeMsgPopup, wechat.EventSubscribeMsgChange:
@@ -311,6 +312,17 @@ func (s *Server) eventResults(w http.ResponseWriter, app App, ev *wechat.Event) 
 		s.metrics.Callbacks.WithLabelValues(app.Name, eventOther, outcomeIgnored).Inc()
 	}
 	return nil, true
+}
+
+// eventTime is the event's CreateTime, or zero (which the store reads as the
+// time the result is applied) when it has none or one more than a day from
+// now: a plain body is not signed, and an absurd time would overflow the
+// store's milliseconds.
+func eventTime(ev *wechat.Event, now time.Time) time.Time {
+	if d := ev.CreateTime - now.Unix(); ev.CreateTime <= 0 || d > 86400 || d < -86400 {
+		return time.Time{}
+	}
+	return time.Unix(ev.CreateTime, 0)
 }
 
 // firstUse remembers the callback's timestamp and nonce with a hash of its
