@@ -82,3 +82,24 @@ func TestNonceStore(t *testing.T) {
 		t.Error("Remember with Redis down = nil error")
 	}
 }
+
+// FuzzCheckTimestamp: any query text is refused or lies within the window,
+// and nothing panics.
+func FuzzCheckTimestamp(f *testing.F) {
+	for _, s := range []string{"1800000000", "1395658920", "", "-1", "+1800000000", "1e9", "9223372036854775807", "-9223372036854775808"} {
+		f.Add(s)
+	}
+	now := time.Unix(1_800_000_000, 0)
+	f.Fuzz(func(t *testing.T, ts string) {
+		if err := wechat.CheckTimestamp(ts, now, time.Minute); err != nil {
+			if !errors.Is(err, wechat.ErrStaleTimestamp) {
+				t.Fatalf("error %v does not wrap ErrStaleTimestamp", err)
+			}
+			return
+		}
+		n, err := strconv.ParseInt(ts, 10, 64)
+		if err != nil || n < now.Unix()-60 || n > now.Unix()+60 {
+			t.Fatalf("CheckTimestamp accepted %q", ts)
+		}
+	})
+}
