@@ -103,15 +103,8 @@ func intParam(v, field string, def, lo, hi int) (int, *apiError) {
 // de-duplication, sending it again may deliver it twice.
 func (s *Server) handleRetry(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	force := false
-	if v := r.URL.Query().Get("force"); v != "" {
-		var err error
-		if force, err = strconv.ParseBool(v); err != nil {
-			writeError(w, badField("force", "invalid_force", "force must be true or false"))
-			return
-		}
-	}
-	if !force {
+	// Anything but a true value is no: the refusal says what to pass.
+	if force, _ := strconv.ParseBool(r.URL.Query().Get("force")); !force {
 		m, err := s.messages.Get(r.Context(), id)
 		switch {
 		case err != nil && !errors.Is(err, delivery.ErrNotFound):

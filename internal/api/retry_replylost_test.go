@@ -39,7 +39,7 @@ func TestRetryPossibleDuplicate(t *testing.T) {
 	}{
 		{name: "without force", path: "/v1/messages/" + id + "/retry", status: http.StatusConflict, code: "possible_duplicate"},
 		{name: "force=false", path: "/v1/messages/" + id + "/retry?force=false", status: http.StatusConflict, code: "possible_duplicate"},
-		{name: "bad force", path: "/v1/messages/" + id + "/retry?force=maybe", status: http.StatusBadRequest, code: "invalid_force"},
+		{name: "not a boolean", path: "/v1/messages/" + id + "/retry?force=maybe", status: http.StatusConflict, code: "possible_duplicate"},
 		{name: "no lost reply", path: "/v1/messages/Yplain-1/retry", status: http.StatusAccepted},
 		{name: "unknown id", path: "/v1/messages/Ynone/retry", status: http.StatusNotFound, code: "not_found"},
 		{name: "forced", path: "/v1/messages/" + id + "/retry?force=true", status: http.StatusAccepted},
