@@ -12,15 +12,20 @@ import (
 )
 
 // Requeue puts a dead message back in state queued, keeping its id (and so its
-// client_msg_id). It fails with ErrNotDead for any other state. The caller then
-// enqueues its task again; queue is the message's asynq queue.
+// client_msg_id). It fails with ErrNotDead for any other state. The change is
+// atomic, so it is a retry's claim: of concurrent callers exactly one succeeds,
+// and only that one may touch the message's asynq task. The caller then
+// enqueues the task again; queue is the message's asynq queue. The record is
+// listed as unowned until the task begins it: should the caller die first,
+// ReturnDead (through the orphan sweep) puts it back to dead.
 func (s *Store) Requeue(ctx context.Context, id, app string) (queue string, err error) {
 	if !validID(id) {
 		return "", ErrNotFound
 	}
 	now := s.cfg.Now()
-	res, err := requeueScript.Run(ctx, s.rdb, []string{recordKey(id), backlogKey(shardOf(id)), deadKey(app), bodyKey(id)},
-		id, s.line(now, historyLine{Event: "requeued", State: StateQueued})).Slice()
+	res, err := requeueScript.Run(ctx, s.rdb,
+		[]string{recordKey(id), backlogKey(shardOf(id)), deadKey(app), bodyKey(id), unownedKey(shardOf(id))},
+		id, s.line(now, historyLine{Event: "requeued", State: StateQueued}), now.UnixMilli()).Slice()
 	if err != nil {
 		return "", fmt.Errorf("delivery: requeue: %w", err)
 	}
@@ -33,6 +38,30 @@ func (s *Store) Requeue(ctx context.Context, id, app string) (queue string, err 
 		return str(res, 2), ErrNotDead
 	}
 	return str(res, 2), nil
+}
+
+// ReturnDead puts back to dead a requeued message listed as unowned since
+// before cutoff: the retry that claimed it (Requeue) never enqueued its task,
+// and no task will ever run it. Queued without a task it would wait for ever,
+// and could not be retried (it is no longer dead). The caller has checked that
+// no task owns it; the listing, checked here, settles the race with a task that
+// began the message meanwhile. A record that is not a requeued message
+// (attempted and queued) is unlisted and left alone.
+func (s *Store) ReturnDead(ctx context.Context, id, app string, cutoff time.Time) (Transition, error) {
+	if !validID(id) {
+		return Transition{}, ErrNotFound
+	}
+	now := s.cfg.Now()
+	res, err := unrequeueScript.Run(ctx, s.rdb,
+		[]string{recordKey(id), backlogKey(shardOf(id)), bodyKey(id), unownedKey(shardOf(id)), deadKey(app)},
+		id, now.UnixMilli(),
+		s.line(now, historyLine{Event: string(StateDead), State: StateDead,
+			Note: "its retry was never enqueued"}),
+		s.cfg.Retention.Milliseconds(), cutoff.UnixMilli()).Slice()
+	if err != nil {
+		return Transition{}, fmt.Errorf("delivery: return to dead: %w", err)
+	}
+	return transition(res)
 }
 
 // AppOf returns the app of message id.

@@ -366,8 +366,12 @@ end
 settleBody(KEYS[5], ARGV[1], ARGV[6])
 return {ARGV[1], "changed", app}`)
 
-// requeueScript puts a dead message back in the queue with its id.
-// KEYS: rec, backlog, dead index, body. ARGV: id, history entry.
+// requeueScript puts a dead message back in the queue with its id. The change
+// is the claim of a retry: of concurrent ones exactly one makes it. The record
+// is listed as unowned until its new task begins it, so that should the
+// claimant die before it enqueues the task, the orphan sweep finds the record
+// and returns it to dead (unrequeueScript) instead of leaving it queued for ever.
+// KEYS: rec, backlog, dead index, body, unowned. ARGV: id, history entry, now.
 // Returns {"requeued", app, queue}, or {state, app, queue} when not dead.
 var requeueScript = redis.NewScript(luaPrelude + `
 local v = redis.call("HMGET", KEYS[1], "s", "a", "q")
@@ -381,5 +385,28 @@ redis.call("PERSIST", KEYS[4])
 redis.call("HINCRBY", KEYS[2], app, 1)
 count(KEYS[2], app, "queued", 1)
 redis.call("ZREM", KEYS[3], ARGV[1])
+redis.call("ZADD", KEYS[5], ARGV[3], ARGV[1])
 hist(KEYS[1], ARGV[2])
 return {"requeued", app, v[3]}`)
+
+// unrequeueScript returns to dead a requeued message that no task owns: the
+// retry that claimed it died before enqueueing its task. Like orphanScript it
+// requires the listing since before the cut-off (a task that began the message
+// has unlisted it), and a queued record with attempts (a requeued one; a new
+// one without attempts is orphanScript's).
+// KEYS: rec, backlog, body, unowned, dead index. ARGV: id, now, history entry,
+// retention, cut-off ms.
+// Returns {state, "changed"|"", app}, or {} when it is gone, owned or renewed meanwhile.
+var unrequeueScript = redis.NewScript(luaPrelude + `
+local listed = tonumber(redis.call("ZSCORE", KEYS[4], ARGV[1]))
+if not listed or listed > tonumber(ARGV[5]) then return {} end
+redis.call("ZREM", KEYS[4], ARGV[1])
+local v = redis.call("HMGET", KEYS[1], "s", "a", "n")
+local st, app = v[1], v[2]
+if not st then return {} end
+if st ~= "queued" or tonumber(v[3] or "0") == 0 then return {st, "", app} end
+settle(KEYS[1], KEYS[2], app, st, "dead", ARGV[2], ARGV[4])
+hist(KEYS[1], ARGV[3])
+redis.call("ZADD", KEYS[5], ARGV[2], ARGV[1])
+settleBody(KEYS[3], "dead", ARGV[4])
+return {"dead", "changed", app}`)

@@ -24,6 +24,7 @@ type OrphanStore interface {
 	Owned(ctx context.Context, ids ...string) error
 	Postpone(ctx context.Context, ids ...string) error
 	CancelOrphan(ctx context.Context, id string, cutoff time.Time) (delivery.Transition, error)
+	ReturnDead(ctx context.Context, id, app string, cutoff time.Time) (delivery.Transition, error)
 }
 
 var (
@@ -48,6 +49,12 @@ var (
 //   - the others are settled canceled. A retry of their request with the same
 //     Idempotency-Key revives them.
 //
+// A requeued dead message (queued, with attempts) is listed from its retry's
+// claim until its new task begins it: with its task it is unlisted, without
+// one it goes back to dead (its retry's enqueuer died between the claim and
+// the enqueue), where it can be retried again. It is not in the returned list,
+// which holds the canceled orphans.
+//
 // The fanout is looked up before the chunk, and the chunk before the
 // delivery task: a fanout that completes in between has enqueued the chunk
 // by then, and a chunk has begun its messages or handed them off. A failed
@@ -62,6 +69,23 @@ func SweepOrphans(ctx context.Context, store OrphanStore, inspector TaskLookup, 
 	var settled []delivery.Settled
 	var errs []error
 	for _, r := range recs {
+		if r.State == delivery.StateQueued && r.Attempts > 0 {
+			// A requeued dead message that its new task has not begun yet.
+			// The task that gave up before the retry (archived) never runs
+			// again: the retry's enqueuer died before replacing it.
+			info, err := lookup(inspector, r.Queue, r.ID)
+			switch {
+			case err != nil:
+				errs = append(errs, err)
+			case info != nil && info.State != asynq.TaskStateArchived && info.State != asynq.TaskStateCompleted:
+				owned = append(owned, r.ID)
+			default:
+				if _, err := store.ReturnDead(ctx, r.ID, r.App, cutoff); err != nil && !errors.Is(err, delivery.ErrNotFound) {
+					errs = append(errs, err)
+				}
+			}
+			continue
+		}
 		if (r.State != delivery.StateQueued && r.State != delivery.StateScheduled) || r.Attempts > 0 {
 			owned = append(owned, r.ID) // gone, or a task has run it
 			continue
