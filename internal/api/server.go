@@ -206,7 +206,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("POST /v1/webhooks/dead/{event_id}/replay", s.auth(http.HandlerFunc(s.handleReplayWebhook)))
 	mux.HandleFunc("GET /wechat/callback/{app}", s.handleVerify)
 	mux.HandleFunc("POST /wechat/callback/{app}", s.handleCallback)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", s.metricsAuth(promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{})))
 	if s.ui != nil {
 		// The subtree pattern also redirects /ui to /ui/.
 		mux.Handle("/ui/", s.auth(s.ui))
@@ -244,14 +244,40 @@ func (s *Server) auth(next http.Handler) http.Handler {
 			s.limited(next).ServeHTTP(w, r)
 			return
 		}
-		given, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || !s.validKey(given) {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="wxpush"`)
-			writeError(w, &apiError{Status: http.StatusUnauthorized, Code: "unauthorized",
-				Message: "a valid API key is required: Authorization: Bearer <key>"})
+		given, ok := s.bearer(w, r)
+		if !ok {
 			return
 		}
 		s.limited(next).ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, callerID(given))))
+	})
+}
+
+// bearer returns the request's API key, or answers 401 and reports false when
+// it carries no valid one.
+func (s *Server) bearer(w http.ResponseWriter, r *http.Request) (string, bool) {
+	given, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || !s.validKey(given) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="wxpush"`)
+		writeError(w, &apiError{Status: http.StatusUnauthorized, Code: "unauthorized",
+			Message: "a valid API key is required: Authorization: Bearer <key>"})
+		return "", false
+	}
+	return given, true
+}
+
+// metricsAuth guards /metrics, which names the apps and their volumes: with
+// API keys configured a scrape needs one of them (Prometheus:
+// authorization.credentials_file); without keys (a loopback-only API, as in
+// standalone mode) it stays open, as the probes are. Scrapes are not rate
+// limited: a busy producer must not blind its monitoring.
+func (s *Server) metricsAuth(next http.Handler) http.Handler {
+	if len(s.apiKeys) == 0 {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := s.bearer(w, r); ok {
+			next.ServeHTTP(w, r)
+		}
 	})
 }
 

@@ -372,8 +372,9 @@ func TestRedisUnreachable(t *testing.T) {
 	}
 }
 
-// TestAuthAPIKeys: with keys configured the producer API needs a bearer key; the
-// callback (WeChat cannot send one), /metrics and the probes do not.
+// TestAuthAPIKeys: with keys configured the producer API and /metrics (it
+// names the apps and their volumes: issue 17, item 9) need a bearer key; the
+// callback (WeChat cannot send one) and the probes do not.
 func TestAuthAPIKeys(t *testing.T) {
 	t.Parallel()
 	const key1, key2 = "k1-0123456789abcdef-secret", "k2-fedcba9876543210-secret"
@@ -401,7 +402,9 @@ func TestAuthAPIKeys(t *testing.T) {
 		{name: "first key", method: http.MethodPost, path: "/v1/messages", body: body, auth: "Bearer " + key1, status: http.StatusAccepted},
 		{name: "second key", method: http.MethodPost, path: "/v1/messages", body: body, auth: "Bearer " + key2, status: http.StatusAccepted},
 		{name: "callback verify needs no key", method: http.MethodGet, path: "/wechat/callback/default?" + q.Encode(), status: http.StatusOK},
-		{name: "metrics need no key", method: http.MethodGet, path: "/metrics", status: http.StatusOK},
+		{name: "metrics without a key", method: http.MethodGet, path: "/metrics", status: http.StatusUnauthorized},
+		{name: "metrics with a wrong key", method: http.MethodGet, path: "/metrics", auth: "Bearer nope", status: http.StatusUnauthorized},
+		{name: "metrics with a key", method: http.MethodGet, path: "/metrics", auth: "Bearer " + key2, status: http.StatusOK},
 		{name: "healthz needs no key", method: http.MethodGet, path: "/healthz", status: http.StatusOK},
 		{name: "readyz needs no key", method: http.MethodGet, path: "/readyz", status: http.StatusOK},
 	}
@@ -465,6 +468,7 @@ func TestAuthLoopbackOnly(t *testing.T) {
 		{name: "remote callback verify", remote: "203.0.113.9:1234", method: http.MethodGet, path: "/wechat/callback/default?" + q.Encode(), status: http.StatusOK},
 		{name: "remote healthz", remote: "203.0.113.9:1234", method: http.MethodGet, path: "/healthz", status: http.StatusOK},
 		{name: "remote metrics", remote: "203.0.113.9:1234", method: http.MethodGet, path: "/metrics", status: http.StatusOK},
+		{name: "loopback metrics", remote: "127.0.0.1:40001", method: http.MethodGet, path: "/metrics", status: http.StatusOK},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -523,7 +527,7 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("promlint after activity: %v %+v", err, problems)
 	}
 
-	m := b.do(t, http.MethodGet, "/metrics", nil)
+	m := b.do(t, http.MethodGet, "/metrics", nil, "Authorization", "Bearer "+key)
 	if m.status != http.StatusOK {
 		t.Fatalf("GET /metrics = %d", m.status)
 	}

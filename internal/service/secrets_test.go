@@ -364,12 +364,18 @@ func TestSecretsNeverLeak(t *testing.T) {
 	}
 	for _, u := range c.Scrape {
 		for _, page := range []string{u, strings.TrimSuffix(u, "/metrics") + "/readyz", strings.TrimSuffix(u, "/metrics") + "/healthz"} {
-			resp, err := http.Get(page)
+			// The enqueuer's /metrics asks for an API key when keys are set.
+			req, _ := http.NewRequest(http.MethodGet, page, nil)
+			req.Header.Set("Authorization", "Bearer "+leakAPIKey)
+			resp, err := http.DefaultClient.Do(req)
 			if err != nil {
 				t.Fatal(err)
 			}
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Errorf("GET %s = %d: that surface went unchecked", page, resp.StatusCode)
+			}
 			surfaces[page] = string(b)
 		}
 	}
