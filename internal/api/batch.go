@@ -48,6 +48,11 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
+	// The batch's own keys; each item's are checked with the item.
+	if e := checkKeys(body, "", 1); e != nil {
+		writeError(w, e)
+		return
+	}
 	switch {
 	case len(req.Messages) == 0:
 		writeError(w, badField("messages", "required", "messages must hold at least one message"))
@@ -103,7 +108,7 @@ func (s *Server) handleBatch(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.log.Info("batch accepted", "accepted", resp.Accepted, "rejected", resp.Rejected)
-	writeJSON(w, http.StatusOK, resp)
+	s.respond(w, http.StatusOK, resp)
 }
 
 // unavailable reports whether every item failed for want of storage: no item

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -300,6 +301,7 @@ func TestBatchRefusedWhole(t *testing.T) {
 		{name: "unknown top-level key", body: []byte(`{"messages":[` + string(valid) + `],"dry_run":true}`), status: 400, code: "unknown_field", field: "dry_run"},
 		{name: "key in another case", body: []byte(`{"Messages":[` + string(valid) + `]}`), status: 400, code: "unknown_field", field: "Messages"},
 		{name: "one byte over the limit", body: padTo(batchOf(valid, valid), 8<<20+1), status: 413, code: "too_large"},
+		{name: "messages twice", body: []byte(`{"messages":[` + string(valid) + `],"messages":[` + string(valid) + `]}`), status: 400, code: "duplicate_key", field: "messages"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -643,5 +645,103 @@ func TestTTLBadInput(t *testing.T) {
 			}
 			b.assertNothingStored(t)
 		})
+	}
+}
+
+// sizedMessage is a valid message to recipient to of exactly n bytes.
+func sizedMessage(t *testing.T, to string, n int) []byte {
+	t.Helper()
+	m := smallMessage(to)
+	pad := n - len(m)
+	if pad < 0 {
+		t.Fatalf("a message of %d bytes is too small", n)
+	}
+	return bytes.Replace(m, []byte(`"value":"v"`), []byte(`"value":"v`+strings.Repeat("x", pad)+`"`), 1)
+}
+
+// TestBatchItemTooLarge (issue 17.4): a batch item is held to the single
+// message's 64 KiB like a message of its own: an item over it is refused at
+// its index with too_large, nothing of it is stored, and the other items go
+// through.
+func TestBatchItemTooLarge(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	items := [][]byte{
+		sizedMessage(t, "o0", 64<<10),   // exactly the limit: accepted
+		sizedMessage(t, "o1", 64<<10+1), // one byte over
+		smallMessage("o2"),
+		sizedMessage(t, "o3", 7<<20), // 7 MiB, within the batch's 8 MiB
+	}
+	br := decodeBatch(t, b.do(t, http.MethodPost, "/v1/messages/batch", batchOf(items...)))
+	if br.Accepted != 2 || br.Rejected != 2 || len(br.Results) != 4 {
+		t.Fatalf("accepted %d rejected %d results %d, want 2, 2, 4", br.Accepted, br.Rejected, len(br.Results))
+	}
+	for i, res := range br.Results {
+		switch i {
+		case 1, 3:
+			if res.Error == nil || res.Error.Code != "too_large" || res.Error.Field != fmt.Sprintf("messages[%d]", i) || res.ID != "" {
+				t.Errorf("results[%d] = %+v, want error too_large at messages[%d]", i, res, i)
+			}
+		default:
+			if res.Error != nil || res.ID == "" {
+				t.Errorf("results[%d] = %+v, want accepted", i, res)
+			}
+		}
+	}
+	want := []string{br.Results[0].ID, br.Results[2].ID}
+	slices.Sort(want)
+	if got := recordIDs(t, b); !slices.Equal(got, want) {
+		t.Errorf("records %v, want only the accepted %v", got, want)
+	}
+	// No body of a refused item was kept: the largest value in Redis is the
+	// accepted 64 KiB item's.
+	var largest int64
+	for _, k := range b.keys(t, "*") {
+		if n, err := b.rdb.MemoryUsage(t.Context(), k).Result(); err == nil && n > largest {
+			largest = n
+		}
+	}
+	if largest > 128<<10 {
+		t.Errorf("Redis holds a key of %d bytes: a refused item's body was kept", largest)
+	}
+}
+
+// TestBatchItemValidation (issue 17.7): an item's invalid UTF-8, bad openid or
+// duplicate key is refused at its index with the item's field; the others are
+// accepted.
+func TestBatchItemValidation(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	items := [][]byte{
+		smallMessage("oGood1"),
+		[]byte("{\"touser\":\"oBad\",\"template_id\":\"t\",\"data\":{\"k\":{\"value\":\"\xff\"}}}"),
+		[]byte(`{"touser":"oNul\u0000x","template_id":"t","data":{"k":{"value":"v"}}}`),
+		[]byte(`{"touser":"oLine\nx","template_id":"t","data":{"k":{"value":"v"}}}`),
+		[]byte(`{"touser":"oDup","touser":"oDup2","template_id":"t","data":{"k":{"value":"v"}}}`),
+		[]byte(`{"touser":"oDup","template_id":"t","data":{"k":{"value":"v"},"k":{"value":"w"}}}`),
+		smallMessage("oGood2"),
+	}
+	br := decodeBatch(t, b.do(t, http.MethodPost, "/v1/messages/batch", batchOf(items...)))
+	want := map[int][2]string{
+		1: {"invalid_utf8", "messages[1].data.k.value"},
+		2: {"invalid_openid", "messages[2].touser"},
+		3: {"invalid_openid", "messages[3].touser"},
+		4: {"duplicate_key", "messages[4].touser"},
+		5: {"duplicate_key", "messages[5].data.k"},
+	}
+	if br.Accepted != 2 || br.Rejected != len(want) {
+		t.Fatalf("accepted %d rejected %d, want 2, %d", br.Accepted, br.Rejected, len(want))
+	}
+	for i, res := range br.Results {
+		w, bad := want[i]
+		switch {
+		case bad && (res.Error == nil || res.Error.Code != w[0] || res.Error.Field != w[1]):
+			t.Errorf("results[%d] = %+v, want %s at %s", i, res, w[0], w[1])
+		case !bad && (res.Error != nil || res.ID == ""):
+			t.Errorf("results[%d] = %+v, want accepted", i, res)
+		}
+	}
+	if n := len(recordIDs(t, b)); n != 2 {
+		t.Errorf("%d records, want 2", n)
 	}
 }

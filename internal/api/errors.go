@@ -32,10 +32,28 @@ func badField(field, code, msg string) *apiError {
 	return &apiError{Status: http.StatusBadRequest, Code: code, Message: msg, Field: field}
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
+// writeJSON answers status with v as JSON. v is encoded before anything is
+// written, so that a value that cannot be (a time past year 9999 read back from
+// Redis) is a 500 internal error with its JSON body, never a 200 with an empty
+// body. It returns that encoding error; (*Server).respond logs it.
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		err = fmt.Errorf("api: encode %T response: %w", v, err)
+		status, b = errInternal.Status, errInternalBody
+	}
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	_, _ = w.Write(append(b, '\n'))
+	return err
+}
+
+// respond is writeJSON for a response built from stored data: when it cannot
+// be encoded the client gets a 500 and the log says why.
+func (s *Server) respond(w http.ResponseWriter, status int, v any) {
+	if err := writeJSON(w, status, v); err != nil {
+		s.log.Error("could not encode the response; answered 500", "status", status, "err", err)
+	}
 }
 
 func writeError(w http.ResponseWriter, e *apiError) {
@@ -47,3 +65,9 @@ func writeError(w http.ResponseWriter, e *apiError) {
 
 var errStorage = &apiError{Status: http.StatusServiceUnavailable, Code: "storage_unavailable",
 	Message: "the message store (Redis) is unreachable; nothing was accepted, retry later"}
+
+// errInternal answers a response that could not be encoded.
+var errInternal = &apiError{Status: http.StatusInternalServerError, Code: "internal",
+	Message: "the server could not encode its response"}
+
+var errInternalBody, _ = json.Marshal(map[string]*apiError{"error": errInternal})

@@ -6,9 +6,12 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
+	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -46,6 +49,9 @@ func (r *recordingSubmitter) count() int {
 	return len(r.calls)
 }
 
+// openID is what an accepted touser must be.
+var openID = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
 // FuzzCreateMessage feeds arbitrary bodies to POST /v1/messages: the API never
 // answers 5xx, every 4xx is the documented JSON error, and a 202 means the message
 // was handed to the submitter exactly once, well formed.
@@ -68,6 +74,18 @@ func FuzzCreateMessage(f *testing.F) {
 		`{"touser":"\ud800","template_id":"t","data":{"\u0000":{"value":"\udfff"}}}`,
 		`{"touser":"o","template_id":"t","data":{"k":{"value":"v"}},"ttl":"10m"}`,
 		`{"touser":"o","template_id":"t","data":{"k":{"value":"v"}},"ttl":1e300}`,
+		// Issue 17: what encoding/json lets through silently, and times past 9999.
+		"{\"touser\":\"o\",\"template_id\":\"t\",\"data\":{\"k\":{\"value\":\"\xff\"}}}",
+		"{\"touser\":\"o\xc3\",\"template_id\":\"t\",\"data\":{\"k\xe9\":{\"value\":\"v\"}}}",
+		`{"touser":"o\u0000x","template_id":"t","data":{"k":{"value":"v"}}}`,
+		`{"touser":"o\nx","template_id":"t","data":{"k":{"value":"v"}}}`,
+		`{"touser":"o","touser":"p","template_id":"t","data":{"k":{"value":"v"}}}`,
+		`{"touser":"o","\u0074ouser":"p","template_id":"t","data":{"k":{"value":"v"}}}`,
+		`{"touser":"o","template_id":"t","data":{"k":{"value":"v"},"k":{"value":"w"}}}`,
+		`{"touser":"o","template_id":"t","data":{"k":{"value":"v","value":"w"}}}`,
+		`{"touser":"o","template_id":"t","data":{"k":{"value":"v"}},"send_at":"9999-12-31T23:00:00-05:00"}`,
+		`{"touser":"o","template_id":"t","data":{"k":{"value":"v"}},"expire_at":"9999-12-31T23:59:59-00:01"}`,
+		`{"touser":"o","template_id":"t","data":{"k":{"value":"v"}},"send_at":"0000-01-01T00:00:00+01:00"}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -122,9 +140,16 @@ func FuzzCreateMessage(f *testing.F) {
 			if !m.ExpireAt.IsZero() && !m.SendAt.IsZero() && !m.ExpireAt.After(m.SendAt) {
 				t.Fatalf("submitted expire_at %v not after send_at %v", m.ExpireAt, m.SendAt)
 			}
-			// An accepted request was exactly one JSON value.
-			if !json.Valid(body) {
-				t.Fatalf("202 for a body that is not one JSON value: %q", body)
+			// An accepted request was exactly one JSON value, valid UTF-8, for
+			// an openid, and its times can be written back.
+			if !json.Valid(body) || !utf8.Valid(body) {
+				t.Fatalf("202 for a body that is not one valid JSON value: %q", body)
+			}
+			if !openID.MatchString(sent.ToUser) {
+				t.Fatalf("202 for touser %q, not an openid", sent.ToUser)
+			}
+			if _, err := json.Marshal([]time.Time{m.SendAt, m.ExpireAt}); err != nil {
+				t.Fatalf("202 for times that cannot be encoded (%v): %q", err, body)
 			}
 		case rec.Code >= 400:
 			if len(calls) != 0 {

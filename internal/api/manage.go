@@ -73,7 +73,7 @@ func (s *Server) handleList(w http.ResponseWriter, r *http.Request) {
 	if page.Next > 0 {
 		resp.NextOffset = &page.Next
 	}
-	writeJSON(w, http.StatusOK, resp)
+	s.respond(w, http.StatusOK, resp)
 }
 
 // pageParams reads a list's page: limit (default 50, 1 to 500) and offset.

@@ -40,6 +40,7 @@ type messageRequest struct {
 	Priority    string                     `json:"priority"`
 	Kind        string                     `json:"kind"` // "template" (default) or "subscribe"
 	Page        string                     `json:"page"` // subscribe messages: the page opened on tap
+	StatusURL   string                     `json:"status_url"`
 }
 
 // Message kinds.
@@ -229,6 +230,9 @@ func (s *Server) parseMessage(ctx context.Context, b []byte, index int, now time
 		m.Kind = kindSubscribe
 	}
 	var e *apiError
+	if m.StatusURL, e = s.statusURL(req.App, req.StatusURL); e != nil {
+		return m, e
+	}
 	if m.SendAt, e = parseTime("send_at", req.SendAt); e != nil {
 		return m, e
 	}

@@ -2,15 +2,21 @@ package api_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wxpush/wxpush/internal/api"
 	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/logging"
 	"github.com/wxpush/wxpush/internal/tasks"
 )
 
@@ -89,6 +95,7 @@ func TestCreateMessage(t *testing.T) {
 	t.Parallel()
 	sendAt := time.Now().Add(2 * time.Hour).UTC().Truncate(time.Second)
 	expireAt := time.Now().Add(24 * time.Hour).UTC().Truncate(time.Second)
+	farSendAt := time.Now().AddDate(0, 0, 364).UTC().Truncate(time.Second)
 	tests := []struct {
 		name     string
 		mutate   func(map[string]any)
@@ -114,6 +121,10 @@ func TestCreateMessage(t *testing.T) {
 			app: "default", queue: "normal", kind: "pending", state: delivery.StateQueued, sendAt: time.Date(2020, 1, 2, 15, 4, 5, 0, time.UTC)},
 		{name: "expire_at in the future", mutate: func(m map[string]any) { m["expire_at"] = expireAt.Format(time.RFC3339) },
 			app: "default", queue: "normal", kind: "pending", state: delivery.StateQueued, expireAt: expireAt},
+		{name: "send_at 364 days ahead", mutate: func(m map[string]any) { m["send_at"] = farSendAt.Format(time.RFC3339) },
+			app: "default", queue: "normal", kind: "scheduled", state: delivery.StateScheduled, sendAt: farSendAt},
+		{name: "openid of 64 bytes", mutate: func(m map[string]any) { m["touser"] = strings.Repeat("oA_-9", 12) + "oA_-" },
+			app: "default", queue: "normal", kind: "pending", state: delivery.StateQueued},
 		{name: "miniprogram", mutate: func(m map[string]any) {
 			m["miniprogram"] = map[string]string{"appid": "wx1234567890", "pagepath": "index?foo=bar"}
 		}, app: "default", queue: "normal", kind: "pending", state: delivery.StateQueued},
@@ -292,6 +303,33 @@ func TestCreateMessageBadInput(t *testing.T) {
 		{name: "key spelled in another case", body: seedWith(t, func(m map[string]any) { m["TOUSER"] = "other" }), status: 400, code: "unknown_field", field: "TOUSER"},
 		{name: "trailing close brace", body: append(bytes.Clone(compact), '}'), status: 400, code: "invalid_json"},
 		{name: "trailing close bracket", body: append(bytes.Clone(compact), []byte("\n]")...), status: 400, code: "invalid_json"},
+		// Issue 17.7: what encoding/json lets through silently.
+		{name: "invalid UTF-8 in a value", body: bytes.Replace(compact, []byte("黄先生"), []byte("黄\xff生"), 1), status: 400, code: "invalid_utf8", field: "data.User.value"},
+		{name: "cut-off UTF-8 in touser", body: bytes.Replace(compact, []byte(`"OPENID"`), []byte("\"OPEN\xe9\xbb\""), 1), status: 400, code: "invalid_utf8", field: "touser"},
+		{name: "invalid UTF-8 in a key", body: bytes.Replace(compact, []byte(`"Left"`), []byte("\"Le\xc3ft\""), 1), status: 400, code: "invalid_utf8", field: "data.Le\uFFFDft"},
+		{name: "touser with NUL", body: seedWith(t, func(m map[string]any) { m["touser"] = "oia2Tju\x00EGT" }), status: 400, code: "invalid_openid", field: "touser"},
+		{name: "touser with a newline", body: seedWith(t, func(m map[string]any) { m["touser"] = "oia2Tju\nEGT" }), status: 400, code: "invalid_openid", field: "touser"},
+		{name: "touser with XML", body: seedWith(t, func(m map[string]any) { m["touser"] = "o]]></FromUserName>" }), status: 400, code: "invalid_openid", field: "touser"},
+		{name: "touser with a space", body: seedWith(t, func(m map[string]any) { m["touser"] = " oia2TjuEGT" }), status: 400, code: "invalid_openid", field: "touser"},
+		{name: "touser of 65 bytes", body: seedWith(t, func(m map[string]any) { m["touser"] = strings.Repeat("o", 65) }), status: 400, code: "too_long", field: "touser"},
+		{name: "touser twice", body: bytes.Replace(compact, []byte(`"touser":"OPENID"`), []byte(`"touser":"OPENID","touser":"oOther"`), 1), status: 400, code: "duplicate_key", field: "touser"},
+		{name: "touser twice, once escaped", body: bytes.Replace(compact, []byte(`"touser":"OPENID"`), []byte(`"touser":"OPENID","\u0074ouser":"oOther"`), 1), status: 400, code: "duplicate_key", field: "touser"},
+		{name: "data key twice", body: bytes.Replace(compact, []byte(`"Left":`), []byte(`"Left":{"value":"1"},"Left":`), 1), status: 400, code: "duplicate_key", field: "data.Left"},
+		{name: "value twice in a data item", body: bytes.Replace(compact, []byte(`"value":"6504.09"`), []byte(`"value":"1","value":"6504.09"`), 1), status: 400, code: "duplicate_key", field: "data.Left.value"},
+		// Issue 17.5: times that cannot be written back (past 9999 UTC) or are a mistake.
+		{name: "send_at in year 10000 UTC", body: seedWith(t, func(m map[string]any) { m["send_at"] = "9999-12-31T23:00:00-05:00" }), status: 400, code: "out_of_range", field: "send_at"},
+		{name: "expire_at in year 10000 UTC", body: seedWith(t, func(m map[string]any) { m["expire_at"] = "9999-12-31T23:00:00-05:00" }), status: 400, code: "out_of_range", field: "expire_at"},
+		{name: "send_at in year -1 UTC", body: seedWith(t, func(m map[string]any) { m["send_at"] = "0000-01-01T00:00:00+01:00" }), status: 400, code: "out_of_range", field: "send_at"},
+		{name: "send_at a year and a day ahead", body: seedWith(t, func(m map[string]any) {
+			m["send_at"] = now.AddDate(1, 0, 1).Format(time.RFC3339)
+		}), status: 400, code: "out_of_range", field: "send_at"},
+		{name: "expire_at a year and a day ahead", body: seedWith(t, func(m map[string]any) {
+			m["expire_at"] = now.AddDate(1, 0, 1).Format(time.RFC3339)
+		}), status: 400, code: "out_of_range", field: "expire_at"},
+		{name: "ttl past a year ahead", body: seedWith(t, func(m map[string]any) {
+			m["send_at"] = now.AddDate(1, 0, -1).Format(time.RFC3339)
+			m["ttl"] = "48h"
+		}), status: 400, code: "out_of_range", field: "ttl"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -435,4 +473,94 @@ func TestGetMessage(t *testing.T) {
 			t.Errorf("error code %q field %q, want not_found, id", code, field)
 		}
 	})
+}
+
+// discardSubmitter accepts every message and keeps none: the benchmarks measure
+// the API's own work.
+type discardSubmitter struct{ api.Submitter }
+
+func (discardSubmitter) Submit(context.Context, delivery.NewMessage) (delivery.State, error) {
+	return delivery.StateQueued, nil
+}
+
+// benchBody is a normal message of about 1 KB: the seed with every optional field.
+func benchBody(b *testing.B) []byte {
+	b.Helper()
+	body := seedWith(b, func(m map[string]any) {
+		m["touser"] = "oia2TjuEGTNoeX76QEjQNrcURxG8"
+		m["app"] = "shop"
+		m["priority"] = "high"
+		m["ttl"] = "1h"
+		m["send_at"] = time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+		m["miniprogram"] = map[string]string{"appid": "wx0123456789abcdef", "pagepath": "pages/order/index?id=42"}
+		data := m["data"].(map[string]any)
+		data["Remark"] = map[string]string{"value": "如有疑问，请拨打客服热线 400-000-0000，我们将竭诚为您服务。", "color": "#173177"}
+		data["Shop"] = map[string]string{"value": "Example Store (Shanghai Pudong, No. 42)", "color": "#173177"}
+		data["Order"] = map[string]string{"value": "2026010215040542", "color": "#173177"}
+	})
+	if len(body) < 900 || len(body) > 1200 {
+		b.Fatalf("bench body is %d bytes, want about 1 KB", len(body))
+	}
+	return body
+}
+
+// BenchmarkCreateMessage: the API's cost of one POST /v1/messages of about
+// 1 KB (validation included), without Redis.
+func BenchmarkCreateMessage(b *testing.B) {
+	reg := prometheus.NewRegistry()
+	h := api.New(api.Deps{
+		Submit:   discardSubmitter{},
+		Apps:     []api.App{{Name: "default"}, {Name: "shop"}},
+		Metrics:  newMetrics(reg),
+		Gatherer: reg,
+		Logger:   logging.Discard(),
+	}).Handler()
+	body := benchBody(b)
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		req := httptest.NewRequest(http.MethodPost, "/v1/messages", bytes.NewReader(body))
+		req.RemoteAddr = "127.0.0.1:40000"
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusAccepted {
+			b.Fatalf("POST = %d %s", rec.Code, rec.Body)
+		}
+	}
+}
+
+// TestUnencodableRecord (issue 17.5): a record whose time cannot be written as
+// RFC 3339 (one stored before send_at and expire_at were bounded) is a 500 with
+// the JSON error body and a logged cause, for GET and for the dead list, never
+// an empty 200.
+func TestUnencodableRecord(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := t.Context()
+	year10000 := time.Date(10000, 1, 1, 4, 0, 0, 0, time.UTC) // 9999-12-31T23:00:00-05:00
+	id := delivery.IDFor("default", ulid.Make().String())
+	if _, err := b.store.Create(ctx, delivery.NewMessage{ID: id, App: "default", To: "oFar", Queue: tasks.QueueNormal,
+		Body: []byte(`{"touser":"oFar","template_id":"t","data":{"k":{"value":"v"}}}`), ExpireAt: year10000}); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := b.store.Begin(ctx, id); err != nil || !a.Proceed {
+		t.Fatalf("Begin = %+v, %v", a, err)
+	}
+	if _, err := b.store.Finish(ctx, id, "default", delivery.StateDead, &delivery.ErrorInfo{Code: -1, Msg: "system error"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/v1/messages/" + id, "/v1/messages?state=dead&app=default"} {
+		t.Run(path, func(t *testing.T) {
+			r := b.do(t, http.MethodGet, path, nil)
+			if r.status != http.StatusInternalServerError {
+				t.Fatalf("GET = %d %q, want 500", r.status, r.body)
+			}
+			if code, _ := mustError(t, r); code != "internal" {
+				t.Errorf("error code %q, want internal", code)
+			}
+		})
+	}
+	if logs := b.logs.String(); strings.Count(logs, "could not encode the response") != 2 || !strings.Contains(logs, "year outside of range") {
+		t.Errorf("logs do not carry both failures and their cause:\n%s", logs)
+	}
 }

@@ -572,6 +572,11 @@ func TestOpenAPITraffic(t *testing.T) {
 			}, "before_send_at", ""),
 			bad("zero ttl duration", func(m map[string]any) { m["ttl"] = "0s" }, "invalid_ttl", ""),
 			bad("ttl duration over 30 days", func(m map[string]any) { m["ttl"] = "721h" }, "invalid_ttl", ""),
+			bad("touser with a newline", func(m map[string]any) { m["touser"] = "oia2Tju\nEGT" }, "invalid_openid", "/touser: pattern:"),
+			bad("touser of 65 bytes", func(m map[string]any) { m["touser"] = strings.Repeat("o", 65) }, "too_long", "/touser: maxLength:"),
+			bad("send_at over a year ahead", func(m map[string]any) { m["send_at"] = later(400 * 24 * time.Hour) }, "out_of_range", ""),
+			post("touser twice", []byte(`{"touser":"oA","touser":"oB","template_id":"t","data":{"k":{"value":"v"}}}`),
+				http.StatusBadRequest, "duplicate_key", ""),
 			post("over 64 KiB", jsonOf(t, msg(func(m map[string]any) {
 				m["data"] = map[string]any{"first": map[string]any{"value": strings.Repeat("x", 70<<10)}}
 			})), http.StatusRequestEntityTooLarge, "too_large", ""),

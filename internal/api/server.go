@@ -68,6 +68,11 @@ type App struct {
 	// ValidateTemplates checks a message's data against the app's template
 	// before accepting it (when Deps.Templates is set).
 	ValidateTemplates bool
+	// StatusURL is the default status_url of the app's messages ("" = none).
+	StatusURL string
+	// WebhookSecret: the app has a webhook secret; without one a message with
+	// a status_url is refused.
+	WebhookSecret bool
 }
 
 // Templates checks messages against the apps' templates and lists them;
@@ -111,24 +116,28 @@ type Deps struct {
 	EventsKeepalive time.Duration
 	EventsMetrics   *EventsMetrics
 	Webhooks        DeadWebhooks
+	// WebhookAllowPrivate accepts status_url targets on private addresses.
+	WebhookAllowPrivate bool
 }
 
 // Server serves the enqueuer's HTTP API.
 type Server struct {
-	submit     Submitter
-	messages   Messages
-	idem       Idempotency
-	templates  Templates
-	ui         http.Handler
-	limit      func(ctx context.Context, caller string) (time.Duration, error)
-	apps       atomic.Pointer[map[string]App]
-	defaultApp string
-	apiKeys    []secret.Value
-	metrics    *metrics.Metrics
-	gatherer   prometheus.Gatherer
-	log        *slog.Logger
-	ready      func(ctx context.Context) error
-	now        func() time.Time
+	// webhookAllowPrivate: status_url may target private addresses.
+	webhookAllowPrivate bool
+	submit              Submitter
+	messages            Messages
+	idem                Idempotency
+	templates           Templates
+	ui                  http.Handler
+	limit               func(ctx context.Context, caller string) (time.Duration, error)
+	apps                atomic.Pointer[map[string]App]
+	defaultApp          string
+	apiKeys             []secret.Value
+	metrics             *metrics.Metrics
+	gatherer            prometheus.Gatherer
+	log                 *slog.Logger
+	ready               func(ctx context.Context) error
+	now                 func() time.Time
 
 	nonces         Nonces
 	callbackWindow time.Duration
@@ -152,6 +161,7 @@ func New(d Deps) *Server {
 	}
 	s.SetApps(d.Apps)
 	s.events, s.eventsKeepalive, s.eventsMetrics, s.webhooks = d.Events, d.EventsKeepalive, d.EventsMetrics, d.Webhooks
+	s.webhookAllowPrivate = d.WebhookAllowPrivate
 	s.streams, s.closeStreams = context.WithCancel(context.Background())
 	if d.MaxEventStreams <= 0 {
 		d.MaxEventStreams = DefaultMaxEventStreams

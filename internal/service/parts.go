@@ -122,7 +122,8 @@ func apiApps(cfg *config.Config) ([]api.App, error) {
 	apps := make([]api.App, len(cfg.Apps))
 	for i, a := range cfg.Apps {
 		apps[i] = api.App{Name: a.Name, AppID: a.AppID, Token: a.Token, PreviousToken: a.PreviousToken, CallbackCompat: a.CallbackCompat,
-			MaxBacklog: a.MaxBacklog, ValidateTemplates: a.ValidateTemplates}
+			MaxBacklog: a.MaxBacklog, ValidateTemplates: a.ValidateTemplates,
+			StatusURL: a.StatusURL, WebhookSecret: !a.WebhookSecret.IsZero()}
 		if a.AESKey.IsZero() {
 			continue
 		}
@@ -150,24 +151,25 @@ func (p *parts) apiServer() (*api.Server, error) {
 	}
 	queue := asynq.NewClientFromRedisClient(p.rdb)
 	return api.New(api.Deps{
-		Submit:         tasks.NewSubmitter(p.store, queue, asynq.NewInspectorFromRedisClient(p.rdb), p.cfg.MaxAttempts).Coalesce(),
-		Messages:       p.store,
-		Idem:           idempotency.New(p.rdb, p.cfg.IdempotencyWindow),
-		Templates:      p.tpl,
-		UI:             p.uiHandler(),
-		Limit:          p.apiLimit(),
-		Apps:           apps,
-		DefaultApp:     config.DefaultApp,
-		APIKeys:        p.cfg.APIKeys,
-		Metrics:        p.metrics,
-		Gatherer:       p.reg,
-		Events:         p.eventStreamClient(),
-		EventsMetrics:  api.NewEventsMetrics(p.reg),
-		Webhooks:       p.deadWebhooks(),
-		Logger:         p.log,
-		Ready:          func(ctx context.Context) error { return redisconn.Ping(ctx, p.rdb) },
-		Nonces:         wechat.NewNonceStore(p.rdb),
-		CallbackWindow: p.cfg.CallbackWindow,
+		Submit:              tasks.NewSubmitter(p.store, queue, asynq.NewInspectorFromRedisClient(p.rdb), p.cfg.MaxAttempts).Coalesce(),
+		Messages:            p.store,
+		Idem:                idempotency.New(p.rdb, p.cfg.IdempotencyWindow),
+		Templates:           p.tpl,
+		UI:                  p.uiHandler(),
+		Limit:               p.apiLimit(),
+		Apps:                apps,
+		DefaultApp:          config.DefaultApp,
+		APIKeys:             p.cfg.APIKeys,
+		Metrics:             p.metrics,
+		Gatherer:            p.reg,
+		Events:              p.eventStreamClient(),
+		EventsMetrics:       api.NewEventsMetrics(p.reg),
+		Webhooks:            p.deadWebhooks(),
+		Logger:              p.log,
+		Ready:               func(ctx context.Context) error { return redisconn.Ping(ctx, p.rdb) },
+		Nonces:              wechat.NewNonceStore(p.rdb),
+		CallbackWindow:      p.cfg.CallbackWindow,
+		WebhookAllowPrivate: p.cfg.WebhookAllowPrivate,
 	}), nil
 }
 
