@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,10 +8,8 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"reflect"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/logging"
@@ -21,8 +18,12 @@ import (
 	"github.com/wxpush/wxpush/internal/wechat"
 )
 
-// maxMessageBytes bounds one message request; a template message is well under 4 KiB.
+// maxMessageBytes bounds one message, alone or as a batch item; a template
+// message is well under 4 KiB.
 const maxMessageBytes = 64 << 10
+
+var errMessageTooLarge = &apiError{Status: http.StatusRequestEntityTooLarge, Code: "too_large",
+	Message: fmt.Sprintf("the message is larger than %d bytes", maxMessageBytes)}
 
 // messageRequest is the API's message body: WeChat's send body plus wxpush fields.
 type messageRequest struct {
@@ -59,101 +60,18 @@ type dataItemRequest struct {
 	Color string  `json:"color"`
 }
 
-// decodeStrict decodes one JSON object into v. Keys must be spelled exactly as
-// v's json tags (encoding/json alone would accept "TOUSER" for "touser", and let a
-// later spelling silently win); unknown keys and trailing data are refused. Error
-// fields are prefixed with prefix.
-func decodeStrict(b []byte, v any, prefix string) *apiError {
-	var keys map[string]json.RawMessage
-	dec := json.NewDecoder(bytes.NewReader(b))
-	if err := dec.Decode(&keys); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) && typeErr.Field == "" {
-			what := "the body"
-			if prefix != "" {
-				what = prefix
-			}
-			return badField(prefix, "invalid_type", fmt.Sprintf("%s must be a JSON object, not %s", what, typeErr.Value))
-		}
-		return jsonError(err, prefix)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return badField(prefix, "invalid_json", "unexpected data after the JSON object")
-	}
-	if keys == nil {
-		return badField(prefix, "invalid_type", "expected a JSON object, not null")
-	}
-	known := jsonFields(v)
-	for k := range keys {
-		if !known[k] {
-			f := join(prefix, k)
-			return badField(f, "unknown_field", fmt.Sprintf("unknown field %q (names are case-sensitive)", f))
-		}
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return jsonError(err, prefix)
-	}
-	return nil
-}
-
-// jsonFields returns the json names of a struct's fields.
-func jsonFields(v any) map[string]bool {
-	t := reflect.TypeOf(v)
-	for t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	out := map[string]bool{}
-	for i := 0; i < t.NumField(); i++ {
-		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
-		if name != "" && name != "-" {
-			out[name] = true
-		}
-	}
-	return out
-}
-
-func join(prefix, f string) string {
-	switch {
-	case prefix == "":
-		return f
-	case f == "":
-		return prefix
-	}
-	return prefix + "." + f
-}
-
-func jsonError(err error, prefix string) *apiError {
-	var typeErr *json.UnmarshalTypeError
-	var syntaxErr *json.SyntaxError
-	switch {
-	case errors.As(err, &typeErr):
-		return badField(join(prefix, typeErr.Field), "invalid_type", fmt.Sprintf("%s must be %s, not %s", join(prefix, typeErr.Field), jsonKind(typeErr.Type.Kind().String()), typeErr.Value))
-	case errors.As(err, &syntaxErr):
-		return badField(prefix, "invalid_json", fmt.Sprintf("invalid JSON at byte %d: %v", syntaxErr.Offset, err))
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		f := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return badField(join(prefix, f), "unknown_field", fmt.Sprintf("unknown field %q", join(prefix, f)))
-	case errors.Is(err, io.EOF):
-		return badField(prefix, "invalid_json", "empty body: expected a JSON object")
-	}
-	return badField(prefix, "invalid_json", "invalid JSON: "+err.Error())
-}
-
-func jsonKind(k string) string {
-	switch k {
-	case "map", "struct", "ptr":
-		return "an object"
-	case "slice":
-		return "an array"
-	}
-	return "a " + k
-}
-
 // parseMessage validates a request and returns the record to create and the body
 // to send.
 func (s *Server) parseMessage(ctx context.Context, b []byte, index int, now time.Time, sess *templates.Session) (delivery.NewMessage, *apiError) {
+	if len(b) > maxMessageBytes {
+		// Only a batch item can be: a single message's body is cut off at the limit.
+		return delivery.NewMessage{}, errMessageTooLarge
+	}
 	var req messageRequest
 	if e := decodeStrict(b, &req, ""); e != nil {
+		return delivery.NewMessage{}, e
+	}
+	if e := checkKeys(b, "", -1); e != nil {
 		return delivery.NewMessage{}, e
 	}
 	if req.App == "" {
@@ -162,11 +80,8 @@ func (s *Server) parseMessage(ctx context.Context, b []byte, index int, now time
 	if !s.hasApp(req.App) {
 		return delivery.NewMessage{}, badField("app", "unknown_app", fmt.Sprintf("app %q is not configured", req.App))
 	}
-	if strings.TrimSpace(req.ToUser) == "" {
-		return delivery.NewMessage{}, badField("touser", "required", "touser (the recipient's openid) is required")
-	}
-	if len(req.ToUser) > 128 {
-		return delivery.NewMessage{}, badField("touser", "too_long", "touser is longer than 128 bytes; it must be an openid")
+	if e := checkOpenID("touser", req.ToUser); e != nil {
+		return delivery.NewMessage{}, e
 	}
 	if strings.TrimSpace(req.TemplateID) == "" {
 		return delivery.NewMessage{}, badField("template_id", "required", "template_id is required")
@@ -200,9 +115,6 @@ func (s *Server) parseMessage(ctx context.Context, b []byte, index int, now time
 		if item.Value == nil {
 			return delivery.NewMessage{}, badField(field+".value", "required", field+` must be {"value": "…"}`)
 		}
-		if !utf8.ValidString(*item.Value) {
-			return delivery.NewMessage{}, badField(field+".value", "invalid_utf8", field+".value is not valid UTF-8")
-		}
 		msg.Data[key] = wechat.DataItem{Value: *item.Value, Color: item.Color}
 	}
 	queue, ok := tasks.QueueFor(req.Priority)
@@ -233,10 +145,10 @@ func (s *Server) parseMessage(ctx context.Context, b []byte, index int, now time
 	if m.StatusURL, e = s.statusURL(req.App, req.StatusURL); e != nil {
 		return m, e
 	}
-	if m.SendAt, e = parseTime("send_at", req.SendAt); e != nil {
+	if m.SendAt, e = parseTime("send_at", req.SendAt, now); e != nil {
 		return m, e
 	}
-	if m.ExpireAt, e = parseTime("expire_at", req.ExpireAt); e != nil {
+	if m.ExpireAt, e = parseTime("expire_at", req.ExpireAt, now); e != nil {
 		return m, e
 	}
 	if len(req.TTL) > 0 && string(req.TTL) != "null" {
@@ -252,6 +164,9 @@ func (s *Server) parseMessage(ctx context.Context, b []byte, index int, now time
 			start = m.SendAt
 		}
 		m.ExpireAt = start.Add(ttl)
+		if m.ExpireAt.After(latest(now)) {
+			return m, badField("ttl", "out_of_range", "send_at plus ttl must be at most one year ahead")
+		}
 	}
 	if !m.ExpireAt.IsZero() && !m.ExpireAt.After(now) {
 		return m, badField("expire_at", "in_past", "expire_at is already past")
@@ -327,7 +242,18 @@ func (s *Server) session() *templates.Session {
 	return s.templates.Session()
 }
 
-func parseTime(field, v string) (time.Time, *apiError) {
+// latest is the last send_at or expire_at (or send_at plus ttl) accepted: one
+// year ahead. A push is for an event of the coming days, so a time years ahead
+// is a mistake. It also keeps every stored time writable: one past 9999-12-31
+// UTC (9999-12-31T23:00:00-05:00) cannot be encoded as RFC 3339, and reading the
+// message back would fail.
+func latest(now time.Time) time.Time { return now.AddDate(1, 0, 0) }
+
+// minTime bounds times from below for the same reason (0000-01-01T00:00:00+01:00
+// is in year -1 UTC); a send_at in the past means "now".
+var minTime = time.Date(1970, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func parseTime(field, v string, now time.Time) (time.Time, *apiError) {
 	if v == "" {
 		return time.Time{}, nil
 	}
@@ -335,8 +261,33 @@ func parseTime(field, v string) (time.Time, *apiError) {
 	if err != nil {
 		return time.Time{}, badField(field, "invalid_time", field+" must be an RFC 3339 time, e.g. 2026-01-02T15:04:05+08:00")
 	}
+	if t.After(latest(now)) || t.Before(minTime) {
+		return time.Time{}, badField(field, "out_of_range", field+" must be at most one year ahead (and after 1970)")
+	}
 	return t, nil
 }
+
+// checkOpenID refuses what cannot be an openid: WeChat's are 28 characters of
+// [A-Za-z0-9_-]. Anything else (a NUL, a newline, a space) would be sent, and
+// the callbacks naming it would then fail as malformed XML. Checked byte by
+// byte: this is every request's path.
+func checkOpenID(field, v string) *apiError {
+	switch {
+	case strings.TrimSpace(v) == "":
+		return badField(field, "required", field+" (the recipient's openid) is required")
+	case len(v) > maxOpenID:
+		return badField(field, "too_long", fmt.Sprintf("%s is longer than %d bytes; it must be an openid", field, maxOpenID))
+	}
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '_' || c == '-') {
+			return badField(field, "invalid_openid", field+" must be an openid: letters, digits, _ and - only")
+		}
+	}
+	return nil
+}
+
+// maxOpenID is the longest openid accepted.
+const maxOpenID = 64
 
 // maxTTL bounds ttl: a message is pointless long after its event.
 const maxTTL = 30 * 24 * time.Hour
@@ -394,7 +345,7 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request) {
 	var msg wechat.TemplateMessage
 	_ = json.Unmarshal(m.Body, &msg)
 	s.log.Info("message accepted", "msg_id", m.ID, "app", m.App, "touser", logging.MaskOpenID(msg.ToUser), "queue", m.Queue)
-	writeJSON(w, http.StatusAccepted, acceptedResponse{ID: m.ID, State: state})
+	s.respond(w, http.StatusAccepted, acceptedResponse{ID: m.ID, State: state})
 }
 
 // submitError maps a Submit error to its response.
@@ -418,7 +369,7 @@ func (s *Server) handleGet(w http.ResponseWriter, r *http.Request) {
 		s.log.Error("could not read message", "msg_id", id, "err", err)
 		writeError(w, errStorage)
 	default:
-		writeJSON(w, http.StatusOK, m)
+		s.respond(w, http.StatusOK, m)
 	}
 }
 
