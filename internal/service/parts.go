@@ -29,6 +29,7 @@ import (
 	"github.com/wxpush/wxpush/internal/redisconn"
 	"github.com/wxpush/wxpush/internal/tasks"
 	"github.com/wxpush/wxpush/internal/templates"
+	"github.com/wxpush/wxpush/internal/webhook"
 	"github.com/wxpush/wxpush/internal/wechat"
 )
 
@@ -77,7 +78,7 @@ func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *p
 	p := &parts{cfg: cfg, log: log, rdb: rdb, reg: reg, metrics: m, store: store, events: events.NewMetrics(reg, rdb)}
 	p.apps.Store(&cfg)
 	reg.MustRegister(metrics.NewClusterCollector(store, func() []string { return p.current().AppNames() }),
-		metrics.NewQueueCollector(asynq.NewInspectorFromRedisClient(rdb), []string{tasks.QueueHigh, tasks.QueueNormal, tasks.QueueLow}))
+		metrics.NewQueueCollector(asynq.NewInspectorFromRedisClient(rdb), []string{tasks.QueueHigh, tasks.QueueNormal, tasks.QueueLow, webhook.Queue}))
 	p.client = p.wechatClient()
 	p.tokens = wechat.NewTokenStore(rdb, p.client, wechat.TokenStoreConfig{
 		OnFetch: func(app string, err error) { m.TokenFetches.WithLabelValues(app, resultOf(err)).Inc() },
@@ -165,11 +166,11 @@ func (p *parts) apiServer() (*api.Server, error) {
 		Events:              p.eventStreamClient(),
 		EventsMetrics:       api.NewEventsMetrics(p.reg),
 		Webhooks:            p.deadWebhooks(),
+		WebhookAllowPrivate: p.cfg.WebhookAllowPrivate,
 		Logger:              p.log,
 		Ready:               func(ctx context.Context) error { return redisconn.Ping(ctx, p.rdb) },
 		Nonces:              wechat.NewNonceStore(p.rdb),
 		CallbackWindow:      p.cfg.CallbackWindow,
-		WebhookAllowPrivate: p.cfg.WebhookAllowPrivate,
 	}), nil
 }
 
