@@ -189,7 +189,11 @@ func TestDeliveredSignedAndInOrder(t *testing.T) {
 		g.send(t, event(id, 2, "delivered"), rcv.srv.URL+"/hook?k=v") // the later one first
 		g.send(t, event(id, 1, "sent"), rcv.srv.URL+"/hook?k=v")
 	}
-	waitFor(t, 20*time.Second, "10 deliveries", func() bool { return len(rcv.delivered()) == 10 })
+	// The receiver records a POST before it answers, the deliverer counts it
+	// after: wait for both.
+	waitFor(t, 20*time.Second, "10 deliveries", func() bool {
+		return len(rcv.delivered()) == 10 && g.attempts(ResultDelivered) == 10
+	})
 	firstOK := map[string]bool{}
 	rcv.mu.Lock()
 	for i, ev := range rcv.posts {
