@@ -115,7 +115,7 @@ func TestWebhooksEndToEnd(t *testing.T) {
 	for id, evs := range sink.byMessage() {
 		states := want[id]
 		if len(evs) != len(states) {
-			t.Errorf("%s: %d webhooks, want %d (%v)", id, len(evs), len(states), states)
+			t.Errorf("%s: %d webhooks, want %d (%v): %+v", id, len(evs), len(states), states, evs)
 			continue
 		}
 		for i, ev := range evs {

@@ -56,6 +56,7 @@ const (
 	ResultBusy        = "busy"         // not attempted: the endpoint's concurrency limit is reached
 	ResultWaiting     = "waiting"      // not attempted: an earlier event of the message is not done
 	ResultDropped     = "dropped"      // not attempted: the URL answered 410 before
+	ResultDuplicate   = "duplicate"    // not attempted: the event was done already (a repeated run)
 )
 
 // Not-attempted outcomes: the task is retried soon without spending its retry
@@ -210,9 +211,11 @@ func (d *Deliverer) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	var replay *redis.StringCmd
 	var first *redis.ZSliceCmd
 	var gone *redis.IntCmd
+	var mine *redis.FloatCmd
 	if _, err := d.cfg.Redis.Pipelined(ctx, func(pl redis.Pipeliner) error {
 		replay = pl.Get(ctx, replayKey(ev.EventID))
 		first = pl.ZRangeWithScores(ctx, PendingKey(ev.ID), 0, 0)
+		mine = pl.ZScore(ctx, PendingKey(ev.ID), ev.EventID)
 		gone = pl.Exists(ctx, goneKey(p.URL))
 		return nil
 	}); err != nil && !errors.Is(err, redis.Nil) {
@@ -225,6 +228,12 @@ func (d *Deliverer) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if gone.Val() > 0 {
 		d.count(ev.App, ResultDropped)
 		d.done(ctx, ev)
+		return nil
+	}
+	if !replayed && errors.Is(mine.Err(), redis.Nil) {
+		// Its turn ended already: this is a second run of a done event (the
+		// previous event's end may start a task that has just completed).
+		d.count(ev.App, ResultDuplicate)
 		return nil
 	}
 	if !replayed {

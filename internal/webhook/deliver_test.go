@@ -139,10 +139,27 @@ func startRig(t *testing.T, cfg DelivererConfig, concurrency int) *rig {
 // send does what the forwarder does for ev: its place in the order, then its task.
 func (g *rig) send(t *testing.T, ev Event, url string) {
 	t.Helper()
+	g.order(t, ev)
+	g.enqueue(t, ev, url)
+}
+
+// order records the events' places in their messages' order.
+func (g *rig) order(t *testing.T, evs ...Event) {
+	t.Helper()
 	ctx := context.Background()
-	if _, err := g.rdb.Pipelined(ctx, func(p redis.Pipeliner) error { AddPending(ctx, p, ev, g.window); return nil }); err != nil {
+	if _, err := g.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, ev := range evs {
+			AddPending(ctx, p, ev, g.window)
+		}
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// enqueue enqueues ev's delivery task.
+func (g *rig) enqueue(t *testing.T, ev Event, url string) {
+	t.Helper()
 	task, err := Task(ev, url)
 	if err != nil {
 		t.Fatal(err)
@@ -186,8 +203,12 @@ func TestDeliveredSignedAndInOrder(t *testing.T) {
 	g := startRig(t, DelivererConfig{AllowPrivate: true, BreakerTrip: 100}, 4)
 	for i := range 5 {
 		id := fmt.Sprintf("M%d", i)
-		g.send(t, event(id, 2, "delivered"), rcv.srv.URL+"/hook?k=v") // the later one first
-		g.send(t, event(id, 1, "sent"), rcv.srv.URL+"/hook?k=v")
+		// As the forwarder does, both take their place in the order before
+		// either task exists; then the later one is enqueued first.
+		sent, delivered := event(id, 1, "sent"), event(id, 2, "delivered")
+		g.order(t, sent, delivered)
+		g.enqueue(t, delivered, rcv.srv.URL+"/hook?k=v")
+		g.enqueue(t, sent, rcv.srv.URL+"/hook?k=v")
 	}
 	// The receiver records a POST before it answers, the deliverer counts it
 	// after: wait for both.
@@ -262,6 +283,26 @@ func TestWindowEndsInDeadLetterAndReplay(t *testing.T) {
 	}
 	if err := dl.Replay(context.Background(), de.Event.EventID); err != ErrNotFound {
 		t.Errorf("second replay: %v, want ErrNotFound", err)
+	}
+}
+
+// TestRepeatedRunOfADoneEventSendsNothing: a task that runs again after
+// its event was delivered (the previous event's end runs the next task, which
+// may have just completed; asynq's RunTask re-runs a completed task) POSTs
+// nothing.
+func TestRepeatedRunOfADoneEventSendsNothing(t *testing.T) {
+	t.Parallel()
+	rcv := newReceiver(t, nil)
+	g := startRig(t, DelivererConfig{AllowPrivate: true}, 1)
+	ev := event("T", 1, "sent")
+	g.send(t, ev, rcv.srv.URL)
+	waitFor(t, 10*time.Second, "the delivery", func() bool { return g.attempts(ResultDelivered) == 1 })
+	if err := g.insp.RunTask(Queue, ev.EventID); err != nil { // the completed task, run again
+		t.Fatalf("RunTask of the completed task: %v", err)
+	}
+	waitFor(t, 10*time.Second, "the second run", func() bool { return g.attempts(ResultDuplicate) == 1 })
+	if n := len(rcv.all()); n != 1 {
+		t.Errorf("the receiver got %d POSTs, want 1", n)
 	}
 }
 

@@ -21,7 +21,7 @@ func NewMetrics(reg prometheus.Registerer, apps []string) *Metrics {
 	m := &Metrics{
 		Attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxpush_webhook_attempts_total",
-			Help: "Status webhook delivery attempts by app and result (delivered, gone, refused, http_error, error; breaker_open, busy, waiting and dropped were not sent).",
+			Help: "Status webhook delivery attempts by app and result (delivered, gone, refused, http_error, error; breaker_open, busy, waiting, dropped and duplicate were not sent).",
 		}, []string{"app", "result"}),
 		Dead: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxpush_webhook_dead_total",
@@ -45,7 +45,7 @@ func NewMetrics(reg prometheus.Registerer, apps []string) *Metrics {
 	for _, app := range apps {
 		m.Dead.WithLabelValues(app)
 		for _, r := range []string{ResultDelivered, ResultGone, ResultRefused, ResultHTTPError, ResultError,
-			ResultBreakerOpen, ResultBusy, ResultWaiting, ResultDropped} {
+			ResultBreakerOpen, ResultBusy, ResultWaiting, ResultDropped, ResultDuplicate} {
 			m.Attempts.WithLabelValues(app, r)
 		}
 	}
