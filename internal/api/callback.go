@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/inbox"
 	"github.com/wxpush/wxpush/internal/wechat"
 )
 
@@ -27,14 +28,8 @@ var (
 		wechat.EventSubscribeMsgPopup, wechat.EventSubscribeMsgChange, eventOther}
 	CallbackOutcomes = []string{string(delivery.CallbackApplied), string(delivery.CallbackHeld),
 		string(delivery.CallbackDuplicate), string(delivery.CallbackLate), string(delivery.CallbackUnknown),
-		string(delivery.CallbackCorrected), outcomeIgnored, outcomeUnrecognised}
+		string(delivery.CallbackCorrected), outcomeIgnored, outcomeUnrecognised, outcomeRelayed}
 )
-
-var deliveryStates = map[wechat.DeliveryStatus]delivery.State{
-	wechat.DeliverySuccess:      delivery.StateDelivered,
-	wechat.DeliveryUserBlock:    delivery.StateUserBlocked,
-	wechat.DeliverySystemFailed: delivery.StateWeChatFailed,
-}
 
 // Reasons a callback is refused, for the rejected-callbacks metric.
 const (
@@ -146,8 +141,10 @@ func (s *Server) fresh(w http.ResponseWriter, r *http.Request, app App) bool {
 // handleVerify answers WeChat's URL verification: echo echostr when signed. In
 // safe mode with msg_signature, echostr is itself an envelope and the reply is
 // its plaintext. WeChat sends a current timestamp, so the window applies; the
-// nonce is not remembered, as an echo changes nothing.
+// nonce is not remembered, as an echo changes nothing. An app with
+// relay_verify relays the verified request and answers the upstream's reply.
 func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
+	arrived := s.now()
 	app, ok := s.callbackApp(w, r)
 	if !ok {
 		return
@@ -164,6 +161,10 @@ func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.fresh(w, r, app) {
+		return
+	}
+	if s.relays(app) && app.RelayVerify {
+		s.relayVerify(w, r, app, echo, arrived)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -250,10 +251,14 @@ func (s *Server) openCallback(w http.ResponseWriter, r *http.Request, app App) (
 }
 
 // handleCallback receives WeChat's event push, plain or encrypted: it checks
-// the signature, the timestamp window and the event, then remembers the nonce
-// and applies the event's results in one round trip, and answers "success".
-// A Redis failure answers 503 so that WeChat tries again.
+// the signature, the timestamp window and the event. A delivery result is
+// appended to the inbox with its nonce in one round trip (or, without an
+// inbox, its nonce remembered and its results applied) and answered
+// "success"; anything else wxpush does not consume is relayed to the app's
+// upstream (see relay.go) or answered "success". A Redis failure answers 503
+// so that WeChat tries again.
 func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
+	arrived := s.now()
 	app, ok := s.callbackApp(w, r)
 	if !ok {
 		return
@@ -268,12 +273,26 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 		s.reject(w, app.Name, rejectMalformed, &apiError{Status: http.StatusBadRequest, Code: "malformed_xml", Message: "the body is not a WeChat event XML document"})
 		return
 	}
-	results, ok := s.eventResults(w, app, ev)
-	if !ok || !s.firstUse(w, r, app, raw) {
+	if !inbox.Consumed(ev) && s.relays(app) {
+		if s.firstUse(w, r, app, raw) {
+			s.relayCallback(w, r, app, ev, raw, arrived)
+		}
 		return
 	}
-	if len(results) > 0 && !s.applyResults(w, r, app.Name, ev.Event, results) {
+	results, ok := s.eventResults(w, app, ev, arrived)
+	if !ok {
 		return
+	}
+	if s.inbox != nil && len(results) > 0 {
+		ok = s.appendResults(w, r, app, ev, body, raw, arrived)
+	} else {
+		ok = s.firstUse(w, r, app, raw) && (len(results) == 0 || s.applyResults(w, r, app.Name, ev.Event, results))
+	}
+	if !ok {
+		return
+	}
+	if app.RelayAll && s.relays(app) {
+		s.relay.Copy(relayRequest(r, app, raw))
 	}
 	writeSuccess(w)
 }
@@ -281,48 +300,45 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 // eventResults lists the delivery results an event reports, counting the
 // events that settle nothing. It refuses an event with more results than
 // MaxEventResults, before anything is stored.
-func (s *Server) eventResults(w http.ResponseWriter, app App, ev *wechat.Event) ([]delivery.CallbackInput, bool) {
-	switch ev.Event {
-	case wechat.EventTemplateSendJobFinish:
-		to, known := deliveryStates[wechat.ParseDeliveryStatus(ev.Status)]
-		if !known {
-			s.log.Warn("unrecognised template result status; left unchanged", "app", app.Name, "wechat_msgid", ev.MsgID, "status", ev.Status)
-			s.metrics.Callbacks.WithLabelValues(app.Name, ev.Event, outcomeUnrecognised).Inc()
-			return nil, true
-		}
-		return []delivery.CallbackInput{{App: app.Name, MsgID: ev.MsgID, To: to, Raw: ev.Status,
-			OpenID: ev.FromUserName, CreateTime: eventTime(ev, s.now())}}, true
-	case wechat.EventSubscribeMsgSent:
-		if n := len(ev.SubscribeSent); n > MaxEventResults {
-			s.log.Warn("subscribe result event with too many entries", "app", app.Name, "entries", n)
-			s.reject(w, app.Name, rejectTooMany, &apiError{Status: http.StatusBadRequest, Code: "too_many_entries", Field: "SubscribeMsgSentEvent.List",
-				Message: fmt.Sprintf("%d results in one event; at most %d are accepted", n, MaxEventResults)})
-			return nil, false
-		}
-		in := make([]delivery.CallbackInput, len(ev.SubscribeSent))
-		for i, res := range ev.SubscribeSent {
-			in[i] = delivery.CallbackInput{App: app.Name, MsgID: res.MsgID, To: deliveryStates[res.SubscribeDelivery()],
-				Raw: fmt.Sprintf("%d %s", res.ErrorCode, res.ErrorStatus), OpenID: ev.FromUserName, CreateTime: eventTime(ev, s.now())}
-		}
-		return in, true
-	case wechat.EventSubscribeMsgPopup, wechat.EventSubscribeMsgChange:
-		// A user accepted or rejected a subscription: nothing to settle.
-		s.metrics.Callbacks.WithLabelValues(app.Name, ev.Event, outcomeIgnored).Inc()
-	default:
-		s.metrics.Callbacks.WithLabelValues(app.Name, eventOther, outcomeIgnored).Inc()
+func (s *Server) eventResults(w http.ResponseWriter, app App, ev *wechat.Event, arrived time.Time) ([]delivery.CallbackInput, bool) {
+	if n := len(ev.SubscribeSent); ev.Event == wechat.EventSubscribeMsgSent && n > MaxEventResults {
+		s.log.Warn("subscribe result event with too many entries", "app", app.Name, "entries", n)
+		s.reject(w, app.Name, rejectTooMany, &apiError{Status: http.StatusBadRequest, Code: "too_many_entries", Field: "SubscribeMsgSentEvent.List",
+			Message: fmt.Sprintf("%d results in one event; at most %d are accepted", n, MaxEventResults)})
+		return nil, false
 	}
-	return nil, true
+	in, known := inbox.Results(app.Name, ev, arrived)
+	switch {
+	case !known:
+		s.log.Warn("unrecognised template result status; left unchanged", "app", app.Name, "wechat_msgid", ev.MsgID, "status", ev.Status)
+		s.metrics.Callbacks.WithLabelValues(app.Name, ev.Event, outcomeUnrecognised).Inc()
+	case len(in) == 0:
+		// A user accepted or rejected a subscription, or an event for the
+		// upstream of an app without one: nothing to settle.
+		s.metrics.Callbacks.WithLabelValues(app.Name, eventLabel(ev), outcomeIgnored).Inc()
+	}
+	return in, true
 }
 
-// eventTime is the event's CreateTime, or zero (which the store reads as the
-// time the result is applied) when it has none or one more than a day from
-// now: a plain body is not signed, and an absurd time would overflow the
-// store's milliseconds.
-func eventTime(ev *wechat.Event, now time.Time) time.Time {
-	if d := ev.CreateTime - now.Unix(); ev.CreateTime <= 0 || d > 86400 || d < -86400 {
-		return time.Time{}
+// appendResults appends a delivery-result event to the inbox with its nonce
+// in one round trip: WeChat's retry of it is answered without a second
+// append, and a replay with another body is refused. A Redis failure
+// answers 503.
+func (s *Server) appendResults(w http.ResponseWriter, r *http.Request, app App, ev *wechat.Event, event, raw []byte, arrived time.Time) bool {
+	q := r.URL.Query()
+	use, err := s.inbox.Append(r.Context(), inbox.Entry{App: app.Name, Event: ev.Event, XML: event, Received: arrived},
+		q.Get("timestamp"), q.Get("nonce"), raw, 2*s.callbackWindow)
+	switch {
+	case err != nil:
+		s.log.Error("could not append the callback to the inbox", "app", app.Name, "err", err)
+		writeError(w, errStorage)
+		return false
+	case use == inbox.Replayed:
+		return s.refuseReplay(w, r, app)
+	case use == inbox.Retried:
+		s.log.Debug("WeChat retried a callback already in the inbox", "app", app.Name)
 	}
-	return time.Unix(ev.CreateTime, 0)
+	return true
 }
 
 // firstUse remembers the callback's timestamp and nonce with a hash of its
@@ -344,14 +360,20 @@ func (s *Server) firstUse(w http.ResponseWriter, r *http.Request, app App, raw [
 		writeError(w, errStorage)
 		return false
 	case use == wechat.NonceReplayed:
-		s.log.Warn("callback replayed: a used timestamp and nonce with another body", "app", app.Name, "remote", r.RemoteAddr)
-		s.reject(w, app.Name, rejectReplayed, &apiError{Status: http.StatusForbidden, Code: "replayed", Field: "nonce",
-			Message: "this timestamp and nonce were already used with another body"})
-		return false
+		return s.refuseReplay(w, r, app)
 	case use == wechat.NonceRetry:
 		s.log.Debug("WeChat retried a callback", "app", app.Name)
 	}
 	return true
+}
+
+// refuseReplay refuses a callback whose timestamp and nonce were used with
+// another body; it returns false.
+func (s *Server) refuseReplay(w http.ResponseWriter, r *http.Request, app App) bool {
+	s.log.Warn("callback replayed: a used timestamp and nonce with another body", "app", app.Name, "remote", r.RemoteAddr)
+	s.reject(w, app.Name, rejectReplayed, &apiError{Status: http.StatusForbidden, Code: "replayed", Field: "nonce",
+		Message: "this timestamp and nonce were already used with another body"})
+	return false
 }
 
 // applyResults settles the messages WeChat reports on in one round trip; it
@@ -363,18 +385,9 @@ func (s *Server) applyResults(w http.ResponseWriter, r *http.Request, app, event
 		err = errors.Join(errs...)
 	}
 	for i, res := range rs {
-		if errs[i] != nil {
-			continue
+		if errs[i] == nil {
+			inbox.Record(s.metrics, s.log, s.now(), event, in[i], res)
 		}
-		c := in[i]
-		s.metrics.Callbacks.WithLabelValues(app, event, string(res.Outcome)).Inc()
-		if res.Outcome == delivery.CallbackApplied {
-			s.metrics.Finished.WithLabelValues(app, string(c.To)).Inc()
-			if !res.SentAt.IsZero() {
-				s.metrics.FinalLatency.WithLabelValues(app).Observe(s.now().Sub(res.SentAt).Seconds())
-			}
-		}
-		s.log.Info("delivery result", "app", app, "event", event, "msg_id", res.ID, "wechat_msgid", c.MsgID, "status", c.Raw, "outcome", res.Outcome)
 	}
 	if err != nil {
 		s.log.Error("could not apply callback", "app", app, "event", event, "results", len(in), "err", err)

@@ -20,6 +20,7 @@ import (
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/idempotency"
 	"github.com/wxpush/wxpush/internal/metrics"
+	"github.com/wxpush/wxpush/internal/relay"
 	"github.com/wxpush/wxpush/internal/secret"
 	"github.com/wxpush/wxpush/internal/templates"
 	"github.com/wxpush/wxpush/internal/wechat"
@@ -73,6 +74,11 @@ type App struct {
 	// WebhookSecret: the app has a webhook secret; without one a message with
 	// a status_url is refused.
 	WebhookSecret bool
+	// UpstreamURL receives every callback wxpush does not consume ("" = such
+	// callbacks are answered "success"); RelayAll also copies the consumed
+	// ones there; RelayVerify relays URL verification too.
+	UpstreamURL           string
+	RelayAll, RelayVerify bool
 }
 
 // Templates checks messages against the apps' templates and lists them;
@@ -106,6 +112,13 @@ type Deps struct {
 	// timestamp may be from Now (0 = wechat.DefaultCallbackWindow).
 	Nonces         Nonces
 	CallbackWindow time.Duration
+	// Inbox, when set, takes delivery results: each is answered after one
+	// append, and the workers apply it (nil = applied before answering).
+	Inbox Inbox
+	// Relay forwards callbacks to apps' upstream_url (nil = no relay);
+	// RelayTimeout bounds one, from the callback's arrival (0 = relay.DefaultTimeout).
+	Relay        Relay
+	RelayTimeout time.Duration
 
 	// Webhook surface: GET /v1/events reads Events (nil = 404 not_configured), at most
 	// MaxEventStreams at once (0 = DefaultMaxEventStreams), a keepalive every
@@ -141,6 +154,9 @@ type Server struct {
 
 	nonces         Nonces
 	callbackWindow time.Duration
+	inbox          Inbox
+	relay          Relay
+	relayTimeout   time.Duration
 
 	events          EventStream
 	eventSlots      eventSlots
@@ -155,7 +171,11 @@ type Server struct {
 func New(d Deps) *Server {
 	s := &Server{submit: d.Submit, messages: d.Messages, idem: d.Idem, templates: d.Templates, ui: d.UI, limit: d.Limit,
 		defaultApp: d.DefaultApp, apiKeys: d.APIKeys, metrics: d.Metrics, gatherer: d.Gatherer,
-		log: d.Logger, ready: d.Ready, now: d.Now, nonces: d.Nonces, callbackWindow: d.CallbackWindow}
+		log: d.Logger, ready: d.Ready, now: d.Now, nonces: d.Nonces, callbackWindow: d.CallbackWindow,
+		inbox: d.Inbox, relay: d.Relay, relayTimeout: d.RelayTimeout}
+	if s.relayTimeout <= 0 {
+		s.relayTimeout = relay.DefaultTimeout
+	}
 	if s.callbackWindow <= 0 {
 		s.callbackWindow = wechat.DefaultCallbackWindow
 	}

@@ -49,6 +49,16 @@ type App struct {
 	WebhookSecret secret.Value
 	// WebhookStates are the states whose changes are POSTed; nil = DefaultWebhookStates.
 	WebhookStates []string
+	// UpstreamURL is the company's existing WeChat handler: every callback
+	// wxpush does not consume is relayed to it (see config/relay.go); empty =
+	// none, such callbacks are answered "success".
+	UpstreamURL string
+	// RelayAll also copies the callbacks wxpush consumes (delivery results,
+	// subscribe popups) to UpstreamURL, in the background.
+	RelayAll bool
+	// RelayVerify relays WeChat's URL verification (GET with echostr) to
+	// UpstreamURL and answers its reply; false = wxpush answers it itself.
+	RelayVerify bool
 
 	origin origin // where the fields came from, so Validate names them as written
 }
@@ -132,10 +142,19 @@ type Config struct {
 	WebhookConcurrency  int           // webhook POSTs in flight per worker
 	WebhookPerEndpoint  int           // of those, at most this many to one receiver (scheme://host:port)
 	WebhookAllowPrivate bool          // let webhooks target loopback/private addresses (off: SSRF guard)
-	LogLevel            string        // debug, info, warn, error
-	LogFormat           string        // json, text
+	// RelayTimeout bounds a relayed callback, from its arrival to the
+	// upstream's reply read; past it WeChat is answered "success".
+	RelayTimeout time.Duration
+	// CallbackInbox answers a delivery result after one append to the durable
+	// inbox and applies it in the workers; false = store it before answering.
+	CallbackInbox bool
+	// InboxApply runs the inbox applier in this worker (false: a worker that
+	// sends only; some worker must apply).
+	InboxApply bool
+	LogLevel   string // debug, info, warn, error
+	LogFormat  string // json, text
 
-	fromFile uint32 // bit i: knobs[i] was set by the file and not by the environment
+	fromFile uint64 // bit i: knobs[i] was set by the file and not by the environment
 	// index is built by Load and shared read-only by copies. A pointer also keeps fmt
 	// from printing the apps it holds: fmt cannot redact secrets in unexported fields.
 	index *appIndex
@@ -168,6 +187,9 @@ func Defaults() Config {
 		WebhookRetryCap:    time.Hour,
 		WebhookConcurrency: 32,
 		WebhookPerEndpoint: 16,
+		RelayTimeout:       4500 * time.Millisecond,
+		CallbackInbox:      true,
+		InboxApply:         true,
 		LogLevel:           "info",
 		LogFormat:          "auto",
 	}

@@ -48,6 +48,9 @@ var knobs = []knob{
 	{"WXPUSH_WEBHOOK_CONCURRENCY", "webhook_concurrency", func(c *Config) any { return &c.WebhookConcurrency }},
 	{"WXPUSH_WEBHOOK_PER_ENDPOINT", "webhook_per_endpoint", func(c *Config) any { return &c.WebhookPerEndpoint }},
 	{"WXPUSH_WEBHOOK_ALLOW_PRIVATE", "webhook_allow_private", func(c *Config) any { return &c.WebhookAllowPrivate }},
+	{"WXPUSH_RELAY_TIMEOUT", "relay_timeout", func(c *Config) any { return &c.RelayTimeout }},
+	{"WXPUSH_CALLBACK_INBOX", "callback_inbox", func(c *Config) any { return &c.CallbackInbox }},
+	{"WXPUSH_INBOX_APPLY", "inbox_apply", func(c *Config) any { return &c.InboxApply }},
 	{"WXPUSH_LOG_LEVEL", "log_level", func(c *Config) any { return &c.LogLevel }},
 	{"WXPUSH_LOG_FORMAT", "log_format", func(c *Config) any { return &c.LogFormat }},
 }
@@ -122,6 +125,19 @@ var envAppVars = []struct {
 	{"WXPUSH_STATUS_URL", "status_url", func(a *App, v string) error { a.StatusURL = v; return nil }},
 	{"WXPUSH_WEBHOOK_SECRET", "webhook_secret", func(a *App, v string) error { a.WebhookSecret = secret.Value(v); return nil }},
 	{"WXPUSH_WEBHOOK_STATES", "webhook_states", func(a *App, v string) error { a.WebhookStates = splitList(v); return nil }},
+	{"WECHAT_UPSTREAM_URL", "upstream_url", func(a *App, v string) error { a.UpstreamURL = v; return nil }},
+	{"WECHAT_RELAY_ALL", "relay_all", func(a *App, v string) (err error) {
+		if a.RelayAll, err = strconv.ParseBool(v); err != nil {
+			return fmt.Errorf("WECHAT_RELAY_ALL: %q is not true or false", v)
+		}
+		return nil
+	}},
+	{"WECHAT_RELAY_VERIFY", "relay_verify", func(a *App, v string) (err error) {
+		if a.RelayVerify, err = strconv.ParseBool(v); err != nil {
+			return fmt.Errorf("WECHAT_RELAY_VERIFY: %q is not true or false", v)
+		}
+		return nil
+	}},
 	{"WECHAT_RATE_LIMIT", "rate_limit.per_second", func(a *App, v string) (err error) {
 		if a.RateLimit.PerSecond, err = strconv.ParseFloat(v, 64); err != nil {
 			return fmt.Errorf("WECHAT_RATE_LIMIT: %q is not a number (messages per second)", v)

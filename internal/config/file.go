@@ -52,6 +52,9 @@ type fileApp struct {
 	WebhookSecret     secret.Value `yaml:"webhook_secret"`
 	WebhookSecretEnv  located      `yaml:"webhook_secret_env"`
 	WebhookStates     []string     `yaml:"webhook_states"`
+	UpstreamURL       string       `yaml:"upstream_url"`
+	RelayAll          bool         `yaml:"relay_all"`
+	RelayVerify       bool         `yaml:"relay_verify"`
 }
 
 // located is a scalar kept as text with its line, for values checked after decoding
@@ -148,6 +151,9 @@ func (fa fileApp) app(prefix string, at func(int) string, getenv func(string) st
 		ValidateTemplates: fa.ValidateTemplates == nil || *fa.ValidateTemplates,
 		StatusURL:         fa.StatusURL,
 		WebhookStates:     fa.WebhookStates,
+		UpstreamURL:       fa.UpstreamURL,
+		RelayAll:          fa.RelayAll,
+		RelayVerify:       fa.RelayVerify,
 		origin:            origin{file: true},
 	}
 	var errs []error

@@ -67,6 +67,7 @@ func TestLoadExampleFile(t *testing.T) {
 		MaxBacklog: 100000, ValidateTemplates: false,
 		StatusURL: "https://shop.example.com/wxpush/status", WebhookSecret: "shop-webhook-signing-key-2026",
 		WebhookStates: []string{"delivered", "user_blocked", "wechat_failed", "dead"},
+		UpstreamURL:   "http://10.0.0.12:8000/wechat", RelayAll: true, RelayVerify: true,
 	}, {
 		Name: "news", AppID: "wxfedcba0987654321", Secret: "news-app-secret",
 		Token: "newsToken1", AESKey: secret.Value(strings.Repeat("N", 43)), PreviousToken: "newsToken0",
@@ -97,6 +98,7 @@ func TestLoadExampleFile(t *testing.T) {
 		TaskCheckInterval: 250 * time.Millisecond, ShutdownTimeout: 30 * time.Second, IdempotencyWindow: 12 * time.Hour, UIWritable: true, Pprof: true, APIRate: 200, APIBurst: 400, Events: false, EventsMaxLen: 500000,
 		WebhookWindow: 12 * time.Hour, WebhookRetryBase: 2 * time.Second, WebhookRetryCap: 30 * time.Minute,
 		WebhookConcurrency: 40, WebhookPerEndpoint: 8, WebhookAllowPrivate: true,
+		RelayTimeout: 3 * time.Second, CallbackInbox: false, InboxApply: false,
 		LogLevel: "debug", LogFormat: "text",
 	}
 	defaults := Defaults()

@@ -106,8 +106,10 @@ func (c Config) Validate() error {
 	for i, a := range c.Apps {
 		errs = append(errs, a.validate(i, first)...)
 		errs = append(errs, a.validateWebhooks(i, c.WebhookAllowPrivate)...)
+		errs = append(errs, a.validateRelay(i)...)
 	}
 	errs = append(errs, c.validateWebhooks()...)
+	errs = append(errs, c.validateRelay()...)
 	return errors.Join(errs...)
 }
 

@@ -739,7 +739,14 @@ type Settled struct {
 // confirmation deadline has passed. Concurrent sweepers are safe: each message is
 // settled by exactly one of them.
 func (s *Store) SweepUnconfirmed(ctx context.Context, limit int) ([]Settled, error) {
-	now := strconv.FormatInt(s.cfg.Now().UnixMilli(), 10)
+	return s.SweepUnconfirmedUntil(ctx, s.cfg.Now(), limit)
+}
+
+// SweepUnconfirmedUntil is SweepUnconfirmed for the messages whose deadline
+// passed before until (at most now): results received up to until are known
+// to be applied, later ones may still wait in the callback inbox.
+func (s *Store) SweepUnconfirmedUntil(ctx context.Context, until time.Time, limit int) ([]Settled, error) {
+	now := strconv.FormatInt(min(until.UnixMilli(), s.cfg.Now().UnixMilli()), 10)
 	shards := allShards()
 	cmds := make([]*redis.StringSliceCmd, len(shards))
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {

@@ -38,11 +38,16 @@ func (p *parts) eventStreamClient() redis.UniversalClient {
 // forwarder moves state changes from the outboxes to the event stream; the
 // workers share the work through one consumer group, each under its own name.
 func (p *parts) forwarder() *events.Forwarder {
-	host, _ := os.Hostname()
-	name := fmt.Sprintf("%s-%d-%s", host, os.Getpid(), randomHex(4))
-	f := events.NewForwarder(p.rdb, name, p.cfg.EventsMaxLen, p.events, p.log.With("component", "events"))
+	f := events.NewForwarder(p.rdb, consumerName(), p.cfg.EventsMaxLen, p.events, p.log.With("component", "events"))
 	f.Webhooks = p.webhooks()
 	return f
+}
+
+// consumerName names this process in a Redis consumer group: unique, and
+// telling which host and process read an entry.
+func consumerName() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), randomHex(4))
 }
 
 // deadWebhooks lists and replays the webhooks that gave up.

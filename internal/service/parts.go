@@ -23,10 +23,12 @@ import (
 	"github.com/wxpush/wxpush/internal/delivery"
 	"github.com/wxpush/wxpush/internal/events"
 	"github.com/wxpush/wxpush/internal/idempotency"
+	"github.com/wxpush/wxpush/internal/inbox"
 	"github.com/wxpush/wxpush/internal/logging"
 	"github.com/wxpush/wxpush/internal/metrics"
 	"github.com/wxpush/wxpush/internal/ratelimit"
 	"github.com/wxpush/wxpush/internal/redisconn"
+	"github.com/wxpush/wxpush/internal/relay"
 	"github.com/wxpush/wxpush/internal/tasks"
 	"github.com/wxpush/wxpush/internal/templates"
 	"github.com/wxpush/wxpush/internal/webhook"
@@ -45,6 +47,7 @@ type parts struct {
 	tokens  *wechat.TokenStore
 	tpl     *templates.Cache
 	events  *events.Metrics
+	inbox   *inbox.Metrics
 	closers []func() error // see close
 	// apps is the configuration apps are read from: cfg at start, replaced by
 	// a reload (SIGHUP). Everything else in cfg is fixed for the process.
@@ -75,7 +78,8 @@ func newParts(cfg config.Config, log *slog.Logger, rdb redis.UniversalClient) *p
 		OnHeldEvicted: func(app string, n int) { m.HeldEvicted.WithLabelValues(app).Add(float64(n)) },
 	})
 	rdb.AddHook(m.RedisHook())
-	p := &parts{cfg: cfg, log: log, rdb: rdb, reg: reg, metrics: m, store: store, events: events.NewMetrics(reg, rdb)}
+	p := &parts{cfg: cfg, log: log, rdb: rdb, reg: reg, metrics: m, store: store, events: events.NewMetrics(reg, rdb),
+		inbox: inbox.NewMetrics(reg, rdb, cfg.AppNames())}
 	p.apps.Store(&cfg)
 	reg.MustRegister(metrics.NewClusterCollector(store, func() []string { return p.current().AppNames() }),
 		metrics.NewQueueCollector(asynq.NewInspectorFromRedisClient(rdb), []string{tasks.QueueHigh, tasks.QueueNormal, tasks.QueueLow, webhook.Queue}))
@@ -124,7 +128,8 @@ func apiApps(cfg *config.Config) ([]api.App, error) {
 	for i, a := range cfg.Apps {
 		apps[i] = api.App{Name: a.Name, AppID: a.AppID, Token: a.Token, PreviousToken: a.PreviousToken, CallbackCompat: a.CallbackCompat,
 			MaxBacklog: a.MaxBacklog, ValidateTemplates: a.ValidateTemplates,
-			StatusURL: a.StatusURL, WebhookSecret: !a.WebhookSecret.IsZero()}
+			StatusURL: a.StatusURL, WebhookSecret: !a.WebhookSecret.IsZero(),
+			UpstreamURL: a.UpstreamURL, RelayAll: a.RelayAll, RelayVerify: a.RelayVerify}
 		if a.AESKey.IsZero() {
 			continue
 		}
@@ -171,7 +176,20 @@ func (p *parts) apiServer() (*api.Server, error) {
 		Ready:               func(ctx context.Context) error { return redisconn.Ping(ctx, p.rdb) },
 		Nonces:              wechat.NewNonceStore(p.rdb),
 		CallbackWindow:      p.cfg.CallbackWindow,
+		Inbox:               p.callbackInbox(),
+		Relay: relay.New(relay.Config{Timeout: p.cfg.RelayTimeout, Logger: p.log.With("component", "relay")},
+			relay.NewMetrics(p.reg, p.cfg.AppNames())),
+		RelayTimeout: p.cfg.RelayTimeout,
 	}), nil
+}
+
+// callbackInbox is where the API puts delivery results; nil when
+// WXPUSH_CALLBACK_INBOX is false (they are applied before the answer).
+func (p *parts) callbackInbox() api.Inbox {
+	if !p.cfg.CallbackInbox {
+		return nil
+	}
+	return inbox.New(p.rdb, p.inbox)
 }
 
 // apiLimit is the per-caller request rate of the API, shared by every

@@ -9,6 +9,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/inbox"
 	"github.com/wxpush/wxpush/internal/ratelimit"
 	"github.com/wxpush/wxpush/internal/tasks"
 	"github.com/wxpush/wxpush/internal/wechat"
@@ -70,8 +71,16 @@ func (p *parts) runWorker(ctx context.Context) error {
 		defer close(forwarded)
 		p.forwarder().Run(ctx)
 	}()
+	applied := make(chan struct{})
+	go func() {
+		defer close(applied)
+		if p.cfg.InboxApply {
+			p.applier().Run(ctx)
+		}
+	}()
 	<-ctx.Done()
 	<-forwarded
+	<-applied
 	// Shutdown stops fetching, waits for in-flight handlers up to ShutdownTimeout,
 	// and hands unfinished tasks back to the queue.
 	srv.Shutdown()
@@ -98,8 +107,13 @@ func (p *parts) sweep(ctx context.Context) {
 		if won, err := p.store.TrySweepLock(ctx, every); err != nil || !won {
 			continue
 		}
+		until, err := p.confirmedUntil(ctx)
+		if err != nil {
+			p.log.Warn("unconfirmed sweep: could not read the callback inbox", "err", err)
+			continue
+		}
 		for {
-			settled, err := p.store.SweepUnconfirmed(ctx, 500)
+			settled, err := p.store.SweepUnconfirmedUntil(ctx, until, 500)
 			if err != nil {
 				p.log.Warn("unconfirmed sweep failed", "err", err)
 				break
@@ -114,6 +128,26 @@ func (p *parts) sweep(ctx context.Context) {
 		}
 		p.sweepOrphans(ctx, insp)
 	}
+}
+
+// confirmedUntil is the time up to which every received result is applied:
+// now, or the receive time of the oldest event still in the callback inbox.
+// A message whose confirmation deadline is before it got no result in time;
+// one after it may have its result waiting in the inbox, so it is not swept
+// while the appliers catch up.
+func (p *parts) confirmedUntil(ctx context.Context) (time.Time, error) {
+	now := time.Now()
+	oldest, ok, err := inbox.Oldest(ctx, p.rdb)
+	if err != nil || !ok || oldest.After(now) {
+		return now, err
+	}
+	return oldest, nil
+}
+
+// applier settles the callback inbox's events; the workers share the work
+// through one consumer group, each under its own name.
+func (p *parts) applier() *inbox.Applier {
+	return inbox.NewApplier(p.rdb, p.store, consumerName(), p.inbox, p.metrics, p.log.With("component", "inbox"))
 }
 
 // sweepOrphans runs one pass of tasks.SweepOrphans.
