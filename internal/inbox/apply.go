@@ -58,6 +58,9 @@ type Applier struct {
 	Block time.Duration
 
 	failures map[string]int // this applier's failed applies by entry id
+	// ownPending: this applier left events it read unacknowledged (a failed
+	// apply or acknowledgement); its next pass reads them again first.
+	ownPending bool
 }
 
 // NewApplier returns an applier named consumer (unique per process) that
@@ -112,7 +115,7 @@ func (a *Applier) Once(ctx context.Context, claim bool) (int, error) {
 
 func (a *Applier) read(ctx context.Context, claim bool) ([]redis.XMessage, error) {
 	var msgs []redis.XMessage
-	if len(a.failures) > 0 {
+	if a.ownPending {
 		own, err := a.readGroup(ctx, "0", -1)
 		if err != nil {
 			return nil, err
@@ -167,6 +170,7 @@ func (a *Applier) readGroup(ctx context.Context, from string, block time.Duratio
 			}
 			msgs = kept
 			if len(msgs) == 0 {
+				a.ownPending = false
 				clear(a.failures)
 			}
 		}
@@ -267,6 +271,7 @@ func (a *Applier) apply(ctx context.Context, msgs []redis.XMessage) (int, error)
 			for _, m := range msgs {
 				a.failures[m.ID]++
 			}
+			a.ownPending = true
 			return 0, err
 		}
 	}
@@ -289,6 +294,7 @@ func (a *Applier) apply(ctx context.Context, msgs []redis.XMessage) (int, error)
 			// Every result of the event is applied again with it: the
 			// store's script makes the ones that did apply harmless.
 			a.failures[e.msg.ID]++
+			a.ownPending = true
 			a.metrics.Failed.Inc()
 			a.log.Warn("inbox: an event failed to apply; it is retried", "app", e.app, "entry", e.msg.ID, "err", failed)
 			continue
@@ -308,6 +314,7 @@ func (a *Applier) apply(ctx context.Context, msgs []redis.XMessage) (int, error)
 		}
 	}
 	if err := a.finish(ctx, done); err != nil {
+		a.ownPending = true
 		return 0, err
 	}
 	for _, e := range done {

@@ -1,0 +1,376 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/metrics"
+	"github.com/wxpush/wxpush/internal/redistest"
+)
+
+type bundle struct {
+	ctx    context.Context
+	rdb    *redis.Client
+	store  *delivery.Store
+	inbox  *Inbox
+	m      *Metrics
+	counts *metrics.Metrics
+	nonce  atomic.Int64
+}
+
+func setup(t *testing.T) *bundle {
+	t.Helper()
+	rdb := redistest.Start(t).Client(t)
+	reg := prometheus.NewRegistry()
+	b := &bundle{ctx: context.Background(), rdb: rdb,
+		store: delivery.NewStore(rdb, delivery.Config{Retention: time.Hour, ConfirmTimeout: time.Hour, CallbackHold: time.Hour}),
+		m:     NewMetrics(reg, rdb, []string{"default"}),
+		counts: metrics.New(reg, metrics.Labels{Apps: []string{"default"},
+			States: []string{"delivered", "user_blocked", "wechat_failed"}, Events: []string{"TEMPLATESENDJOBFINISH"},
+			Outcome: []string{"applied", "duplicate", "held"}}),
+	}
+	b.inbox = New(rdb, b.m)
+	return b
+}
+
+// sent makes message id sent with WeChat msgid msgID.
+func (b *bundle) sent(t *testing.T, id string, msgID int64) {
+	t.Helper()
+	id = string(delivery.Shard("default")) + id
+	if _, err := b.store.Create(b.ctx, delivery.NewMessage{ID: id, App: "default", Queue: "normal", To: "o1", Body: []byte(`{"touser":"o1"}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := b.store.Begin(b.ctx, id); err != nil || !a.Proceed {
+		t.Fatalf("Begin(%s) = %+v, %v", id, a, err)
+	}
+	if _, err := b.store.MarkSent(b.ctx, id, "default", msgID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func resultXML(msgID int64, status string) []byte {
+	return []byte(fmt.Sprintf(`<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[o1]]></FromUserName>`+
+		`<CreateTime>%d</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event>`+
+		`<MsgID>%d</MsgID><Status><![CDATA[%s]]></Status></xml>`, time.Now().Unix(), msgID, status))
+}
+
+// push appends a result as the receiver does, with a fresh nonce.
+func (b *bundle) push(t *testing.T, xml []byte) {
+	t.Helper()
+	n := strconv.FormatInt(b.nonce.Add(1), 10)
+	use, err := b.inbox.Append(b.ctx, Entry{App: "default", Event: "TEMPLATESENDJOBFINISH", XML: xml, Received: time.Now()},
+		strconv.FormatInt(time.Now().Unix(), 10), n, xml, time.Minute)
+	if err != nil || use != Appended {
+		t.Fatalf("Append = %v, %v", use, err)
+	}
+}
+
+func (b *bundle) applier(name string, s Settler) *Applier {
+	a := NewApplier(b.rdb, s, name, b.m, b.counts, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	a.Block = 10 * time.Millisecond
+	return a
+}
+
+func (b *bundle) state(t *testing.T, id string) (delivery.State, int) {
+	t.Helper()
+	m, err := b.store.Get(b.ctx, string(delivery.Shard("default"))+id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	callbacks := 0
+	for _, h := range m.History {
+		if h.Event == "callback" {
+			callbacks++
+		}
+	}
+	return m.State, callbacks
+}
+
+func (b *bundle) depth(t *testing.T) int64 {
+	t.Helper()
+	n, err := b.rdb.XLen(b.ctx, Stream).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// drain runs a's passes (claiming each time) until the inbox is empty.
+func (b *bundle) drain(t *testing.T, a *Applier) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for b.depth(t) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the inbox still holds %d events after 20 s", b.depth(t))
+		}
+		if _, err := a.Once(b.ctx, true); err != nil {
+			t.Logf("Once: %v", err)
+		}
+	}
+}
+
+func TestAppendRemembersTheNonce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	xml := resultXML(1, "success")
+	app := func(body []byte) Use {
+		use, err := b.inbox.Append(b.ctx, Entry{App: "default", Event: "TEMPLATESENDJOBFINISH", XML: body, Received: time.Now()}, "1700000000", "n1", body, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return use
+	}
+	if u := app(xml); u != Appended {
+		t.Fatalf("first append = %v, want Appended", u)
+	}
+	if u := app(xml); u != Retried {
+		t.Errorf("same nonce, same body = %v, want Retried", u)
+	}
+	if u := app(resultXML(2, "success")); u != Replayed {
+		t.Errorf("same nonce, another body = %v, want Replayed", u)
+	}
+	if n := b.depth(t); n != 1 {
+		t.Errorf("the inbox holds %d events, want 1: a retry or a replay must not append", n)
+	}
+	if v := testutil.ToFloat64(b.m.Appended.WithLabelValues("default")); v != 1 {
+		t.Errorf("appended_total = %v, want 1", v)
+	}
+}
+
+func TestApplierSettlesInBatches(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const n = 300
+	for i := range n {
+		b.sent(t, fmt.Sprintf("m%03d", i), int64(1000+i))
+		b.push(t, resultXML(int64(1000+i), []string{"success", "failed:user block", "failed: system failed"}[i%3]))
+	}
+	if _, ok, _ := Oldest(b.ctx, b.rdb); !ok {
+		t.Fatal("Oldest reports an empty inbox with 300 events in it")
+	}
+	var calls atomic.Int32
+	a := b.applier("a1", countingSettler{b.store, &calls})
+	b.drain(t, a)
+	for i := range n {
+		want := []delivery.State{delivery.StateDelivered, delivery.StateUserBlocked, delivery.StateWeChatFailed}[i%3]
+		if st, cb := b.state(t, fmt.Sprintf("m%03d", i)); st != want || cb != 1 {
+			t.Fatalf("m%03d: %s with %d callbacks, want %s with 1", i, st, cb, want)
+		}
+	}
+	if c := calls.Load(); c > 3 {
+		t.Errorf("%d apply round trips for %d events, want at most 3 (batches of %d)", c, n, DefaultBatch)
+	}
+	if v := testutil.ToFloat64(b.m.Applied.WithLabelValues("default")); v != n {
+		t.Errorf("applied_total = %v, want %d", v, n)
+	}
+	if v := testutil.ToFloat64(b.counts.Finished.WithLabelValues("default", "delivered")); v != n/3 {
+		t.Errorf("finished_total{delivered} = %v, want %d", v, n/3)
+	}
+	if c := testutil.CollectAndCount(b.m.Lag); c != 1 {
+		t.Errorf("lag histogram has %d series", c)
+	}
+	if _, ok, _ := Oldest(b.ctx, b.rdb); ok {
+		t.Error("Oldest reports an event after the inbox was drained")
+	}
+}
+
+type countingSettler struct {
+	s     Settler
+	calls *atomic.Int32
+}
+
+func (c countingSettler) ApplyCallbacks(ctx context.Context, in []delivery.CallbackInput) ([]delivery.CallbackResult, []error, error) {
+	c.calls.Add(1)
+	return c.s.ApplyCallbacks(ctx, in)
+}
+
+// dyingSettler applies the first half of a batch and then "dies": it returns
+// an error, as a process killed after its script ran and before it
+// acknowledged would leave the entries.
+type dyingSettler struct{ s Settler }
+
+var errKilled = errors.New("applier killed")
+
+func (d dyingSettler) ApplyCallbacks(ctx context.Context, in []delivery.CallbackInput) ([]delivery.CallbackResult, []error, error) {
+	if _, _, err := d.s.ApplyCallbacks(ctx, in[:len(in)/2]); err != nil {
+		return nil, nil, err
+	}
+	return nil, nil, errKilled
+}
+
+func TestApplierKilledMidBatchAppliesOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	const n = 40
+	for i := range n {
+		b.sent(t, fmt.Sprintf("k%02d", i), int64(5000+i))
+		b.push(t, resultXML(int64(5000+i), "success"))
+	}
+	dead := b.applier("dead", dyingSettler{b.store})
+	if _, err := dead.Once(b.ctx, false); !errors.Is(err, errKilled) {
+		t.Fatalf("the dying applier's pass = %v, want it killed", err)
+	}
+	// Half the results took effect, none was acknowledged.
+	if b.depth(t) != n {
+		t.Fatalf("inbox depth %d after the kill, want %d (nothing acknowledged)", b.depth(t), n)
+	}
+	heir := b.applier("heir", b.store)
+	heir.ClaimAfter = 20 * time.Millisecond
+	b.drain(t, heir)
+	for i := range n {
+		if st, cb := b.state(t, fmt.Sprintf("k%02d", i)); st != delivery.StateDelivered || cb != 1 {
+			t.Fatalf("k%02d: %s with %d callback history entries, want delivered with exactly 1", i, st, cb)
+		}
+	}
+	dup := testutil.ToFloat64(b.counts.Callbacks.WithLabelValues("default", "TEMPLATESENDJOBFINISH", "duplicate"))
+	applied := testutil.ToFloat64(b.counts.Callbacks.WithLabelValues("default", "TEMPLATESENDJOBFINISH", "applied"))
+	if dup != n/2 || applied != n/2 {
+		t.Errorf("the heir counted %v duplicate and %v applied, want %d each (the dead one had applied half)", dup, applied, n/2)
+	}
+	if v := testutil.ToFloat64(b.counts.Finished.WithLabelValues("default", "delivered")); v != n/2 {
+		t.Errorf("the heir counted %v finished, want %d: a result applied again must not count twice", v, n/2)
+	}
+}
+
+// failingSettler fails the results for one msgid in Redis, every time.
+type failingSettler struct {
+	s     Settler
+	msgID string
+}
+
+func (f failingSettler) ApplyCallbacks(ctx context.Context, in []delivery.CallbackInput) ([]delivery.CallbackResult, []error, error) {
+	rs, errs, err := f.s.ApplyCallbacks(ctx, in)
+	if err != nil {
+		return rs, errs, err
+	}
+	for i, c := range in {
+		if c.MsgID == f.msgID {
+			errs[i] = errors.New("WRONGTYPE Operation against a key holding the wrong kind of value")
+		}
+	}
+	return rs, errs, nil
+}
+
+func TestPoisonEventsAreParked(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.sent(t, "p1", 7001)
+	b.push(t, resultXML(7001, "success"))
+	if err := b.rdb.XAdd(b.ctx, &redis.XAddArgs{Stream: Stream, Values: []any{fieldApp, "default", fieldEvent, "TEMPLATESENDJOBFINISH",
+		fieldXML, "<xml><MsgID>7002", fieldReceived, time.Now().UnixMilli()}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b.sent(t, "p3", 7003)
+	b.push(t, resultXML(7003, "success"))
+	b.sent(t, "p4", 7004)
+	b.push(t, resultXML(7004, "success"))
+
+	a := b.applier("a1", failingSettler{b.store, "7003"})
+	if _, err := a.Once(b.ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	// The good ones are not held back by either poison event.
+	for _, id := range []string{"p1", "p4"} {
+		if st, _ := b.state(t, id); st != delivery.StateDelivered {
+			t.Errorf("%s is %s after the first pass, want delivered", id, st)
+		}
+	}
+	passes := 1
+	for b.depth(t) > 0 && passes < 20 {
+		if _, err := a.Once(b.ctx, false); err != nil {
+			t.Fatal(err)
+		}
+		passes++
+	}
+	if b.depth(t) != 0 {
+		t.Fatalf("the inbox still holds %d events after %d passes", b.depth(t), passes)
+	}
+	parked, err := ListParked(b.ctx, b.rdb, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(parked) != 2 {
+		t.Fatalf("parked = %+v, want the malformed event and the failing one", parked)
+	}
+	reasons := map[string]bool{}
+	for _, p := range parked {
+		reasons[p.Reason[:len(ReasonMalformed)]] = p.XML != ""
+	}
+	if !reasons[ReasonMalformed] || testutil.ToFloat64(b.m.Parked.WithLabelValues(ReasonMalformed)) != 1 ||
+		testutil.ToFloat64(b.m.Parked.WithLabelValues(ReasonGaveUp)) != 1 {
+		t.Errorf("parked reasons %+v; metrics malformed %v gave_up %v", parked,
+			testutil.ToFloat64(b.m.Parked.WithLabelValues(ReasonMalformed)), testutil.ToFloat64(b.m.Parked.WithLabelValues(ReasonGaveUp)))
+	}
+	if f := testutil.ToFloat64(b.m.Failed); f != DefaultMaxDeliveries {
+		t.Errorf("apply failures = %v, want %d before it is parked", f, DefaultMaxDeliveries)
+	}
+}
+
+// An event that kills every applier that takes it is parked after
+// MaxDeliveries takeovers: each claim counts one delivery.
+func TestEventKillingEveryApplierIsParked(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.sent(t, "z1", 9001)
+	b.push(t, resultXML(9001, "success"))
+	killer := &killingSettler{}
+	first := b.applier("victim-0", killer)
+	if _, err := first.Once(b.ctx, false); err == nil {
+		t.Fatal("the killing settler did not fail")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 1; b.depth(t) > 0; i++ {
+		if time.Now().After(deadline) {
+			t.Fatalf("the event is still in the inbox after %d tries", i)
+		}
+		next := b.applier(fmt.Sprintf("victim-%d", i), killer)
+		next.ClaimAfter = time.Millisecond
+		_, _ = next.Once(b.ctx, true)
+	}
+	parked, _ := ListParked(b.ctx, b.rdb, 10)
+	if len(parked) != 1 || parked[0].Reason[:len(ReasonGaveUp)] != ReasonGaveUp {
+		t.Fatalf("parked = %+v, want the killing event, gave_up", parked)
+	}
+	if n := killer.calls.Load(); n != DefaultMaxDeliveries {
+		t.Errorf("the event was applied %d times before it was parked, want %d", n, DefaultMaxDeliveries)
+	}
+}
+
+type killingSettler struct{ calls atomic.Int32 }
+
+func (k *killingSettler) ApplyCallbacks(context.Context, []delivery.CallbackInput) ([]delivery.CallbackResult, []error, error) {
+	k.calls.Add(1)
+	return nil, nil, errKilled
+}
+
+// Redis lost everything (no persistence): the group is made again and new
+// events are applied.
+func TestGroupMadeAgainAfterRedisLostIt(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	a := b.applier("a1", b.store)
+	b.sent(t, "g1", 8001)
+	b.push(t, resultXML(8001, "success"))
+	b.drain(t, a)
+	if err := b.rdb.FlushAll(b.ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	b.sent(t, "g2", 8002)
+	b.push(t, resultXML(8002, "success"))
+	b.drain(t, a)
+	if st, _ := b.state(t, "g2"); st != delivery.StateDelivered {
+		t.Errorf("g2 is %s after the group was lost, want delivered", st)
+	}
+}
