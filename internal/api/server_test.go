@@ -71,6 +71,16 @@ type bundle struct {
 // adjust the Deps (API keys, for example) before the server is built.
 func setup(t *testing.T, opts ...func(*api.Deps)) *bundle {
 	t.Helper()
+	return setupRedis(t, func(_ *redis.Client, d *api.Deps) {
+		for _, o := range opts {
+			o(d)
+		}
+	})
+}
+
+// setupRedis is setup with an option that also gets the bundle's Redis.
+func setupRedis(t *testing.T, opt func(*redis.Client, *api.Deps)) *bundle {
+	t.Helper()
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
 	store := delivery.NewStore(rdb, delivery.Config{})
@@ -93,9 +103,7 @@ func setup(t *testing.T, opts ...func(*api.Deps)) *bundle {
 		Ready:      func(ctx context.Context) error { return redisconn.Ping(ctx, rdb) },
 		Nonces:     wechat.NewNonceStore(rdb),
 	}
-	for _, o := range opts {
-		o(&d)
-	}
+	opt(rdb, &d)
 	h := api.New(d).Handler()
 	ts := httptest.NewServer(h)
 	t.Cleanup(ts.Close)
