@@ -5,8 +5,8 @@ that wxpush exports.
 Usage: check_metrics.py METRICS_DIR FILE...
 
 METRICS_DIR is internal/metrics (or a colon-separated list of directories; the
-sibling packages in EXTRA_PACKAGES, internal/webhook, internal/api and internal/events, which
-define their own metrics, are always read too): the exported names are read
+sibling packages in EXTRA_PACKAGES, internal/webhook, internal/api, internal/events,
+internal/inbox and internal/relay, which define their own metrics, are always read too): the exported names are read
 from their Go sources
 (Name: "wxpush_..." in the *Opts literals and prometheus.NewDesc("wxpush_...")),
 histograms adding their _bucket, _sum and _count series. Besides those, `up` and
@@ -24,7 +24,7 @@ import sys
 ALLOWED_EXACT = {"up"}
 # Packages beside METRICS_DIR that register metrics of their own (NewMetrics in
 # the package), read along with it.
-EXTRA_PACKAGES = ("webhook", "api", "events")
+EXTRA_PACKAGES = ("webhook", "api", "events", "inbox", "relay")
 ALLOWED_PREFIXES = ("go_", "process_")
 
 KEYWORDS = {
