@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/inbox"
 	"github.com/wxpush/wxpush/internal/servicetest"
 	"github.com/wxpush/wxpush/internal/wechat"
 )
@@ -23,25 +28,72 @@ const (
 	callbackPushers = 64
 )
 
-// callbackFigures: result callbacks stored per second by one enqueuer, the
+// callbackFigures: result callbacks answered per second by one enqueuer, the
 // path whose limit decides whether WeChat's 5-second wait is met under a
-// burst. Messages are sent first with the simulator's callbacks off; then 64
-// pushers post each message's signed TEMPLATESENDJOBFINISH to the enqueuer,
-// and the clock runs until every one is answered. Today each is stored
-// before it is answered (there is no inbox yet).
+// burst, with the callback inbox (WXPUSH_CALLBACK_INBOX=true: one append,
+// then the answer; the worker's applier settles the records) and with the
+// old store-then-answer path (=false), in interleaved rounds. Messages are
+// sent first with the simulator's callbacks off; then 64 pushers post each
+// message's signed TEMPLATESENDJOBFINISH to the enqueuer, and the clock runs
+// until every one is answered. An inbox round then times the drain, from
+// the last answer until every result is applied; every round ends by
+// reading every message back and fails unless all are delivered.
 func callbackFigures(b *testing.B, tab *table) {
-	const rounds = 3
-	var rates []float64
+	const rounds = 5
+	var inboxRates, oldRates, drains []float64
+	var lag histogram
+	var inboxCPU, oldCPU cpuSplit
+	var inboxRT, oldRT, failures, parked int64
 	for range rounds {
-		rates = append(rates, callbacksOnce(b))
+		in := callbacksOnce(b, true)
+		inboxRates, drains = append(inboxRates, in.rate), append(drains, in.drain.Seconds())
+		lag, failures, parked = lag.add(in.lag), failures+in.failures, parked+in.parked
+		inboxCPU, inboxRT = inboxCPU.plus(in.cpu), inboxRT+in.roundTrips
+		old := callbacksOnce(b, false)
+		oldRates = append(oldRates, old.rate)
+		oldCPU, oldRT = oldCPU.plus(old.cpu), oldRT+old.roundTrips
 	}
-	tab.row("callbacks stored per second, one enqueuer", fmt.Sprintf("%.0f/s", median(rates)), "–",
-		fmt.Sprintf("%d signed TEMPLATESENDJOBFINISH results by %d pushers, each stored before it is answered (store-then-answer; no inbox yet); median of %d rounds (%s)",
-			callbackN, callbackPushers, rounds, rateList(rates)))
+	inboxRate, oldRate := median(inboxRates), median(oldRates)
+	tab.row("callbacks stored per second, one enqueuer", fmt.Sprintf("%.0f/s", oldRate), "–",
+		fmt.Sprintf("%d signed TEMPLATESENDJOBFINISH results by %d pushers, each stored before it is answered (store-then-answer, WXPUSH_CALLBACK_INBOX=false); median of %d rounds (%s), interleaved with the inbox's",
+			callbackN, callbackPushers, rounds, rateList(oldRates)))
+	tab.row("callbacks answered per second, one enqueuer, inbox", fmt.Sprintf("%.0f/s", inboxRate), "–",
+		fmt.Sprintf("the same %d results by %d pushers, each appended to the inbox (one script) and answered (WXPUSH_CALLBACK_INBOX=true), the worker's applier settling them meanwhile; median of %d rounds (%s)",
+			callbackN, callbackPushers, rounds, rateList(inboxRates)))
+	tab.row("callbacks answered per second, inbox/store-then-answer", fmt.Sprintf("%.2f", inboxRate/oldRate), "–",
+		"ratio of the medians; per round (inbox, then store-then-answer, on fresh servers): "+ratioList(inboxRates, oldRates))
+	tab.row("inbox drain after the last answer", ms(median(drains)), "–",
+		fmt.Sprintf("from the last callback answered until every result is applied (backlog 0, inbox depth 0, polled every 5 ms); median of %d rounds (%s); every round then read all %d messages back: all delivered; %d failed applies (retried), %d parked, all rounds",
+			rounds, msList(drains), callbackN, failures, parked))
+	tab.row("inbox apply lag p50 / p99 in the callback burst", ms(lag.quantile(0.5))+" / "+ms(lag.quantile(0.99)), "–",
+		fmt.Sprintf("the worker's wxpush_inbox_apply_lag_seconds (receipt → applied), buckets summed over the %d inbox rounds (%.0f events), estimated as histogram_quantile does",
+			rounds, lag.count()))
+	all := rounds * callbackN
+	tab.row("CPU per callback, inbox / store-then-answer", inboxCPU.per(all)+" / "+oldCPU.per(all), "–",
+		"CPU time from the first callback until every result is applied, all rounds: redis-server, worker binary (the inbox's applier), this process (enqueuer and the 64 pushers); incl. the worker's idle asynq polling, of which the longer store-then-answer span holds more")
+	tab.row("Redis round trips per callback, inbox / store-then-answer", fmt.Sprintf("%.2f / %.2f", float64(inboxRT)/float64(all), float64(oldRT)/float64(all)), "–",
+		"wxpush_redis_round_trips_total of the enqueuer and the worker over the same span, incl. the worker's asynq polling")
+	b.ReportMetric(inboxRate/oldRate, "callbacks-inbox/old")
 }
 
-func callbacksOnce(b *testing.B) float64 {
-	c := servicetest.Start(b, servicetest.Options{Rules: "*=no_callback", Env: env(map[string]string{"WXPUSH_CONCURRENCY": fmt.Sprint(concurrency)})})
+// callbackRun is one round of callbacksOnce: the rate callbacks were
+// answered at, and with the inbox the drain after the last answer and the
+// worker's apply lag histogram.
+type callbackRun struct {
+	rate  float64
+	drain time.Duration
+	lag   histogram
+	// From the first callback until every result is applied: CPU by
+	// process and the enqueuer's and worker's Redis round trips.
+	cpu        cpuSplit
+	roundTrips int64
+	// The applier's failed applies (each retried) and the parked events.
+	failures, parked int64
+}
+
+func callbacksOnce(b *testing.B, useInbox bool) callbackRun {
+	c := servicetest.Start(b, servicetest.Options{Rules: "*=no_callback", Env: env(map[string]string{
+		"WXPUSH_CONCURRENCY": fmt.Sprint(concurrency), "WXPUSH_CALLBACK_INBOX": strconv.FormatBool(useInbox)})})
 	rdb := c.Redis.Client(b)
 	worker := startWorkerBinary(b, c.Env(b))
 	defer worker.stop()
@@ -63,6 +115,9 @@ func callbacksOnce(b *testing.B) float64 {
 		msgs[i].msgID = v.MsgID
 	})
 
+	urls := []string{c.API + "/metrics", worker.admin + "/metrics"}
+	rt0 := roundTrips(b, urls)
+	cpu0 := cpuTimes(b, rdb, worker)
 	var nonce atomic.Int64
 	start := time.Now()
 	runParallel(callbackPushers, callbackN, func(i int) {
@@ -83,9 +138,70 @@ func callbacksOnce(b *testing.B) float64 {
 			b.Fatalf("callback: %d %s", resp.StatusCode, got)
 		}
 	})
-	rate := float64(callbackN) / time.Since(start).Seconds()
-	waitBacklog(b, rdb, 0, time.Minute) // every result was applied, not only answered
-	return rate
+	answered := time.Now()
+	run := callbackRun{rate: float64(callbackN) / answered.Sub(start).Seconds()}
+	waitApplied(b, rdb, 2*time.Minute)
+	run.drain = time.Since(answered)
+	run.cpu = cpuTimes(b, rdb, worker).sub(cpu0)
+	for cmd, v := range roundTrips(b, urls) {
+		run.roundTrips += v - rt0[cmd]
+	}
+	if useInbox {
+		run.lag = scrapeHistogram(b, worker.admin+"/metrics", "wxpush_inbox_apply_lag_seconds")
+		run.failures = int64(servicetest.SumSeries(b, []string{worker.admin + "/metrics"}, "wxpush_inbox_apply_failures_total"))
+		run.parked, _ = rdb.XLen(context.Background(), inbox.ParkedStream).Result()
+	}
+	// Answered is not stored: every message must have its result.
+	states := make([]string, callbackN)
+	runParallel(callbackPushers, callbackN, func(i int) {
+		var v struct{ State string }
+		getJSON(b, client, http.MethodGet, c.API+"/v1/messages/"+msgs[i].id, "", http.StatusOK, &v)
+		states[i] = v.State
+	})
+	by := map[string]int{}
+	for _, s := range states {
+		by[s]++
+	}
+	if by["delivered"] != callbackN {
+		parked, _ := rdb.XLen(context.Background(), inbox.ParkedStream).Result()
+		b.Fatalf("callbacks (inbox %v): %d callbacks answered, but only %d of %d messages delivered: states %v; inbox parked %d",
+			useInbox, callbackN, by["delivered"], callbackN, by, parked)
+	}
+	return run
+}
+
+// waitApplied waits until no message of app default is waiting for its
+// result and the callback inbox is empty: every answered result is applied.
+func waitApplied(b *testing.B, rdb *redis.Client, within time.Duration) {
+	ctx := context.Background()
+	store := delivery.NewStore(rdb, delivery.Config{})
+	deadline := time.Now().Add(within)
+	for {
+		backlog, err := store.Backlog(ctx, "default")
+		if err != nil && err != redis.Nil {
+			b.Fatal(err)
+		}
+		depth, err := rdb.XLen(ctx, inbox.Stream).Result()
+		if err != nil && err != redis.Nil {
+			b.Fatal(err)
+		}
+		if backlog == 0 && depth == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			parked, _ := rdb.XLen(ctx, inbox.ParkedStream).Result()
+			b.Fatalf("results not applied after %v: backlog %d, inbox depth %d, parked %d", within, backlog, depth, parked)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func msList(secs []float64) string {
+	s := make([]string, len(secs))
+	for i, x := range secs {
+		s[i] = fmt.Sprintf("%.0f", x*1000)
+	}
+	return strings.Join(s, ", ") + " ms"
 }
 
 // getJSON sends body ("" = none) and decodes the answer into v.

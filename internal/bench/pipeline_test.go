@@ -363,6 +363,10 @@ func (c cpuSplit) sub(d cpuSplit) cpuSplit {
 	return cpuSplit{c.redis - d.redis, c.worker - d.worker, c.self - d.self}
 }
 
+func (c cpuSplit) plus(d cpuSplit) cpuSplit {
+	return cpuSplit{c.redis + d.redis, c.worker + d.worker, c.self + d.self}
+}
+
 func (c cpuSplit) per(n int) string {
 	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
 	return fmt.Sprintf("redis %.0f µs, worker %.0f µs, enqueuer+sim %.0f µs", us(c.redis), us(c.worker), us(c.self))
