@@ -18,6 +18,7 @@ test: ## go vet, the race-enabled test suite (real redis-server; see README), mo
 	$(GO) vet $(PKGS)
 	$(GO) test -race -timeout 15m $(PKGS)
 	@$(MAKE) --no-print-directory test-monitoring
+	@$(MAKE) --no-print-directory test-sdk
 
 .PHONY: build
 build: ## Build enqueuer, worker and wechat-sim into ./bin
@@ -70,3 +71,7 @@ e2e: ## Browser check of the web UI in headless Chromium (apt-get install chromi
 .PHONY: test-faults
 test-faults: ## Fault-injection suite: real binaries and redis-server, kills and outages (a few minutes)
 	WXPUSH_FAULTS=1 $(GO) test -race -count=1 -timeout 12m ./internal/faults/ ./internal/service/
+
+.PHONY: test-sdk
+test-sdk: ## The relay against a real WeChat SDK handler (nested module internal/relay/sdktest; module proxy)
+	cd internal/relay/sdktest && $(GO) vet ./... && $(GO) test -race -count=1 ./...
