@@ -347,9 +347,16 @@ func (c *Cluster) Env(t testing.TB) map[string]string {
 }
 
 // AddWorker starts one more worker and waits until it is healthy.
-func (c *Cluster) AddWorker(t testing.TB) {
+func (c *Cluster) AddWorker(t testing.TB) { c.AddWorkerEnv(t, nil) }
+
+// AddWorkerEnv starts one more worker with extra environment over the
+// cluster's, and waits until it is healthy.
+func (c *Cluster) AddWorkerEnv(t testing.TB, extra map[string]string) {
 	t.Helper()
 	env := c.Env(t)
+	for k, v := range extra {
+		env[k] = v
+	}
 	c.workers++
 	name := fmt.Sprintf("worker %d", c.workers)
 	c.logs[name] = Run(t, name, service.RunWorker, env)
