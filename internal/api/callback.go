@@ -274,7 +274,7 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !inbox.Consumed(ev) && s.relays(app) {
-		if s.firstUse(w, r, app, raw) {
+		if s.firstUse(w, r, app, raw, true) {
 			s.relayCallback(w, r, app, ev, raw, arrived)
 		}
 		return
@@ -286,7 +286,7 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 	if s.inbox != nil && len(results) > 0 {
 		ok = s.appendResults(w, r, app, ev, body, raw, arrived)
 	} else {
-		ok = s.firstUse(w, r, app, raw) && (len(results) == 0 || s.applyResults(w, r, app.Name, ev.Event, results))
+		ok = s.firstUse(w, r, app, raw, false) && (len(results) == 0 || s.applyResults(w, r, app.Name, ev.Event, results))
 	}
 	if !ok {
 		return
@@ -347,14 +347,25 @@ func (s *Server) appendResults(w http.ResponseWriter, r *http.Request, app App, 
 // The same body again is WeChat's own retry (it resends a callback it got no
 // answer to within 5 s, query and body unchanged): it goes on and is applied
 // again, which callbacks are built to tolerate, so a result whose first try
-// failed in Redis is still stored. A Redis failure answers 503.
-func (s *Server) firstUse(w http.ResponseWriter, r *http.Request, app App, raw []byte) bool {
+// failed in Redis is still stored. A Redis failure answers 503, unless
+// relaying: a user's message then goes to the upstream unchecked for
+// replays (as it did before wxpush stood in front), rather than be lost.
+func (s *Server) firstUse(w http.ResponseWriter, r *http.Request, app App, raw []byte, relaying bool) bool {
 	if s.nonces == nil {
 		return true
 	}
+	ctx := r.Context()
+	if relaying {
+		// The relay's budget must not go on a Redis that does not answer.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.relayTimeout/4)
+		defer cancel()
+	}
 	q := r.URL.Query()
-	use, err := s.nonces.Remember(r.Context(), app.Name, q.Get("timestamp"), q.Get("nonce"), raw, 2*s.callbackWindow)
+	use, err := s.nonces.Remember(ctx, app.Name, q.Get("timestamp"), q.Get("nonce"), raw, 2*s.callbackWindow)
 	switch {
+	case err != nil && relaying:
+		s.log.Warn("could not remember the callback nonce; relaying it without the replay check", "app", app.Name, "err", err)
 	case err != nil:
 		s.log.Error("could not remember the callback nonce", "app", app.Name, "err", err)
 		writeError(w, errStorage)

@@ -243,6 +243,22 @@ func TestRelayBadUpstreams(t *testing.T) {
 	})
 }
 
+// With Redis down a user's message still reaches the upstream (its replay
+// check skipped), while a delivery result is answered 503 to be retried.
+func TestRelayWithRedisDown(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, passiveReply) })
+	relayTo, _ := withRelay(up.URL, time.Second, nil)
+	b := setup(t, relayTo)
+	b.redis.Stop(t)
+	if r := b.postCallback(t, "default", signedQuery(defaultToken), []byte(textMessage)); r.status != http.StatusOK || string(r.body) != passiveReply {
+		t.Errorf("text message with Redis down: %d %q, want the upstream's reply", r.status, r.body)
+	}
+	if r := b.postCallback(t, "default", signedQuery(defaultToken), []byte(resultXML(1, "success"))); r.status != http.StatusServiceUnavailable {
+		t.Errorf("result with Redis down: %d, want 503", r.status)
+	}
+}
+
 func TestRelayURLVerification(t *testing.T) {
 	t.Parallel()
 	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request) {

@@ -106,7 +106,8 @@ func (c *depthCollector) Collect(ch chan<- prometheus.Metric) {
 		return nil
 	})
 	if err != nil {
-		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		// Left out: an invalid metric would fail the whole scrape, and
+		// wxpush_cluster_state_up already says Redis cannot be read.
 		return
 	}
 	var n int64

@@ -374,3 +374,20 @@ func TestGroupMadeAgainAfterRedisLostIt(t *testing.T) {
 		t.Errorf("g2 is %s after the group was lost, want delivered", st)
 	}
 }
+
+// With Redis unreachable the depth gauges are left out, not made invalid:
+// an invalid metric fails the whole scrape of the process.
+func TestDepthCollectorWithRedisDown(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	reg := prometheus.NewRegistry()
+	NewMetrics(reg, rdb, []string{"default"})
+	if n, err := testutil.GatherAndCount(reg, "wxpush_inbox_depth", "wxpush_inbox_oldest_age_seconds"); err != nil || n != 2 {
+		t.Fatalf("with Redis up: %d series, %v; want both gauges", n, err)
+	}
+	srv.Stop(t)
+	if _, err := reg.Gather(); err != nil {
+		t.Errorf("with Redis down the scrape fails: %v", err)
+	}
+}

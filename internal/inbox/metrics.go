@@ -32,7 +32,7 @@ func NewMetrics(reg prometheus.Registerer, rdb redis.UniversalClient, apps []str
 			Help: "Inbox events set aside unapplied, by reason; they are kept in the stream wxpush:{inbox}:parked."}, []string{"reason"}),
 		Lag: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wxpush_inbox_apply_lag_seconds",
 			Help:    "Time from a callback's receipt to its results applied.",
-			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}}),
+			Buckets: []float64{.005, .01, .025, .05, .1, .15, .2, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}}),
 	}
 	reg.MustRegister(m.Appended, m.Applied, m.Failed, m.Parked, m.Lag, &depthCollector{rdb: rdb,
 		depth: prometheus.NewDesc("wxpush_inbox_depth", "Callback events in the inbox not yet applied; cluster-wide.", nil, nil),
@@ -57,21 +57,20 @@ type depthCollector struct {
 
 func (c *depthCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.depth; ch <- c.age }
 
+// Collect leaves both out when Redis cannot be read: an invalid metric would
+// fail the whole scrape, and wxpush_cluster_state_up already says so.
 func (c *depthCollector) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	n, err := c.rdb.XLen(ctx, Stream).Result()
 	if err != nil {
-		ch <- prometheus.NewInvalidMetric(c.depth, err)
-		ch <- prometheus.NewInvalidMetric(c.age, err)
+		return
+	}
+	oldest, ok, err := Oldest(ctx, c.rdb)
+	if err != nil {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(c.depth, prometheus.GaugeValue, float64(n))
-	oldest, ok, err := Oldest(ctx, c.rdb)
-	if err != nil {
-		ch <- prometheus.NewInvalidMetric(c.age, err)
-		return
-	}
 	age := 0.0
 	if ok {
 		age = max(0, time.Since(oldest).Seconds())

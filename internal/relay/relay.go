@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -114,7 +115,18 @@ type Request struct {
 	Body        []byte // WeChat's body, unchanged (still encrypted in safe mode)
 }
 
-// Forward sends req upstream and returns its 200 reply. Any other outcome is an
+// origin is scheme://host of a URL, what logs may name of it: its path and
+// query may carry what WeChat sent (openid, signatures).
+func origin(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return "(unparsable URL)"
+	}
+	return u.Scheme + "://" + u.Host
+}
+
+// Forward sends req upstream and returns its 2xx reply (WeChat is answered
+// 200 with its body). Any other outcome is an
 // *Error: the caller answers WeChat itself.
 func (r *Relay) Forward(ctx context.Context, req Request) (Reply, error) {
 	start := time.Now()
@@ -123,7 +135,8 @@ func (r *Relay) Forward(ctx context.Context, req Request) (Reply, error) {
 	var re *Error
 	if errors.As(err, &re) {
 		result = re.Result
-		r.log.Warn("relay to upstream failed; WeChat is answered success", "app", req.App, "result", result, "err", re.Err)
+		r.log.Warn("relay to upstream failed; wxpush answers WeChat itself", "app", req.App,
+			"upstream", origin(req.Upstream), "result", result, "err", re.Err)
 	}
 	r.metrics.observe(req.App, result, time.Since(start))
 	return rep, err
@@ -158,15 +171,21 @@ func (r *Relay) forward(ctx context.Context, req Request) (Reply, error) {
 	hr.Header.Set("User-Agent", "wxpush-relay")
 	resp, err := r.client.Do(hr)
 	if err != nil {
+		// A *url.Error quotes the URL, and with it WeChat's query (openid,
+		// signatures): keep only the cause.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
 		return Reply{}, &Error{Result: classify(ctx, err), Err: err}
 	}
 	defer resp.Body.Close()
 	switch {
 	case resp.StatusCode >= 300 && resp.StatusCode < 400:
-		return Reply{}, &Error{Result: ResultRedirect, Err: fmt.Errorf("upstream answered %d to %q", resp.StatusCode, resp.Header.Get("Location"))}
+		return Reply{}, &Error{Result: ResultRedirect, Err: fmt.Errorf("upstream answered %d to %s", resp.StatusCode, origin(resp.Header.Get("Location")))}
 	case resp.StatusCode >= 500:
 		return Reply{}, &Error{Result: ResultStatus5xx, Err: fmt.Errorf("upstream answered %d", resp.StatusCode)}
-	case resp.StatusCode != http.StatusOK:
+	case resp.StatusCode < 200 || resp.StatusCode >= 300:
 		return Reply{}, &Error{Result: ResultStatus4xx, Err: fmt.Errorf("upstream answered %d", resp.StatusCode)}
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, r.maxReply+1))

@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,5 +111,45 @@ func TestCopyDropsBeyondItsBound(t *testing.T) {
 	r.Copy(req) // the first still holds the only slot
 	if n := testutil.ToFloat64(r.metrics.Requests.WithLabelValues("a", ResultDropped)); n != 1 {
 		t.Fatalf("dropped = %v, want 1", n)
+	}
+}
+
+// A failed relay's log names the upstream by scheme://host: the URL's query
+// is WeChat's (openid, signatures), and a client error would quote it.
+func TestFailureLogsNoQuery(t *testing.T) {
+	var logs bytes.Buffer
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	upURL := up.URL
+	up.Close() // refused
+	redirect := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "http://10.9.9.9/elsewhere?openid=oSecretOpenID", http.StatusFound)
+	}))
+	defer redirect.Close()
+	r := New(Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))}, nil)
+	const query = "signature=sig0123456789&timestamp=1&nonce=2&openid=oSecretOpenID&msg_signature=msig0123456789"
+	for _, u := range []string{upURL + "/wx?tenant=t1", redirect.URL + "/wx"} {
+		if _, err := r.Forward(context.Background(), Request{App: "a", Upstream: u, RawQuery: query}); err == nil {
+			t.Fatalf("relay to %s succeeded", u)
+		} else if strings.Contains(err.Error(), "oSecretOpenID") {
+			t.Errorf("the error quotes the query: %v", err)
+		}
+	}
+	for _, leak := range []string{"oSecretOpenID", "sig0123456789", "tenant=t1", "/wx"} {
+		if strings.Contains(logs.String(), leak) {
+			t.Errorf("relay logs contain %q:\n%s", leak, logs.String())
+		}
+	}
+	if !strings.Contains(logs.String(), "upstream="+upURL) {
+		t.Errorf("relay logs do not name the upstream's origin %s:\n%s", upURL, logs.String())
+	}
+}
+
+// Any 2xx is a reply: a 204 is WeChat's empty answer.
+func TestNoContentIsAReply(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	defer up.Close()
+	rep, err := New(Config{}, nil).Forward(context.Background(), Request{App: "a", Upstream: up.URL})
+	if err != nil || len(rep.Body) != 0 {
+		t.Fatalf("204: %+v, %v; want an empty reply", rep, err)
 	}
 }
