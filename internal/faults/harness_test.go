@@ -710,14 +710,19 @@ func (c *cluster) enqueuer() *proc {
 }
 
 // startWorker starts one more worker and waits until it is healthy.
-func (c *cluster) startWorker() *proc {
+func (c *cluster) startWorker() *proc { return c.startWorkerWith(nil) }
+
+// startWorkerWith starts a worker with extra environment over the cluster's.
+func (c *cluster) startWorkerWith(extra map[string]string) *proc {
 	c.t.Helper()
 	admin := servicetest.FreeAddr(c.t)
 	c.mu.Lock()
 	c.seq++
 	name := fmt.Sprintf("worker#%d", c.seq)
 	c.mu.Unlock()
-	p := c.launch(name, c.workerBin, c.envWith(map[string]string{"WXPUSH_ADMIN_ADDR": admin}))
+	env := c.envWith(extra)
+	env["WXPUSH_ADMIN_ADDR"] = admin
+	p := c.launch(name, c.workerBin, env)
 	p.admin = admin
 	c.waitHealthy(p, "http://"+admin+"/healthz")
 	c.mu.Lock()
