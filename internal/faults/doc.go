@@ -22,7 +22,9 @@
 // the access token revoked under load across three workers; the enqueuer
 // SIGKILLed while batches are in flight (at random, and once at the worst
 // moment: after the batch is committed, before its idempotent response is
-// stored); SIGTERM of a worker under load. Each logs its figures (messages
+// stored); SIGTERM of a worker under load; status webhooks through kills of
+// the receiver, a worker, the enqueuer and Redis; inbox appliers SIGKILLed
+// mid-batch. Each logs its figures (messages
 // checked, faults injected, longest recovery, repeats and duplicates) on a line
 // starting with FIGURES.
 //
