@@ -23,9 +23,12 @@ import (
 	"github.com/getkin/kin-openapi/routers/gorillamux"
 	"github.com/oklog/ulid/v2"
 
+	"github.com/redis/go-redis/v9"
 	apispec "github.com/wxpush/wxpush/api"
+
 	"github.com/wxpush/wxpush/internal/api"
 	"github.com/wxpush/wxpush/internal/delivery"
+	"github.com/wxpush/wxpush/internal/inbox"
 	"github.com/wxpush/wxpush/internal/secret"
 	"github.com/wxpush/wxpush/internal/tasks"
 	"github.com/wxpush/wxpush/internal/templates"
@@ -437,12 +440,15 @@ func decodeInto(t *testing.T, r reply, v any) {
 func TestOpenAPITraffic(t *testing.T) {
 	t.Parallel()
 	const apiKey = "openapi-test-key-0123456789abcdef"
-	keyed := setup(t, func(d *api.Deps) {
+	keyed := setupRedis(t, func(rdb *redis.Client, d *api.Deps) {
 		d.APIKeys = []secret.Value{apiKey}
 		d.Templates = listedTemplates{}
 		d.Apps = append(d.Apps, api.App{Name: "tiny", Token: secret.Value(shopToken), MaxBacklog: 1})
 		d.Webhooks = deadFixture()
+		d.Parked = inbox.NewParkedEvents(rdb)
 	})
+	parkedID := keyed.rdb.XAdd(t.Context(), &redis.XAddArgs{Stream: inbox.ParkedStream, Values: []any{"app", "default",
+		"event", "TEMPLATESENDJOBFINISH", "xml", "<xml><MsgID>1", "at", time.Now().UnixMilli(), "reason", "malformed: unexpected EOF"}}).Val()
 	kt := target{b: keyed, key: apiKey}
 	sc := newSpecCheck(t)
 
@@ -846,6 +852,22 @@ func TestOpenAPITraffic(t *testing.T) {
 		sc.runAll(t, kt, webhookCalls())
 	})
 
+	t.Run("parked callbacks", func(t *testing.T) {
+		sc.runAll(t, kt, []call{
+			{name: "parked", method: http.MethodGet, path: "/v1/inbox/parked?limit=10", status: http.StatusOK, check: func(t *testing.T, r reply) {
+				if !bytes.Contains(r.body, []byte(parkedID)) || !bytes.Contains(r.body, []byte(`"total":1`)) {
+					t.Errorf("parked list %s lacks %s", r.body, parkedID)
+				}
+			}},
+			{name: "parked limit 0", method: http.MethodGet, path: "/v1/inbox/parked?limit=0", status: http.StatusBadRequest,
+				code: "invalid_limit", refuse: "query limit: minimum:"},
+			{name: "replay parked bad id", method: http.MethodPost, path: "/v1/inbox/parked/bogus/replay", status: http.StatusBadRequest,
+				code: "invalid_id", refuse: "path id: pattern:"},
+			{name: "replay parked", method: http.MethodPost, path: "/v1/inbox/parked/" + parkedID + "/replay", status: http.StatusAccepted},
+			{name: "replay parked again", method: http.MethodPost, path: "/v1/inbox/parked/" + parkedID + "/replay", status: http.StatusNotFound, code: "not_found"},
+		})
+	})
+
 	t.Run("monitoring", func(t *testing.T) {
 		sc.runAll(t, kt, []call{
 			{name: "healthz", method: http.MethodGet, path: "/healthz", status: http.StatusOK},
@@ -914,7 +936,9 @@ func TestOpenAPITraffic(t *testing.T) {
 			}
 		}
 		calls = append(calls, call{name: "dead webhooks not configured", method: http.MethodGet, path: "/v1/webhooks/dead",
-			status: http.StatusNotFound, code: "not_configured"})
+			status: http.StatusNotFound, code: "not_configured"},
+			call{name: "parked not configured", method: http.MethodGet, path: "/v1/inbox/parked", status: http.StatusNotFound, code: "not_configured"},
+			call{name: "replay parked not configured", method: http.MethodPost, path: "/v1/inbox/parked/1-1/replay", status: http.StatusNotFound, code: "not_configured"})
 		calls = append(calls, call{name: "templates not enabled", method: http.MethodGet, path: "/v1/apps/default/templates",
 			status: http.StatusNotFound, code: "unsupported"})
 		sc.runAll(t, ot, calls)
@@ -937,6 +961,8 @@ func TestOpenAPITraffic(t *testing.T) {
 		calls = append(calls,
 			call{name: "readyz", method: http.MethodGet, path: "/readyz", status: http.StatusServiceUnavailable, code: "not_ready"},
 			call{name: "healthz", method: http.MethodGet, path: "/healthz", status: http.StatusOK},
+			call{name: "parked", method: http.MethodGet, path: "/v1/inbox/parked", status: http.StatusServiceUnavailable, code: "storage_unavailable"},
+			call{name: "replay parked", method: http.MethodPost, path: "/v1/inbox/parked/1-1/replay", status: http.StatusServiceUnavailable, code: "storage_unavailable"},
 			call{name: "callback result", method: http.MethodPost, path: "/wechat/callback/default?" + signed.Encode(), header: xmlHeader,
 				body: callbackXML(t, "callback-user-block.xml", 200163899), status: http.StatusServiceUnavailable, code: "storage_unavailable"},
 		)
@@ -965,12 +991,15 @@ func deadFixture() *fakeDead {
 }
 
 // authProbe names one webhookCalls call per route, for the auth refusals.
-var authProbe = map[string]bool{"events not configured": true, "dead webhooks": true, "replay": true}
+var authProbe = map[string]bool{"events not configured": true, "dead webhooks": true, "replay": true,
+	"parked": true, "replay parked": true}
 
-// webhookCalls exercise the event stream and dead-webhook routes (the bundle
-// has dead webhooks, deadFixture, and no event stream).
+// webhookCalls exercise the event stream, dead-webhook and parked-callback
+// routes (the bundle has dead webhooks, deadFixture, and no event stream).
 func webhookCalls() []call {
 	return []call{
+		{name: "parked", method: http.MethodGet, path: "/v1/inbox/parked", status: http.StatusOK},
+		{name: "replay parked", method: http.MethodPost, path: "/v1/inbox/parked/1-1/replay", status: http.StatusNotFound, code: "not_found"},
 		{name: "events not configured", method: http.MethodGet, path: "/v1/events?app=default", status: http.StatusNotFound, code: "not_configured"},
 		{name: "events of an unknown app", method: http.MethodGet, path: "/v1/events?app=nope", status: http.StatusBadRequest, code: "unknown_app"},
 		{name: "events after a bad id", method: http.MethodGet, path: "/v1/events?last_event_id=x", status: http.StatusBadRequest,

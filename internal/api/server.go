@@ -119,6 +119,8 @@ type Deps struct {
 	// RelayTimeout bounds one, from the callback's arrival (0 = relay.DefaultTimeout).
 	Relay        Relay
 	RelayTimeout time.Duration
+	// Parked lists and replays the inbox's parked events (nil = 404 not_configured).
+	Parked ParkedEvents
 
 	// Webhook surface: GET /v1/events reads Events (nil = 404 not_configured), at most
 	// MaxEventStreams at once (0 = DefaultMaxEventStreams), a keepalive every
@@ -157,6 +159,7 @@ type Server struct {
 	inbox          Inbox
 	relay          Relay
 	relayTimeout   time.Duration
+	parked         ParkedEvents
 
 	events          EventStream
 	eventSlots      eventSlots
@@ -172,7 +175,7 @@ func New(d Deps) *Server {
 	s := &Server{submit: d.Submit, messages: d.Messages, idem: d.Idem, templates: d.Templates, ui: d.UI, limit: d.Limit,
 		defaultApp: d.DefaultApp, apiKeys: d.APIKeys, metrics: d.Metrics, gatherer: d.Gatherer,
 		log: d.Logger, ready: d.Ready, now: d.Now, nonces: d.Nonces, callbackWindow: d.CallbackWindow,
-		inbox: d.Inbox, relay: d.Relay, relayTimeout: d.RelayTimeout}
+		inbox: d.Inbox, relay: d.Relay, relayTimeout: d.RelayTimeout, parked: d.Parked}
 	if s.relayTimeout <= 0 {
 		s.relayTimeout = relay.DefaultTimeout
 	}
@@ -234,6 +237,8 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/events", s.auth(http.HandlerFunc(s.handleEvents)))
 	mux.Handle("GET /v1/webhooks/dead", s.auth(http.HandlerFunc(s.handleDeadWebhooks)))
 	mux.Handle("POST /v1/webhooks/dead/{event_id}/replay", s.auth(http.HandlerFunc(s.handleReplayWebhook)))
+	mux.Handle("GET /v1/inbox/parked", s.auth(http.HandlerFunc(s.handleParked)))
+	mux.Handle("POST /v1/inbox/parked/{id}/replay", s.auth(http.HandlerFunc(s.handleReplayParked)))
 	mux.HandleFunc("GET /wechat/callback/{app}", s.handleVerify)
 	mux.HandleFunc("POST /wechat/callback/{app}", s.handleCallback)
 	mux.Handle("GET /metrics", s.metricsAuth(promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{})))

@@ -391,3 +391,41 @@ func TestDepthCollectorWithRedisDown(t *testing.T) {
 		t.Errorf("with Redis down the scrape fails: %v", err)
 	}
 }
+
+// A parked event replayed goes back into the inbox once, keeps its receive
+// time, and is applied.
+func TestParkedEventReplayed(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.sent(t, "r1", 6001)
+	b.push(t, resultXML(6001, "success"))
+	failing := b.applier("a1", failingSettler{b.store, "6001"})
+	for b.depth(t) > 0 {
+		if _, err := failing.Once(b.ctx, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pe := NewParkedEvents(b.rdb)
+	list, total, err := pe.List(b.ctx, 10)
+	if err != nil || total != 1 || len(list) != 1 {
+		t.Fatalf("parked = %+v (total %d), %v; want the failing event", list, total, err)
+	}
+	for range 2 {
+		if err := pe.Replay(b.ctx, list[0].ID); err != nil && !errors.Is(err, ErrNotParked) {
+			t.Fatal(err)
+		}
+	}
+	if err := pe.Replay(b.ctx, list[0].ID); !errors.Is(err, ErrNotParked) {
+		t.Errorf("a replayed event replayed again: %v, want ErrNotParked", err)
+	}
+	if n := b.depth(t); n != 1 {
+		t.Fatalf("the inbox holds %d events after two replays, want 1", n)
+	}
+	if at, _, _ := Oldest(b.ctx, b.rdb); !at.Equal(list[0].Received) {
+		t.Errorf("replayed event received %s, want its first receipt %s", at, list[0].Received)
+	}
+	b.drain(t, b.applier("a2", b.store))
+	if st, cb := b.state(t, "r1"); st != delivery.StateDelivered || cb != 1 {
+		t.Errorf("r1 is %s with %d callbacks after the replay, want delivered with 1", st, cb)
+	}
+}

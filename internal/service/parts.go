@@ -177,6 +177,7 @@ func (p *parts) apiServer() (*api.Server, error) {
 		Nonces:              wechat.NewNonceStore(p.rdb),
 		CallbackWindow:      p.cfg.CallbackWindow,
 		Inbox:               p.callbackInbox(),
+		Parked:              inbox.NewParkedEvents(p.rdb),
 		Relay: relay.New(relay.Config{Timeout: p.cfg.RelayTimeout, Logger: p.log.With("component", "relay")},
 			relay.NewMetrics(p.reg, p.cfg.AppNames())),
 		RelayTimeout: p.cfg.RelayTimeout,
