@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/wxpush/wxpush/client"
@@ -98,7 +99,7 @@ type command struct {
 
 func commands() []command {
 	return []command{sendCommand, statusCommand, cancelCommand, deadListCommand, deadRetryCommand, resumeCommand, templatesCommand,
-		webhooksDeadCommand, webhooksReplayCommand, webhooksListenCommand}
+		webhooksDeadCommand, webhooksReplayCommand, webhooksListenCommand, inboxParkedCommand, inboxReplayCommand}
 }
 
 func (r *runner) run(ctx context.Context, args []string) error {
@@ -136,16 +137,22 @@ func (r *runner) run(ctx context.Context, args []string) error {
 		}
 		name, rest = "dead "+rest[0], rest[1:]
 	}
-	if name == "webhooks" { // the webhook surface's group: webhooks.go
-		if len(rest) == 0 || (rest[0] != "dead" && rest[0] != "replay" && rest[0] != "listen") {
+	for group, subs := range map[string][]string{
+		"webhooks": {"dead", "replay", "listen"}, // the webhook surface: webhooks.go
+		"inbox":    {"parked", "replay"},         // the callback inbox: inbox.go
+	} {
+		if name != group {
+			continue
+		}
+		if len(rest) == 0 || !slices.Contains(subs, rest[0]) {
 			if len(rest) > 0 && (rest[0] == "-h" || rest[0] == "-help" || rest[0] == "--help") {
-				r.groupUsage(r.stdout, "webhooks")
+				r.groupUsage(r.stdout, group)
 				return nil
 			}
-			r.groupUsage(r.stderr, "webhooks")
+			r.groupUsage(r.stderr, group)
 			return &exitError{code: exitUsage}
 		}
-		name, rest = "webhooks "+rest[0], rest[1:]
+		name, rest = group+" "+rest[0], rest[1:]
 	}
 	for _, c := range commands() {
 		if c.name == name {
