@@ -297,6 +297,12 @@ func TestRepeatedRunOfADoneEventSendsNothing(t *testing.T) {
 	ev := event("T", 1, "sent")
 	g.send(t, ev, rcv.srv.URL)
 	waitFor(t, 10*time.Second, "the delivery", func() bool { return g.attempts(ResultDelivered) == 1 })
+	// The attempt is counted before the handler returns: wait for asynq to
+	// record the task completed (CI caught RunTask refusing a running task).
+	waitFor(t, 10*time.Second, "the task to complete", func() bool {
+		info, err := g.insp.GetTaskInfo(Queue, ev.EventID)
+		return err == nil && info.State == asynq.TaskStateCompleted
+	})
 	if err := g.insp.RunTask(Queue, ev.EventID); err != nil { // the completed task, run again
 		t.Fatalf("RunTask of the completed task: %v", err)
 	}
