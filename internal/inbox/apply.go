@@ -71,8 +71,11 @@ func NewApplier(rdb redis.UniversalClient, s Settler, consumer string, m *Metric
 		failures: map[string]int{}}
 }
 
-// Run applies until ctx is done. Redis errors are logged and retried.
+// Run applies until ctx is done. Redis errors are logged and retried. On
+// the way out an applier that holds no unacknowledged events leaves the
+// group, so that stopped workers do not pile up in it as consumers.
 func (a *Applier) Run(ctx context.Context) {
+	defer a.leave()
 	var lastClaim time.Time
 	for ctx.Err() == nil {
 		claim := time.Since(lastClaim) >= a.ClaimAfter/2
@@ -87,6 +90,20 @@ func (a *Applier) Run(ctx context.Context) {
 			pause(ctx, 50*time.Millisecond)
 		}
 	}
+}
+
+// leave deletes this applier's consumer from the group if it has nothing
+// pending: deleting one with pending events would strand them (read, never
+// acknowledged, and in no consumer's list to be claimed from).
+func (a *Applier) leave() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	pend, err := a.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: Stream, Group: Group,
+		Start: "-", End: "+", Count: 1, Consumer: a.consumer}).Result()
+	if err != nil || len(pend) > 0 {
+		return
+	}
+	_ = a.rdb.XGroupDelConsumer(ctx, Stream, Group, a.consumer).Err()
 }
 
 func pause(ctx context.Context, d time.Duration) {

@@ -429,3 +429,46 @@ func TestParkedEventReplayed(t *testing.T) {
 		t.Errorf("r1 is %s with %d callbacks after the replay, want delivered with 1", st, cb)
 	}
 }
+
+// An applier stopped with nothing pending leaves the group; one stopped with
+// events it never acknowledged stays, so that they can be claimed.
+func TestStoppedApplierLeavesTheGroup(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.sent(t, "l1", 3001)
+	b.push(t, resultXML(3001, "success"))
+	consumers := func() map[string]int64 {
+		cs, err := b.rdb.XInfoConsumers(b.ctx, Stream, Group).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]int64{}
+		for _, c := range cs {
+			out[c.Name] = c.Pending
+		}
+		return out
+	}
+	run := func(a *Applier, until func() bool) {
+		ctx, cancel := context.WithCancel(b.ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); a.Run(ctx) }()
+		deadline := time.Now().Add(10 * time.Second)
+		for !until() && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		cancel()
+		<-done
+	}
+	run(b.applier("clean", b.store), func() bool { return b.depth(t) == 0 })
+	if _, ok := consumers()["clean"]; ok {
+		t.Errorf("an applier with nothing pending is still a consumer: %v", consumers())
+	}
+	b.sent(t, "l2", 3002)
+	b.push(t, resultXML(3002, "success"))
+	run(b.applier("killed", killingSettlerFor()), func() bool { return consumers()["killed"] == 1 })
+	if n, ok := consumers()["killed"]; !ok || n != 1 {
+		t.Errorf("an applier holding an unacknowledged event left the group: %v", consumers())
+	}
+}
+
+func killingSettlerFor() Settler { return &killingSettler{} }
