@@ -325,22 +325,29 @@ func (f *Forwarder) enqueueWebhooks(ctx context.Context, es []entry, ids []strin
 	if w == nil {
 		return nil
 	}
-	var due []webhook.Event
+	var due, skipped []webhook.Event
 	var urls []string
 	for i, e := range es {
-		if e.url == "" || ids[i] == "" || !w.Wants(e.ev.App, e.ev.State) {
+		if e.url == "" || ids[i] == "" {
 			continue
 		}
 		ev := e.ev
 		ev.EventID = ids[i]
+		if !w.Wants(ev.App, ev.State) {
+			skipped = append(skipped, ev) // no webhook, but later ones must know it passed
+			continue
+		}
 		due, urls = append(due, ev), append(urls, e.url)
 	}
-	if len(due) == 0 {
+	if len(due) == 0 && len(skipped) == 0 {
 		return nil
 	}
 	if _, err := f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, ev := range due {
 			webhook.AddPending(ctx, p, ev, w.Window)
+		}
+		for _, ev := range skipped {
+			webhook.AddForwarded(ctx, p, ev.ID, ev.Seq, w.Window)
 		}
 		return nil
 	}); err != nil {

@@ -190,11 +190,32 @@ func Task(ev Event, url string) (*asynq.Task, error) {
 // number is the least, and its end starts the next one.
 func PendingKey(id string) string { return "wxpush:webhook:pending:" + id }
 
-// AddPending is the forwarder's step before enqueueing ev's task.
+// AddPending is the forwarder's step before enqueueing ev's task; it also
+// marks ev forwarded (AddForwarded).
 func AddPending(ctx context.Context, p redis.Pipeliner, ev Event, window time.Duration) {
 	p.ZAdd(ctx, PendingKey(ev.ID), redis.Z{Score: float64(ev.Seq), Member: ev.EventID})
 	p.Expire(ctx, PendingKey(ev.ID), window+pendingSlack)
+	AddForwarded(ctx, p, ev.ID, ev.Seq, window)
 }
+
+// ForwardedKey holds the seqs of message id's events the forwarders have
+// seen, wanted as webhooks or not (ZSET, score and member the seq).
+func ForwardedKey(id string) string { return "wxpush:webhook:forwarded:" + id }
+
+// AddForwarded records that the event seq of message id was forwarded. A
+// message's events are numbered 1, 2, … with no gap, so a later event can
+// tell whether every earlier one has been forwarded: one may still sit
+// unacknowledged with a forwarder that died, to be taken over 30 s later,
+// while the later one was forwarded at once by another.
+func AddForwarded(ctx context.Context, p redis.Pipeliner, id string, seq int64, window time.Duration) {
+	p.ZAdd(ctx, ForwardedKey(id), redis.Z{Score: float64(seq), Member: strconv.FormatInt(seq, 10)})
+	p.Expire(ctx, ForwardedKey(id), window+pendingSlack)
+}
+
+// forwardGrace is how long a later event waits for an earlier one not yet
+// forwarded: past the forwarders' takeover (30 s) with room. Beyond it the
+// later event goes on (the earlier one's record may have expired).
+const forwardGrace = 2 * time.Minute
 
 func goneKey(rawURL string) string {
 	sum := sha256.Sum256([]byte(rawURL))
@@ -212,10 +233,12 @@ func (d *Deliverer) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	var first *redis.ZSliceCmd
 	var gone *redis.IntCmd
 	var mine *redis.FloatCmd
+	var earlier *redis.IntCmd
 	if _, err := d.cfg.Redis.Pipelined(ctx, func(pl redis.Pipeliner) error {
 		replay = pl.Get(ctx, replayKey(ev.EventID))
 		first = pl.ZRangeWithScores(ctx, PendingKey(ev.ID), 0, 0)
 		mine = pl.ZScore(ctx, PendingKey(ev.ID), ev.EventID)
+		earlier = pl.ZCount(ctx, ForwardedKey(ev.ID), "-inf", strconv.FormatInt(ev.Seq-1, 10))
 		gone = pl.Exists(ctx, goneKey(p.URL))
 		return nil
 	}); err != nil && !errors.Is(err, redis.Nil) {
@@ -238,6 +261,11 @@ func (d *Deliverer) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	if !replayed {
 		if zs := first.Val(); len(zs) > 0 && int64(zs[0].Score) < ev.Seq {
+			d.count(ev.App, ResultWaiting)
+			return errWaiting
+		}
+		if earlier.Val() < ev.Seq-1 && time.Since(ev.At) < forwardGrace {
+			// An earlier event is not forwarded yet (see AddForwarded).
 			d.count(ev.App, ResultWaiting)
 			return errWaiting
 		}

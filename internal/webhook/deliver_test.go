@@ -415,3 +415,42 @@ func TestRedirectNotFollowed(t *testing.T) {
 		t.Errorf("redirect target got %d POSTs; http_error = %d", n, g.attempts(ResultHTTPError))
 	}
 }
+
+// TestLaterEventWaitsForAnEarlierOneNotYetForwarded: the earlier event of a
+// message may still sit with a forwarder that died (taken over 30 s later)
+// while the later one was forwarded by another; the later one waits for it.
+// (Fault case 9 caught seq 2 POSTed before seq 1 this way.)
+func TestLaterEventWaitsForAnEarlierOneNotYetForwarded(t *testing.T) {
+	t.Parallel()
+	rcv := newReceiver(t, nil)
+	g := startRig(t, DelivererConfig{AllowPrivate: true}, 2)
+	sent, delivered := event("F", 1, "sent"), event("F", 2, "delivered")
+	g.send(t, delivered, rcv.srv.URL)
+	waitFor(t, 10*time.Second, "the later event to wait", func() bool { return g.attempts(ResultWaiting) >= 2 })
+	if n := len(rcv.all()); n != 0 {
+		t.Fatalf("the later event was POSTed (%d) before the earlier one was forwarded", n)
+	}
+	g.send(t, sent, rcv.srv.URL)
+	waitFor(t, 10*time.Second, "both events", func() bool { return len(rcv.delivered()) == 2 })
+	if got := rcv.delivered(); got[0].Seq != 1 || got[1].Seq != 2 {
+		t.Errorf("delivered in order %d, %d; want 1, 2", got[0].Seq, got[1].Seq)
+	}
+
+	// An event whose earlier one was forwarded without a webhook (a state
+	// the app does not want) goes on at once; so does one whose earlier one
+	// is missing for longer than the takeover could take.
+	other := event("G", 3, "delivered")
+	ctx := context.Background()
+	if _, err := g.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		AddForwarded(ctx, p, "G", 1, time.Hour)
+		AddForwarded(ctx, p, "G", 2, time.Hour)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	g.send(t, other, rcv.srv.URL)
+	stale := event("H", 2, "delivered")
+	stale.At = time.Now().Add(-forwardGrace - time.Second)
+	g.send(t, stale, rcv.srv.URL)
+	waitFor(t, 10*time.Second, "the events after skipped and long-missing ones", func() bool { return len(rcv.delivered()) == 4 })
+}
