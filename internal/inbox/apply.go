@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -234,22 +235,13 @@ func (a *Applier) claim(ctx context.Context) ([]redis.XMessage, error) {
 			a.log.Warn("inbox: took over events another applier left unapplied", "events", len(got))
 		}
 		for _, m := range got {
-			if containsID(giveUp, m.ID) {
+			if slices.Contains(giveUp, m.ID) {
 				a.failures[m.ID] = a.MaxDeliveries
 			}
 		}
 		msgs = append(msgs, got...)
 	}
 	return msgs, nil
-}
-
-func containsID(ids []string, id string) bool {
-	for _, x := range ids {
-		if x == id {
-			return true
-		}
-	}
-	return false
 }
 
 // event is one read entry and the results it reports.
@@ -300,16 +292,19 @@ func (a *Applier) apply(ctx context.Context, msgs []redis.XMessage) (int, error)
 			done = append(done, e)
 			continue
 		}
+		// Each result that applied is counted now; a failed one makes the
+		// whole event go again, which the store's script makes harmless for
+		// the ones that did apply (they count as duplicates then).
 		var failed error
-		for range e.in {
-			if errs[k] != nil && failed == nil {
+		for _, c := range e.in {
+			if errs[k] == nil {
+				Record(a.counts, a.log, now, e.name, c, rs[k])
+			} else if failed == nil {
 				failed = errs[k]
 			}
 			k++
 		}
 		if failed != nil {
-			// Every result of the event is applied again with it: the
-			// store's script makes the ones that did apply harmless.
 			a.failures[e.msg.ID]++
 			a.ownPending = true
 			a.metrics.Failed.Inc()
@@ -317,18 +312,6 @@ func (a *Applier) apply(ctx context.Context, msgs []redis.XMessage) (int, error)
 			continue
 		}
 		done = append(done, e)
-	}
-	k = 0
-	for _, e := range evs {
-		if e.park != "" {
-			continue
-		}
-		for _, c := range e.in {
-			if errs[k] == nil {
-				Record(a.counts, a.log, now, e.name, c, rs[k])
-			}
-			k++
-		}
 	}
 	if err := a.finish(ctx, done); err != nil {
 		a.ownPending = true
