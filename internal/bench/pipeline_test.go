@@ -372,8 +372,8 @@ func (c cpuSplit) per(n int) string {
 	return fmt.Sprintf("redis %.0f µs, worker %.0f µs, enqueuer+sim %.0f µs", us(c.redis), us(c.worker), us(c.self))
 }
 
-// cpuTimes reads redis-server's used_cpu, the worker's and this process's
-// user+system time from /proc.
+// cpuTimes reads redis-server's used_cpu, the worker's (if any) and this
+// process's user+system time from /proc.
 func cpuTimes(b *testing.B, rdb *redis.Client, w *workerProc) cpuSplit {
 	info, err := rdb.Info(context.Background(), "cpu").Result()
 	if err != nil {
@@ -388,8 +388,17 @@ func cpuTimes(b *testing.B, rdb *redis.Client, w *workerProc) cpuSplit {
 			}
 		}
 	}
-	return cpuSplit{redis: time.Duration(redisSec * float64(time.Second)),
-		worker: procCPU(b, w.cmd.Process.Pid), self: procCPU(b, os.Getpid())}
+	c := cpuSplit{redis: time.Duration(redisSec * float64(time.Second)), self: procCPU(b, os.Getpid())}
+	if w != nil {
+		c.worker = procCPU(b, w.cmd.Process.Pid)
+	}
+	return c
+}
+
+// busy is the cores the processes kept busy over wall, on average (2 is all of
+// this machine's).
+func (c cpuSplit) busy(wall time.Duration) float64 {
+	return float64(c.redis+c.worker+c.self) / float64(wall)
 }
 
 // procCPU is utime+stime of a process, from /proc/pid/stat (clock ticks of 10 ms).

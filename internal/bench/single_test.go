@@ -11,7 +11,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -33,19 +35,25 @@ const singleN = 4000
 // message at a time, the seed's "push the moment something changes".
 var singleProducers = []int{16, 64}
 
-// singleFigures compares, for each producer count, three ways of pushing one
+// singleFigures compares, for each producer count, four ways of pushing one
 // message per event, in the same rounds: wxpush (POST /v1/messages over HTTP,
 // each message end to end to delivered), bare asynq (one no-op task per
-// event) and the hand-written alternative (asynq, a plain HTTP send, a Redis
-// hash updated by the callback). Rates are medians of three rounds; each round
-// runs the three systems one after the other on fresh Redis servers.
+// event), the hand-written alternative (asynq, a plain HTTP send, a Redis
+// hash updated by the callback) and the floor (bare asynq behind the same
+// three HTTP exchanges as wxpush, nothing stored). Rates are medians of three
+// rounds; each round runs the systems one after the other on fresh Redis
+// servers.
 func singleFigures(b *testing.B, tab *table) {
-	const rounds = 3
+	rounds := 3
+	if n, err := strconv.Atoi(os.Getenv("WXPUSH_BENCH_ROUNDS")); err == nil && n > 0 {
+		rounds = n // fewer for a quick look while profiling; the figures are medians of 3
+	}
 	type rates struct {
-		pipe, bare, hand, hooks, events []float64
-		handLost                        int       // callbacks the hand-written alternative lost, all rounds
-		lag                             histogram // the worker's inbox apply lag, summed over the rounds
-		lagP99                          []float64 // each round's p99
+		pipe, bare, hand, floor, hooks, events  []float64
+		handLost                                int       // callbacks the hand-written alternative lost, all rounds
+		lag                                     histogram // the worker's inbox apply lag, summed over the rounds
+		lagP99                                  []float64 // each round's p99
+		pipeCost, bareCost, handCost, floorCost costSum   // CPU and wall, summed over the rounds
 	}
 	by := map[int]*rates{}
 	var rt singleRoundTrips
@@ -56,15 +64,18 @@ func singleFigures(b *testing.B, tab *table) {
 				r = &rates{}
 				by[p] = r
 			}
-			r.bare = append(r.bare, asynqRun(b, p, singleN, true))
+			bare := asynqCost(b, p, singleN, true)
+			r.bare, r.bareCost = append(r.bare, bare.rate), r.bareCost.add(bare)
 			run := runSingles(b, p, singleN, round == 0 && p == singleProducers[len(singleProducers)-1])
-			r.pipe = append(r.pipe, run.rate)
+			r.pipe, r.pipeCost = append(r.pipe, run.rate), r.pipeCost.add(run.cost)
 			r.lag, r.lagP99 = r.lag.add(run.lag), append(r.lagP99, run.lag.quantile(0.99))
 			if run.roundTrips != nil {
 				rt = *run.roundTrips
 			}
 			hand, lost := handWrittenRun(b, p, singleN)
-			r.hand, r.handLost = append(r.hand, hand), r.handLost+lost
+			r.hand, r.handCost, r.handLost = append(r.hand, hand.rate), r.handCost.add(hand), r.handLost+lost
+			fl := floorRun(b, p, singleN)
+			r.floor, r.floorCost = append(r.floor, fl.rate), r.floorCost.add(fl)
 			if p == singleProducers[len(singleProducers)-1] {
 				msgs, events := webhooksRun(b, p, singleN)
 				r.hooks, r.events = append(r.hooks, msgs), append(r.events, events)
@@ -74,7 +85,7 @@ func singleFigures(b *testing.B, tab *table) {
 	var headline float64
 	for _, p := range singleProducers {
 		r := by[p]
-		pipe, bare, hand := median(r.pipe), median(r.bare), median(r.hand)
+		pipe, bare, hand, fl := median(r.pipe), median(r.bare), median(r.hand), median(r.floor)
 		tab.row(fmt.Sprintf("single-message throughput, %d producers", p),
 			fmt.Sprintf("wxpush %.0f msg/s, bare asynq %.0f tasks/s, hand-written %.0f msg/s", pipe, bare, hand), "–",
 			fmt.Sprintf("median of %d rounds (wxpush %s; asynq %s; hand-written %s), %d messages each, one at a time per producer",
@@ -83,6 +94,16 @@ func singleFigures(b *testing.B, tab *table) {
 			"ratio of the medians; per round: "+ratioList(r.pipe, r.bare))
 		tab.row(fmt.Sprintf("single-message pipeline/hand-written, %d producers", p), fmt.Sprintf("%.2f", pipe/hand), "moonshot ≥ 1.0",
 			"ratio of the medians; per round: "+ratioList(r.pipe, r.hand))
+		tab.row(fmt.Sprintf("single-message floor/asynq (the ceiling), %d producers", p), fmt.Sprintf("%.2f", fl/bare), "–",
+			fmt.Sprintf("the floor (floor_test.go: bare asynq behind the three HTTP exchanges of a single message, nothing stored) %.0f msg/s, median of %s; no system measured this way gets a higher ratio here; per round: %s",
+				fl, rateList(r.floor), ratioList(r.floor, r.bare)))
+		tab.row(fmt.Sprintf("single-message pipeline/floor, %d producers", p), fmt.Sprintf("%.2f", pipe/fl), "–",
+			"what wxpush's records, msgids, states, inbox and events cost on top of the floor; per round: "+ratioList(r.pipe, r.floor))
+		n := singleN * rounds
+		tab.row(fmt.Sprintf("CPU per single message, %d producers", p),
+			fmt.Sprintf("wxpush %s; floor %s; hand-written %s; bare asynq %s", r.pipeCost.per(n), r.floorCost.per(n), r.handCost.per(n), r.bareCost.per(n)), "–",
+			fmt.Sprintf("CPU time of redis-server, the worker binary (wxpush only) and this process (producers, enqueuer, simulator, and asynq's server for the others) from the first message to the last final, all %d rounds; cores kept busy on average: wxpush %.2f, floor %.2f, hand-written %.2f, bare asynq %.2f of 2",
+				rounds, r.pipeCost.busy(), r.floorCost.busy(), r.handCost.busy(), r.bareCost.busy()))
 		tab.row(fmt.Sprintf("inbox apply lag p50 / p99, %d producers", p), ms(r.lag.quantile(0.5))+" / "+ms(r.lag.quantile(0.99)), "–",
 			fmt.Sprintf("the worker's wxpush_inbox_apply_lag_seconds (callback receipt → applied) after each wxpush run above, the pipeline at full rate (median %.0f msg/s, so about as many callbacks/s, 50 ms after each send); buckets summed over %d rounds (%.0f events), estimated as histogram_quantile does; per-round p99 %s",
 				pipe, rounds, r.lag.count(), msList(r.lagP99)))
@@ -100,9 +121,80 @@ func singleFigures(b *testing.B, tab *table) {
 		fmt.Sprintf("wxpush_redis_round_trips_total of enqueuer and worker, %d producers, POST to delivered: %s", singleProducers[len(singleProducers)-1], rt.top))
 	tab.row("Redis round trips per callback", fmt.Sprintf("%.2f", rt.perCallback), "–",
 		"the same run less one whose simulator sends no result callbacks (messages end sent): the difference per message")
-	tab.row("Redis commands per single message", fmt.Sprintf("%.1f", rt.commands), "–", "commandstats delta of that run, incl. commands inside scripts")
+	tab.row("Redis commands per single message", fmt.Sprintf("%.1f", rt.commands), "–", "commandstats delta of that run, incl. commands inside scripts: "+rt.topCommands)
 	b.ReportMetric(headline, "single-pipeline/asynq")
 	fmt.Printf("single-message pipeline/asynq ratio: %.2f\n", headline)
+}
+
+// costSum adds up runs' CPU and wall time.
+type costSum struct {
+	cpu  cpuSplit
+	wall time.Duration
+}
+
+func (s costSum) add(c cost) costSum { return costSum{s.cpu.plus(c.cpu), s.wall + c.wall} }
+
+func (s costSum) busy() float64 { return s.cpu.busy(s.wall) }
+
+// per is the CPU per message of n messages.
+func (s costSum) per(n int) string {
+	us := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
+	c := s.cpu
+	if c.worker == 0 {
+		return fmt.Sprintf("%.0f µs (redis %.0f, process %.0f)", us(c.redis+c.self), us(c.redis), us(c.self))
+	}
+	return fmt.Sprintf("%.0f µs (redis %.0f, worker %.0f, process %.0f)", us(c.redis+c.worker+c.self), us(c.redis), us(c.worker), us(c.self))
+}
+
+// simulator is a WeChat simulator over HTTP whose app pushes its results to
+// callbackURL 50 ms after each send, as for wxpush, and a token it issued.
+type simulator struct {
+	*wechatsim.Server
+	url, token string
+}
+
+func startSim(b *testing.B, callbackURL string) simulator {
+	sim, err := wechatsim.New(wechatsim.Config{
+		Apps:          []wechatsim.App{{AppID: servicetest.AppID, Secret: servicetest.Secret, Token: servicetest.Token, CallbackURL: callbackURL}},
+		Templates:     []wechatsim.Template{{AppID: servicetest.AppID, TemplateID: "T1", Title: "发货通知", Content: "{{thing1.DATA}}"}},
+		CallbackDelay: 50 * time.Millisecond,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(sim)
+	b.Cleanup(func() { srv.Close(); sim.Close() })
+	resp, err := http.Get(srv.URL + "/cgi-bin/token?grant_type=client_credential&appid=" + servicetest.AppID + "&secret=" + servicetest.Secret)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	decodeJSON(b, resp, &tok)
+	return simulator{Server: sim, url: srv.URL, token: tok.AccessToken}
+}
+
+// waitCallbacks waits until delivered plus the callbacks the simulator gave
+// up on (after its three quick tries) make n, and returns those lost. The
+// simulator's count walks every send, so it is read only when deliveries have
+// stalled for 20 ms.
+func (s simulator) waitCallbacks(b *testing.B, what string, n int, delivered *atomic.Int64) (lost int) {
+	seen, stalled := int64(0), time.Now()
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(5 * time.Millisecond) {
+		d := delivered.Load()
+		if d != seen {
+			seen, stalled = d, time.Now()
+		} else if time.Since(stalled) > 20*time.Millisecond {
+			lost, stalled = s.Stats().CallbacksFailed, time.Now()
+		}
+		if d+int64(lost) >= int64(n) {
+			return lost
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%s: %d of %d delivered, %d callbacks lost", what, d, n, lost)
+		}
+	}
 }
 
 // handLost says how many callbacks the hand-written alternative lost, if any.
@@ -131,11 +223,11 @@ func ratioList(a, b []float64) string {
 
 type singleRoundTrips struct {
 	perMessage, perCallback, commands float64
-	top                               string
+	top, topCommands                  string
 }
 
 type singleRun struct {
-	rate       float64
+	cost
 	lag        histogram         // the worker's inbox apply lag
 	roundTrips *singleRoundTrips // counted when asked
 }
@@ -146,21 +238,21 @@ type singleRun struct {
 // off their share).
 func runSingles(b *testing.B, producers, n int, count bool) singleRun {
 	r := singlesOnce(b, producers, n, true, count)
-	run := singleRun{rate: r.rate, lag: r.lag}
+	run := singleRun{cost: r.cost, lag: r.lag}
 	if count {
 		noCallbacks := singlesOnce(b, producers, n, false, false)
 		run.roundTrips = &singleRoundTrips{perMessage: float64(r.roundTrips) / float64(n),
-			perCallback: float64(r.roundTrips-noCallbacks.roundTrips) / float64(n), commands: float64(r.commands) / float64(n), top: r.top}
+			perCallback: float64(r.roundTrips-noCallbacks.roundTrips) / float64(n), commands: float64(r.commands.total) / float64(n), top: r.top, topCommands: r.commands.top(12, n)}
 	}
 	return run
 }
 
 // singlesResult is one run of singlesOnce.
 type singlesResult struct {
-	roundTrips int64   // the processes' Redis round trips
-	rate       float64 // messages per second
-	commands   int64   // Redis commands run, incl. inside scripts
-	top        string  // the busiest round trips, per message
+	roundTrips int64     // the processes' Redis round trips
+	cost                 // messages per second, CPU and wall time
+	commands   callStats // Redis commands run, incl. inside scripts
+	top        string    // the busiest round trips, per message
 	lag        histogram
 }
 
@@ -190,7 +282,7 @@ func singlesOnce(b *testing.B, producers, n int, callbacks, profiled bool) singl
 	if profiled {
 		stopProfiles = profile(b, worker) // when WXPUSH_BENCH_PROFILE names a directory
 	}
-	start := time.Now()
+	cpu0, start := cpuTimes(b, rdb, worker), time.Now()
 	runParallel(producers, n, func(i int) {
 		post(b, client, c.API+"/v1/messages", bodies[i], http.StatusAccepted)
 	})
@@ -199,7 +291,8 @@ func singlesOnce(b *testing.B, producers, n int, callbacks, profiled bool) singl
 	} else {
 		waitBacklog(b, rdb, 0, 2*time.Minute)
 	}
-	rate := float64(n) / time.Since(start).Seconds()
+	wall := time.Since(start)
+	cpu := cpuTimes(b, rdb, worker).sub(cpu0)
 	stopProfiles()
 	after := roundTrips(b, urls)
 	st := callStats{by: map[string]int64{}}
@@ -207,7 +300,8 @@ func singlesOnce(b *testing.B, producers, n int, callbacks, profiled bool) singl
 		st.by[cmd] = v - before[cmd]
 		st.total += v - before[cmd]
 	}
-	return singlesResult{roundTrips: st.total, rate: rate, commands: commandCalls(b, rdb).total, top: st.top(6, n),
+	return singlesResult{roundTrips: st.total, cost: cost{rate: float64(n) / wall.Seconds(), cpu: cpu, wall: wall},
+		commands: commandCalls(b, rdb), top: st.top(6, n),
 		lag: scrapeHistogram(b, worker.admin+"/metrics", "wxpush_inbox_apply_lag_seconds")}
 }
 
@@ -276,6 +370,19 @@ func waitSent(b *testing.B, rdb *redis.Client, n int, within time.Duration) {
 // the clock covers the enqueue too; without it the tasks are enqueued before
 // the server starts and only the drain is timed.
 func asynqRun(b *testing.B, producers, n int, endToEnd bool) float64 {
+	return asynqCost(b, producers, n, endToEnd).rate
+}
+
+// cost is one timed run: its rate, the CPU its processes spent and its wall
+// time.
+type cost struct {
+	rate float64
+	cpu  cpuSplit
+	wall time.Duration
+}
+
+// asynqCost is asynqRun with the CPU it cost (redis-server and this process).
+func asynqCost(b *testing.B, producers, n int, endToEnd bool) cost {
 	rdb := redistest.Start(b).Client(b)
 	client := asynq.NewClientFromRedisClient(rdb)
 	payload := []byte(`{"id":"01JZZZZZZZZZZZZZZZZZZZZZZZ","app":"default","to":"oia2TjuEGTNoeX76QEjQNrcURxG8"}`)
@@ -298,7 +405,7 @@ func asynqRun(b *testing.B, producers, n int, endToEnd bool) float64 {
 	}
 	defer srv.Shutdown()
 	// As for the pipeline, whose worker is up before its clock starts.
-	start := time.Now()
+	cpu0, start := cpuTimes(b, rdb, nil), time.Now()
 	if endToEnd {
 		enqueue()
 	}
@@ -309,7 +416,8 @@ func asynqRun(b *testing.B, producers, n int, endToEnd bool) float64 {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	return float64(n) / time.Since(start).Seconds()
+	wall := time.Since(start)
+	return cost{rate: float64(n) / wall.Seconds(), cpu: cpuTimes(b, rdb, nil).sub(cpu0), wall: wall}
 }
 
 // asynqServer is an asynq server polling as the worker does by default
@@ -406,31 +514,13 @@ func (h *handWritten) callback(w http.ResponseWriter, r *http.Request) {
 // alternative, producers enqueueing one at a time, until every callback is
 // stored or lost; the simulator is configured as for wxpush (50 ms callback
 // delay). It returns the rate and the callbacks lost.
-func handWrittenRun(b *testing.B, producers, n int) (rate float64, lost int) {
+func handWrittenRun(b *testing.B, producers, n int) (c cost, lost int) {
 	rdb := redistest.Start(b).Client(b)
 	h := &handWritten{rdb: rdb, http: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * concurrency}}}
 	cb := httptest.NewServer(http.HandlerFunc(h.callback))
 	defer cb.Close()
-	sim, err := wechatsim.New(wechatsim.Config{
-		Apps:          []wechatsim.App{{AppID: servicetest.AppID, Secret: servicetest.Secret, Token: servicetest.Token, CallbackURL: cb.URL + "/wechat"}},
-		Templates:     []wechatsim.Template{{AppID: servicetest.AppID, TemplateID: "T1", Title: "发货通知", Content: "{{thing1.DATA}}"}},
-		CallbackDelay: 50 * time.Millisecond,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	simSrv := httptest.NewServer(sim)
-	defer func() { simSrv.Close(); sim.Close() }()
-	h.api = simSrv.URL
-	resp, err := http.Get(simSrv.URL + "/cgi-bin/token?grant_type=client_credential&appid=" + servicetest.AppID + "&secret=" + servicetest.Secret)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var tok struct {
-		AccessToken string `json:"access_token"`
-	}
-	decodeJSON(b, resp, &tok)
-	h.token = tok.AccessToken
+	sim := startSim(b, cb.URL+"/wechat")
+	h.api, h.token = sim.url, sim.token
 
 	srv := asynqServer(rdb)
 	mux := asynq.NewServeMux()
@@ -441,7 +531,7 @@ func handWrittenRun(b *testing.B, producers, n int) (rate float64, lost int) {
 	defer srv.Shutdown()
 	client := asynq.NewClientFromRedisClient(rdb)
 	ctx := context.Background()
-	start := time.Now()
+	cpu0, start := cpuTimes(b, rdb, nil), time.Now()
 	runParallel(producers, n, func(i int) {
 		id := fmt.Sprintf("hw%d_%06d", producers, i)
 		if err := rdb.HSet(ctx, "alt:msg:"+id, "state", "queued").Err(); err != nil {
@@ -454,23 +544,8 @@ func handWrittenRun(b *testing.B, producers, n int) (rate float64, lost int) {
 	})
 	// A callback that comes before its msgid is stored gets a 503 and, after
 	// the simulator's three quick tries, is lost: the hand-written handler
-	// holds no early callbacks. The run ends when every message is
-	// delivered or its result lost. The simulator's count walks every send,
-	// so it is read only when deliveries have stalled for 20 ms.
-	seen, stalled := int64(0), time.Now()
-	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(5 * time.Millisecond) {
-		d := h.delivered.Load()
-		if d != seen {
-			seen, stalled = d, time.Now()
-		} else if time.Since(stalled) > 20*time.Millisecond {
-			lost, stalled = sim.Stats().CallbacksFailed, time.Now()
-		}
-		if d+int64(lost) >= int64(n) {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatalf("hand-written: %d of %d delivered, %d callbacks lost", d, n, lost)
-		}
-	}
-	return float64(n) / time.Since(start).Seconds(), lost
+	// holds no early callbacks.
+	lost = sim.waitCallbacks(b, "hand-written", n, &h.delivered)
+	wall := time.Since(start)
+	return cost{rate: float64(n) / wall.Seconds(), cpu: cpuTimes(b, rdb, nil).sub(cpu0), wall: wall}, lost
 }
