@@ -3,16 +3,12 @@ package bench
 import (
 	"bytes"
 	"context"
-	"crypto/sha1"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/xml"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"sort"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,7 +16,6 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/wxpush/wxpush/internal/redistest"
-	"github.com/wxpush/wxpush/internal/servicetest"
 	"github.com/wxpush/wxpush/internal/tasks"
 )
 
@@ -85,11 +80,7 @@ func (f *floor) send(_ context.Context, t *asynq.Task) error {
 
 // callback checks the signature, reads the status and counts the result.
 func (f *floor) callback(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	parts := []string{servicetest.Token, q.Get("timestamp"), q.Get("nonce")}
-	sort.Strings(parts)
-	sum := sha1.Sum([]byte(strings.Join(parts, "")))
-	if hex.EncodeToString(sum[:]) != q.Get("signature") {
+	if !signedByWeChat(r) {
 		http.Error(w, "bad signature", http.StatusForbidden)
 		return
 	}
