@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"encoding/xml"
@@ -60,22 +59,8 @@ func (f *floor) accept(w http.ResponseWriter, r *http.Request) {
 
 // send POSTs the task's message to the simulator.
 func (f *floor) send(_ context.Context, t *asynq.Task) error {
-	resp, err := f.http.Post(f.api+"/cgi-bin/message/template/send?access_token="+f.token, "application/json", bytes.NewReader(t.Payload()))
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	var r struct {
-		ErrCode int    `json:"errcode"`
-		ErrMsg  string `json:"errmsg"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
-		return err
-	}
-	if r.ErrCode != 0 {
-		return fmt.Errorf("errcode %d: %s", r.ErrCode, r.ErrMsg)
-	}
-	return nil
+	_, err := postTemplate(f.http, f.api, f.token, t.Payload())
+	return err
 }
 
 // callback checks the signature, reads the status and counts the result.

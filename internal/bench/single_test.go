@@ -444,16 +444,12 @@ type handWritten struct {
 	delivered atomic.Int64
 }
 
-func (h *handWritten) send(ctx context.Context, t *asynq.Task) error {
-	var p struct{ ID, To string }
-	if err := json.Unmarshal(t.Payload(), &p); err != nil {
-		return err
-	}
-	msg, _ := json.Marshal(map[string]any{"touser": p.To, "template_id": "T1", "client_msg_id": p.ID,
-		"data": map[string]any{"thing1": map[string]string{"value": "order shipped"}}})
-	resp, err := h.http.Post(h.api+"/cgi-bin/message/template/send?access_token="+h.token, "application/json", bytes.NewReader(msg))
+// postTemplate sends a template message with a plain HTTP client, as a
+// handler written from WeChat's docs does, and returns its msgid.
+func postTemplate(c *http.Client, api, token string, msg []byte) (int64, error) {
+	resp, err := c.Post(api+"/cgi-bin/message/template/send?access_token="+token, "application/json", bytes.NewReader(msg))
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer resp.Body.Close()
 	var r struct {
@@ -462,14 +458,28 @@ func (h *handWritten) send(ctx context.Context, t *asynq.Task) error {
 		MsgID   int64  `json:"msgid"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
-		return err
+		return 0, err
 	}
 	if r.ErrCode != 0 {
-		return fmt.Errorf("errcode %d: %s", r.ErrCode, r.ErrMsg)
+		return 0, fmt.Errorf("errcode %d: %s", r.ErrCode, r.ErrMsg)
+	}
+	return r.MsgID, nil
+}
+
+func (h *handWritten) send(ctx context.Context, t *asynq.Task) error {
+	var p struct{ ID, To string }
+	if err := json.Unmarshal(t.Payload(), &p); err != nil {
+		return err
+	}
+	msg, _ := json.Marshal(map[string]any{"touser": p.To, "template_id": "T1", "client_msg_id": p.ID,
+		"data": map[string]any{"thing1": map[string]string{"value": "order shipped"}}})
+	msgID, err := postTemplate(h.http, h.api, h.token, msg)
+	if err != nil {
+		return err
 	}
 	_, err = h.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		pipe.HSet(ctx, "alt:msg:"+p.ID, "state", "sent", "msgid", r.MsgID)
-		pipe.Set(ctx, fmt.Sprintf("alt:wxid:%d", r.MsgID), p.ID, time.Hour)
+		pipe.HSet(ctx, "alt:msg:"+p.ID, "state", "sent", "msgid", msgID)
+		pipe.Set(ctx, fmt.Sprintf("alt:wxid:%d", msgID), p.ID, time.Hour)
 		return nil
 	})
 	return err
