@@ -38,20 +38,29 @@ const (
 // until every one is answered. An inbox round then times the drain, from
 // the last answer until every result is applied; every round ends by
 // reading every message back and fails unless all are delivered.
+//
+// A third kind of round is the burst the inbox is for: no applier runs
+// while the results are answered (the worker has WXPUSH_INBOX_APPLY=false),
+// then one applier starts and works off the backlog alone, which measures
+// what an acknowledgement costs by itself and what one applier applies per
+// second.
 func callbackFigures(b *testing.B, tab *table) {
 	const rounds = 5
-	var inboxRates, oldRates, drains []float64
+	var inboxRates, oldRates, deferredRates, applyRates, drains []float64
 	var lag histogram
 	var inboxCPU, oldCPU cpuSplit
 	var inboxRT, oldRT, failures, parked int64
 	for range rounds {
-		in := callbacksOnce(b, true)
+		in := callbacksOnce(b, inboxLive)
 		inboxRates, drains = append(inboxRates, in.rate), append(drains, in.drain.Seconds())
 		lag, failures, parked = lag.add(in.lag), failures+in.failures, parked+in.parked
 		inboxCPU, inboxRT = inboxCPU.plus(in.cpu), inboxRT+in.roundTrips
-		old := callbacksOnce(b, false)
+		old := callbacksOnce(b, storeThenAnswer)
 		oldRates = append(oldRates, old.rate)
 		oldCPU, oldRT = oldCPU.plus(old.cpu), oldRT+old.roundTrips
+		deferred := callbacksOnce(b, inboxDeferred)
+		deferredRates, applyRates = append(deferredRates, deferred.rate), append(applyRates, deferred.applyRate)
+		failures, parked = failures+deferred.failures, parked+deferred.parked
 	}
 	inboxRate, oldRate := median(inboxRates), median(oldRates)
 	tab.row("callbacks stored per second, one enqueuer", fmt.Sprintf("%.0f/s", oldRate), "–",
@@ -61,7 +70,15 @@ func callbackFigures(b *testing.B, tab *table) {
 		fmt.Sprintf("the same %d results by %d pushers, each appended to the inbox (one script) and answered (WXPUSH_CALLBACK_INBOX=true), the worker's applier settling them meanwhile; median of %d rounds (%s)",
 			callbackN, callbackPushers, rounds, rateList(inboxRates)))
 	tab.row("callbacks answered per second, inbox/store-then-answer", fmt.Sprintf("%.2f", inboxRate/oldRate), "–",
-		"ratio of the medians; per round (inbox, then store-then-answer, on fresh servers): "+ratioList(inboxRates, oldRates))
+		"ratio of the medians; per round (inbox, then store-then-answer, on fresh servers): "+ratioList(inboxRates, oldRates)+
+			"; the applier shares the 2 cores with the enqueuer and the pushers, so the answers are bound by the machine's CPU, not by Redis round trips")
+	deferredRate := median(deferredRates)
+	tab.row("callbacks answered per second, inbox, no applier running", fmt.Sprintf("%.0f/s", deferredRate), "–",
+		fmt.Sprintf("the same %d results while no worker applies (WXPUSH_INBOX_APPLY=false), a burst the inbox absorbs; median of %d rounds (%s); %.2f of store-then-answer",
+			callbackN, rounds, rateList(deferredRates), deferredRate/oldRate))
+	tab.row("events applied per second by one applier, from a backlog", fmt.Sprintf("%.0f/s", median(applyRates)), "–",
+		fmt.Sprintf("then one worker with WXPUSH_INBOX_APPLY=true starts alone on the %d events; the clock runs from its first batch acknowledged to every result applied (inbox depth 0, backlog 0); median of %d rounds (%s)",
+			callbackN, rounds, rateList(applyRates)))
 	tab.row("inbox drain after the last answer", ms(median(drains)), "–",
 		fmt.Sprintf("from the last callback answered until every result is applied (backlog 0, inbox depth 0, polled every 5 ms); median of %d rounds (%s); every round then read all %d messages back: all delivered; %d failed applies (retried), %d parked, all rounds",
 			rounds, msList(drains), callbackN, failures, parked))
@@ -89,13 +106,28 @@ type callbackRun struct {
 	roundTrips int64
 	// The applier's failed applies (each retried) and the parked events.
 	failures, parked int64
+	// With inboxDeferred: events applied per second by the applier that
+	// started after the burst.
+	applyRate float64
 }
 
-func callbacksOnce(b *testing.B, useInbox bool) callbackRun {
+// callbackPath is how an enqueuer answers delivery results in a round.
+type callbackPath int
+
+const (
+	storeThenAnswer callbackPath = iota // WXPUSH_CALLBACK_INBOX=false
+	inboxLive                           // the inbox, its applier running
+	inboxDeferred                       // the inbox, no applier until every result is answered
+)
+
+func callbacksOnce(b *testing.B, path callbackPath) callbackRun {
+	useInbox := path != storeThenAnswer
 	c := servicetest.Start(b, servicetest.Options{Rules: "*=no_callback", Env: env(map[string]string{
 		"WXPUSH_CONCURRENCY": fmt.Sprint(concurrency), "WXPUSH_CALLBACK_INBOX": strconv.FormatBool(useInbox)})})
 	rdb := c.Redis.Client(b)
-	worker := startWorkerBinary(b, c.Env(b))
+	workerEnv := c.Env(b)
+	workerEnv["WXPUSH_INBOX_APPLY"] = strconv.FormatBool(path != inboxDeferred)
+	worker := startWorkerBinary(b, workerEnv)
 	defer worker.stop()
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: callbackPushers}}
 	type sent struct{ id, openID, msgID string }
@@ -140,13 +172,21 @@ func callbacksOnce(b *testing.B, useInbox bool) callbackRun {
 	})
 	answered := time.Now()
 	run := callbackRun{rate: float64(callbackN) / answered.Sub(start).Seconds()}
-	waitApplied(b, rdb, 2*time.Minute)
-	run.drain = time.Since(answered)
-	run.cpu = cpuTimes(b, rdb, worker).sub(cpu0)
-	for cmd, v := range roundTrips(b, urls) {
-		run.roundTrips += v - rt0[cmd]
+	if path == inboxDeferred {
+		applier := startWorkerBinary(b, c.Env(b))
+		defer applier.stop()
+		run.applyRate = drainRate(b, rdb, 2*time.Minute)
+		run.failures = int64(servicetest.SumSeries(b, []string{applier.admin + "/metrics"}, "wxpush_inbox_apply_failures_total"))
+		run.parked, _ = rdb.XLen(context.Background(), inbox.ParkedStream).Result()
+	} else {
+		waitApplied(b, rdb, 2*time.Minute)
+		run.drain = time.Since(answered)
+		run.cpu = cpuTimes(b, rdb, worker).sub(cpu0)
+		for cmd, v := range roundTrips(b, urls) {
+			run.roundTrips += v - rt0[cmd]
+		}
 	}
-	if useInbox {
+	if path == inboxLive {
 		run.lag = scrapeHistogram(b, worker.admin+"/metrics", "wxpush_inbox_apply_lag_seconds")
 		run.failures = int64(servicetest.SumSeries(b, []string{worker.admin + "/metrics"}, "wxpush_inbox_apply_failures_total"))
 		run.parked, _ = rdb.XLen(context.Background(), inbox.ParkedStream).Result()
@@ -164,8 +204,8 @@ func callbacksOnce(b *testing.B, useInbox bool) callbackRun {
 	}
 	if by["delivered"] != callbackN {
 		parked, _ := rdb.XLen(context.Background(), inbox.ParkedStream).Result()
-		b.Fatalf("callbacks (inbox %v): %d callbacks answered, but only %d of %d messages delivered: states %v; inbox parked %d",
-			useInbox, callbackN, by["delivered"], callbackN, by, parked)
+		b.Fatalf("callbacks (path %d): %d callbacks answered, but only %d of %d messages delivered: states %v; inbox parked %d",
+			path, callbackN, by["delivered"], callbackN, by, parked)
 	}
 	return run
 }
@@ -193,6 +233,35 @@ func waitApplied(b *testing.B, rdb *redis.Client, within time.Duration) {
 			b.Fatalf("results not applied after %v: backlog %d, inbox depth %d, parked %d", within, backlog, depth, parked)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// drainRate waits until an applier that is starting has applied the inbox
+// (see waitApplied) and returns the events it applied per second, timed
+// from its first batch: from the first moment the inbox holds fewer events
+// than it did, so that the worker's start-up is not counted. The events of
+// that first batch are not counted either.
+func drainRate(b *testing.B, rdb *redis.Client, within time.Duration) float64 {
+	ctx := context.Background()
+	full, err := rdb.XLen(ctx, inbox.Stream).Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	deadline := time.Now().Add(within)
+	for {
+		depth, err := rdb.XLen(ctx, inbox.Stream).Result()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if depth < full {
+			start := time.Now()
+			waitApplied(b, rdb, time.Until(deadline))
+			return float64(depth) / time.Since(start).Seconds()
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("no applier took an event of the %d in the inbox within %v", full, within)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
