@@ -323,6 +323,22 @@ func TestCallbackInboxAppendsInsteadOfApplying(t *testing.T) {
 	if n, _ := b.rdb.XLen(t.Context(), inbox.Stream).Result(); n != 1 {
 		t.Errorf("inbox holds %d events after a popup, want 1", n)
 	}
+	// A plain signature does not cover the body: the signed query of a
+	// popup (taken by the nonce store) must not carry a result into the
+	// inbox, nor the query of a result (taken by the inbox) a popup.
+	popupQuery := signedQuery(defaultToken)
+	if r := b.postCallback(t, "default", popupQuery, []byte(popup)); r.status != http.StatusOK {
+		t.Fatalf("popup answered %d", r.status)
+	}
+	if r := b.postCallback(t, "default", popupQuery, []byte(resultXML(9200, "failed:user block"))); r.status != http.StatusForbidden {
+		t.Errorf("a popup's query with a result body answered %d %q, want 403", r.status, r.body)
+	}
+	if r := b.postCallback(t, "default", q, []byte(popup)); r.status != http.StatusForbidden {
+		t.Errorf("a result's query with a popup body answered %d %q, want 403", r.status, r.body)
+	}
+	if n, _ := b.rdb.XLen(t.Context(), inbox.Stream).Result(); n != 1 {
+		t.Errorf("inbox holds %d events after the crossed replays, want 1", n)
+	}
 	b.redis.Stop(t)
 	if r := b.postCallback(t, "default", signedQuery(defaultToken), []byte(resultXML(9202, "success"))); r.status != http.StatusServiceUnavailable {
 		t.Errorf("with Redis down a result answered %d, want 503 so that WeChat tries again", r.status)

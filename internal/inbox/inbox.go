@@ -20,15 +20,17 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/wxpush/wxpush/internal/wechat"
 )
 
 // Keys. Every key shares the {inbox} hash tag, so that the append script's
-// nonce key and stream sit in one Redis Cluster slot.
+// nonce key (wechat.NonceKey, shared with every other callback path) and
+// stream sit in one Redis Cluster slot.
 const (
 	Stream       = "wxpush:{inbox}:events"
 	ParkedStream = "wxpush:{inbox}:parked"
 	Group        = "appliers"
-	noncePrefix  = "wxpush:{inbox}:nonce:"
 )
 
 // Entry fields.
@@ -93,7 +95,7 @@ func New(rdb redis.UniversalClient, m *Metrics) *Inbox { return &Inbox{rdb: rdb,
 // remembered for nonceTTL. One round trip.
 func (ib *Inbox) Append(ctx context.Context, e Entry, timestamp, nonce string, body []byte, nonceTTL time.Duration) (Use, error) {
 	sum := sha256.Sum256(body)
-	key := noncePrefix + e.App + ":" + timestamp + ":" + nonce
+	key := wechat.NonceKey(e.App, timestamp, nonce)
 	n, err := appendScript.Run(ctx, ib.rdb, []string{key, Stream}, hex.EncodeToString(sum[:]),
 		max(nonceTTL, time.Second).Milliseconds(), e.App, e.Event, e.XML, e.Received.UnixMilli()).Int()
 	if err != nil {

@@ -75,10 +75,17 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
 `)
 
-// nonceKey names one use. The app, timestamp and nonce are all covered by
-// the signature the receiver checked before, so only WeChat chooses them.
-func nonceKey(app, timestamp, nonce string) string {
-	return "wxpush:callback-nonce:" + app + ":" + timestamp + ":" + nonce
+// NonceKey names one use of a callback's timestamp and nonce by app. The
+// app, timestamp and nonce are all covered by the signature the receiver
+// checked before, so only WeChat chooses them. Every callback of an app
+// records its use under this one key, whatever path takes it (the relay,
+// the callback inbox's append script, the store-then-answer path), so that
+// a signed query captured from one kind of callback cannot carry another
+// kind's body. The key carries the callback inbox's hash tag: the inbox's
+// append script records the use and appends the event in one Redis Cluster
+// slot.
+func NonceKey(app, timestamp, nonce string) string {
+	return "wxpush:{inbox}:nonce:" + app + ":" + timestamp + ":" + nonce
 }
 
 // Remember records that app accepted a callback with timestamp, nonce and
@@ -87,7 +94,7 @@ func nonceKey(app, timestamp, nonce string) string {
 func (s *NonceStore) Remember(ctx context.Context, app, timestamp, nonce string, body []byte, ttl time.Duration) (NonceUse, error) {
 	sum := sha256.Sum256(body)
 	hash := hex.EncodeToString(sum[:])
-	prev, err := nonceScript.Run(ctx, s.rdb, []string{nonceKey(app, timestamp, nonce)}, hash, max(ttl, time.Second).Milliseconds()).Text()
+	prev, err := nonceScript.Run(ctx, s.rdb, []string{NonceKey(app, timestamp, nonce)}, hash, max(ttl, time.Second).Milliseconds()).Text()
 	switch {
 	case errors.Is(err, redis.Nil):
 		return NonceFresh, nil

@@ -67,7 +67,7 @@ func TestNonceStore(t *testing.T) {
 	remember("shop", "n2", "<xml>b</xml>", wechat.NonceFresh)
 	remember("news", "n1", "<xml>b</xml>", wechat.NonceFresh)
 
-	keys, err := rdb.Keys(ctx, "wxpush:callback-nonce:*").Result()
+	keys, err := rdb.Keys(ctx, "wxpush:{inbox}:nonce:*").Result()
 	if err != nil || len(keys) != 3 {
 		t.Fatalf("keys %v, %v; want one per app, timestamp and nonce (3)", keys, err)
 	}
