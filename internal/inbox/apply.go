@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -72,23 +74,37 @@ func NewApplier(rdb redis.UniversalClient, s Settler, consumer string, m *Metric
 		failures: map[string]int{}}
 }
 
-// Run applies until ctx is done. Redis errors are logged and retried. On
-// the way out an applier that holds no unacknowledged events leaves the
-// group, so that stopped workers do not pile up in it as consumers.
+// Backoff of Run after a failed pass: it doubles from retryMin to retryMax
+// while passes keep failing.
+const (
+	retryMin = 200 * time.Millisecond
+	retryMax = 5 * time.Second
+)
+
+// Run applies until ctx is done. Redis errors are logged and retried, with
+// a backoff while they last. On the way out an applier that holds no
+// unacknowledged events leaves the group, so that stopped workers do not
+// pile up in it as consumers.
 func (a *Applier) Run(ctx context.Context) {
 	defer a.leave()
 	var lastClaim time.Time
+	wait := retryMin
 	for ctx.Err() == nil {
-		claim := time.Since(lastClaim) >= a.ClaimAfter/2
+		claim := a.now().Sub(lastClaim) >= a.ClaimAfter/2
 		if claim {
-			lastClaim = time.Now()
+			lastClaim = a.now()
 		}
 		n, err := a.Once(ctx, claim)
-		if err != nil && ctx.Err() == nil {
-			a.log.Warn("inbox: applying failed; retrying", "err", err)
-			pause(ctx, 200*time.Millisecond)
-		} else if n == 0 && a.Block <= 0 {
-			pause(ctx, 50*time.Millisecond)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			a.log.Warn("inbox: applying failed; retrying", "err", err, "in", wait)
+			pause(ctx, wait)
+			wait = min(2*wait, retryMax)
+		case err == nil:
+			wait = retryMin
+			if n == 0 && a.Block <= 0 {
+				pause(ctx, 50*time.Millisecond)
+			}
 		}
 	}
 }
@@ -117,9 +133,11 @@ func pause(ctx context.Context, d time.Duration) {
 }
 
 // Once applies one batch: first the events this applier read and has not
-// acknowledged (a failed apply), then with claim those another applier left
-// unacknowledged for ClaimAfter, then new ones (waiting up to Block for
-// them). It returns how many events it settled or parked.
+// acknowledged (after a failed apply, and with claim in any case: a read
+// whose reply was lost leaves its events in this applier's own pending
+// list, where only this applier looks), then with claim those another
+// applier left unacknowledged for ClaimAfter, then new ones (waiting up to
+// Block for them). It returns how many events it settled or parked.
 func (a *Applier) Once(ctx context.Context, claim bool) (int, error) {
 	msgs, err := a.read(ctx, claim)
 	if err != nil {
@@ -133,7 +151,7 @@ func (a *Applier) Once(ctx context.Context, claim bool) (int, error) {
 
 func (a *Applier) read(ctx context.Context, claim bool) ([]redis.XMessage, error) {
 	var msgs []redis.XMessage
-	if a.ownPending {
+	if a.ownPending || claim {
 		own, err := a.readGroup(ctx, "0", -1)
 		if err != nil {
 			return nil, err
@@ -276,16 +294,17 @@ func (a *Applier) apply(ctx context.Context, msgs []redis.XMessage) (int, error)
 		var err error
 		rs, errs, err = a.settle.ApplyCallbacks(ctx, in)
 		if err != nil {
+			// The round trip failed (Redis unreachable): no event's fault,
+			// so none counts it towards parking. An event that kills its
+			// applier is counted by the group's deliveries instead (claim).
 			a.metrics.Failed.Add(float64(len(msgs)))
-			for _, m := range msgs {
-				a.failures[m.ID]++
-			}
 			a.ownPending = true
 			return 0, err
 		}
 	}
 	now := a.now()
 	var done []event
+	var unavailable error // a result failed because Redis was unavailable
 	k := 0
 	for _, e := range evs {
 		if e.park != "" {
@@ -305,9 +324,15 @@ func (a *Applier) apply(ctx context.Context, msgs []redis.XMessage) (int, error)
 			k++
 		}
 		if failed != nil {
-			a.failures[e.msg.ID]++
 			a.ownPending = true
 			a.metrics.Failed.Inc()
+			if transient(failed) {
+				// A failover, a resharding or a loading replica: retried
+				// after Run's backoff, never parked for it.
+				unavailable = failed
+				continue
+			}
+			a.failures[e.msg.ID]++
 			a.log.Warn("inbox: an event failed to apply; it is retried", "app", e.app, "entry", e.msg.ID, "err", failed)
 			continue
 		}
@@ -329,7 +354,37 @@ func (a *Applier) apply(ctx context.Context, msgs []redis.XMessage) (int, error)
 			a.metrics.Lag.Observe(now.Sub(e.received).Seconds())
 		}
 	}
+	if unavailable != nil {
+		return len(done), fmt.Errorf("inbox: results not applied, Redis unavailable: %w", unavailable)
+	}
 	return len(done), nil
+}
+
+// transientReplies are the error replies of a Redis that cannot serve a
+// command now but will: a Cluster failover or resharding, a replica loading
+// or promoted, a busy script, a full memory.
+var transientReplies = []string{"TRYAGAIN", "CLUSTERDOWN", "MOVED", "ASK", "LOADING", "BUSY", "MASTERDOWN",
+	"READONLY", "NOREPLICAS", "OOM"}
+
+// transient reports whether err is Redis being unavailable (its connection
+// or one of transientReplies) rather than something in the event itself.
+func transient(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, redis.ErrClosed) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	root := err
+	for u := errors.Unwrap(root); u != nil; u = errors.Unwrap(root) {
+		root = u
+	}
+	msg := root.Error()
+	for _, p := range transientReplies {
+		if strings.HasPrefix(msg, p+" ") || msg == p {
+			return true
+		}
+	}
+	return false
 }
 
 // decode reads an entry's event and results.

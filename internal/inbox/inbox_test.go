@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -472,3 +474,74 @@ func TestStoppedApplierLeavesTheGroup(t *testing.T) {
 }
 
 func killingSettlerFor() Settler { return &killingSettler{} }
+
+// A read whose reply was lost (the connection broke after Redis ran
+// XREADGROUP) leaves its events in the applier's own pending list. Nothing
+// failed in the applier's eyes, and no other applier claims its own
+// entries from a live one's list for it: its claim passes read them again.
+func TestApplierReadsItsOwnLostRead(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	a := b.applier("a1", b.store)
+	if _, err := a.Once(b.ctx, false); err != nil { // makes the group
+		t.Fatal(err)
+	}
+	b.sent(t, "l1", 9501)
+	b.push(t, resultXML(9501, "success"))
+	// The read a1's connection lost the reply of.
+	if err := b.rdb.XReadGroup(b.ctx, &redis.XReadGroupArgs{Group: Group, Consumer: "a1", Streams: []string{Stream, ">"}, Count: 10}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := a.Once(b.ctx, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, cb := b.state(t, "l1"); st != delivery.StateDelivered || cb != 1 || b.depth(t) != 0 {
+		t.Fatalf("l1 is %s with %d callbacks, inbox depth %d; want delivered once and the inbox empty", st, cb, b.depth(t))
+	}
+}
+
+// flakySettler fails as a Redis that is failing over does, for the first
+// failures calls: the round trip itself (odd calls) or each result with a
+// TRYAGAIN reply (even calls).
+type flakySettler struct {
+	s        Settler
+	failures int32
+	calls    *atomic.Int32
+}
+
+func (f flakySettler) ApplyCallbacks(ctx context.Context, in []delivery.CallbackInput) ([]delivery.CallbackResult, []error, error) {
+	n := f.calls.Add(1)
+	switch {
+	case n > f.failures:
+		return f.s.ApplyCallbacks(ctx, in)
+	case n%2 == 1:
+		return nil, nil, fmt.Errorf("delivery: apply callbacks: %w", &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET})
+	}
+	errs := make([]error, len(in))
+	for i := range errs {
+		errs[i] = fmt.Errorf("delivery: apply callback: %w", errors.New("TRYAGAIN Multiple keys request during rehashing of slot"))
+	}
+	return make([]delivery.CallbackResult, len(in)), errs, nil
+}
+
+// Redis unavailable for longer than MaxDeliveries passes (a failover) is no
+// reason to park good events: they are applied once it is back.
+func TestRedisUnavailableParksNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.sent(t, "f1", 9601)
+	b.push(t, resultXML(9601, "success"))
+	var calls atomic.Int32
+	a := b.applier("a1", flakySettler{s: b.store, failures: 3 * DefaultMaxDeliveries, calls: &calls})
+	for i := 0; b.depth(t) > 0 && i < 10*DefaultMaxDeliveries; i++ {
+		_, _ = a.Once(b.ctx, false)
+	}
+	if parked, _ := ListParked(b.ctx, b.rdb, 10); len(parked) != 0 {
+		t.Fatalf("parked %+v while Redis was unavailable, want nothing", parked)
+	}
+	if st, cb := b.state(t, "f1"); st != delivery.StateDelivered || cb != 1 {
+		t.Fatalf("f1 is %s with %d callbacks after %d applies, want delivered once", st, cb, calls.Load())
+	}
+}
