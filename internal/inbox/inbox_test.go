@@ -545,3 +545,34 @@ func TestRedisUnavailableParksNothing(t *testing.T) {
 		t.Fatalf("f1 is %s with %d callbacks after %d applies, want delivered once", st, cb, calls.Load())
 	}
 }
+
+// An id without its sequence number names no parked event, even though
+// XRANGE would range over every entry of its millisecond: replaying it must
+// append nothing (before, each call appended the millisecond's first entry
+// again and left it parked).
+func TestReplayNeedsTheWholeID(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for _, id := range []string{"1000-0", "1000-1"} {
+		if err := b.rdb.XAdd(b.ctx, &redis.XAddArgs{Stream: ParkedStream, ID: id, Values: []any{fieldApp, "default",
+			fieldEvent, "TEMPLATESENDJOBFINISH", fieldXML, string(resultXML(6100, "success")), fieldReceived, 1000}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pe := NewParkedEvents(b.rdb)
+	for range 3 {
+		if err := pe.Replay(b.ctx, "1000"); !errors.Is(err, ErrNotParked) {
+			t.Fatalf("Replay(1000) = %v, want ErrNotParked", err)
+		}
+	}
+	if n := b.depth(t); n != 0 {
+		t.Fatalf("the inbox holds %d events after replays of a partial id, want 0", n)
+	}
+	if err := pe.Replay(b.ctx, "1000-1"); err != nil {
+		t.Fatal(err)
+	}
+	left, _ := ListParked(b.ctx, b.rdb, 10)
+	if n := b.depth(t); n != 1 || len(left) != 1 || left[0].ID != "1000-0" {
+		t.Fatalf("after replaying 1000-1: inbox %d, parked %+v; want 1 and only 1000-0 left", n, left)
+	}
+}

@@ -29,10 +29,12 @@ func (p *ParkedEvents) List(ctx context.Context, limit int) ([]Parked, int64, er
 
 // replayScript moves a parked event back into the inbox, as received (its
 // receive time kept), atomically: two replays of one event append it once.
-// KEYS: parked stream, inbox stream. ARGV: the parked id.
+// Only the entry of exactly that id is taken: an id without its sequence
+// ("1796643442000") ranges over every entry of that millisecond, which XDEL
+// would not delete. KEYS: parked stream, inbox stream. ARGV: the parked id.
 var replayScript = redis.NewScript(`
 local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #e == 0 then return 0 end
+if #e == 0 or e[1][1] ~= ARGV[1] then return 0 end
 local f, keep = e[1][2], {app=true, event=true, xml=true, at=true}
 local args = {}
 for i = 1, #f, 2 do
