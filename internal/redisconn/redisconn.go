@@ -25,7 +25,10 @@ import (
 )
 
 // Timeouts shared by every form: a request that fails fast answers 503, and
-// retries are the caller's business.
+// retries are the caller's business. Every form also honours a context's
+// deadline on the socket (ContextTimeoutEnabled): a caller with a budget of
+// its own, such as the callback receiver's, is answered within it even when
+// Redis accepts connections and never replies.
 const (
 	dialTimeout  = 2 * time.Second
 	readTimeout  = 3 * time.Second
@@ -52,6 +55,7 @@ func Open(url string) (redis.UniversalClient, error) {
 			return nil, errors.New("redisconn: REDIS_URL is not a valid redis URL (redis://[user:pass@]host:port/db)")
 		}
 		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.MaxRetries = dialTimeout, readTimeout, writeTimeout, maxRetries
+		opt.ContextTimeoutEnabled = true
 		return redis.NewClient(opt), nil
 	case strings.HasPrefix(url, "redis-sentinel://"):
 		opt, err := parseSentinel(url)
@@ -84,6 +88,7 @@ func parseCluster(raw string) (*redis.ClusterOptions, error) {
 	}
 	opt := &redis.ClusterOptions{
 		DialTimeout: dialTimeout, ReadTimeout: readTimeout, WriteTimeout: writeTimeout, MaxRetries: maxRetries,
+		ContextTimeoutEnabled: true,
 	}
 	for _, addr := range strings.Split(u.Host, ",") {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
@@ -112,6 +117,7 @@ func parseSentinel(raw string) (*redis.FailoverOptions, error) {
 	}
 	opt := &redis.FailoverOptions{
 		DialTimeout: dialTimeout, ReadTimeout: readTimeout, WriteTimeout: writeTimeout, MaxRetries: maxRetries,
+		ContextTimeoutEnabled: true,
 		SentinelPassword: u.Query().Get("sentinel_password"),
 	}
 	for _, addr := range strings.Split(u.Host, ",") {
