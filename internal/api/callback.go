@@ -279,11 +279,13 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	results, ok := s.eventResults(w, app, ev, arrived)
+	results, known, ok := s.eventResults(w, app, ev, arrived)
 	if !ok {
 		return
 	}
-	if s.inbox != nil && len(results) > 0 {
+	// A result wxpush cannot read goes to the inbox too, where the appliers
+	// park it: kept to be replayed once wxpush reads its status.
+	if s.inbox != nil && (len(results) > 0 || !known) {
 		ok = s.appendResults(w, r, app, ev, body, raw, arrived)
 	} else {
 		ok = s.firstUse(w, r, app, raw, false) && (len(results) == 0 || s.applyResults(w, r, app.Name, ev.Event, results))
@@ -298,16 +300,17 @@ func (s *Server) handleCallback(w http.ResponseWriter, r *http.Request) {
 }
 
 // eventResults lists the delivery results an event reports, counting the
-// events that settle nothing. It refuses an event with more results than
+// events that settle nothing; known is false for a result whose status
+// wxpush cannot read. It refuses an event with more results than
 // MaxEventResults, before anything is stored.
-func (s *Server) eventResults(w http.ResponseWriter, app App, ev *wechat.Event, arrived time.Time) ([]delivery.CallbackInput, bool) {
+func (s *Server) eventResults(w http.ResponseWriter, app App, ev *wechat.Event, arrived time.Time) (in []delivery.CallbackInput, known, ok bool) {
 	if n := len(ev.SubscribeSent); ev.Event == wechat.EventSubscribeMsgSent && n > MaxEventResults {
 		s.log.Warn("subscribe result event with too many entries", "app", app.Name, "entries", n)
 		s.reject(w, app.Name, rejectTooMany, &apiError{Status: http.StatusBadRequest, Code: "too_many_entries", Field: "SubscribeMsgSentEvent.List",
 			Message: fmt.Sprintf("%d results in one event; at most %d are accepted", n, MaxEventResults)})
-		return nil, false
+		return nil, false, false
 	}
-	in, known := inbox.Results(app.Name, ev, arrived)
+	in, known = inbox.Results(app.Name, ev, arrived)
 	switch {
 	case !known:
 		s.log.Warn("unrecognised template result status; left unchanged", "app", app.Name, "wechat_msgid", ev.MsgID, "status", ev.Status)
@@ -317,7 +320,7 @@ func (s *Server) eventResults(w http.ResponseWriter, app App, ev *wechat.Event, 
 		// upstream of an app without one: nothing to settle.
 		s.metrics.Callbacks.WithLabelValues(app.Name, eventLabel(ev), outcomeIgnored).Inc()
 	}
-	return in, true
+	return in, known, true
 }
 
 // appendResults appends a delivery-result event to the inbox with its nonce

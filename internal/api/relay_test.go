@@ -339,6 +339,14 @@ func TestCallbackInboxAppendsInsteadOfApplying(t *testing.T) {
 	if n, _ := b.rdb.XLen(t.Context(), inbox.Stream).Result(); n != 1 {
 		t.Errorf("inbox holds %d events after the crossed replays, want 1", n)
 	}
+	// A result whose status wxpush cannot read is kept, for the appliers to
+	// park and an operator to replay once wxpush reads it.
+	if r := b.postCallback(t, "default", signedQuery(defaultToken), []byte(resultXML(9203, "pending"))); r.status != http.StatusOK {
+		t.Errorf("a result with an unknown status answered %d %q, want 200", r.status, r.body)
+	}
+	if n, _ := b.rdb.XLen(t.Context(), inbox.Stream).Result(); n != 2 {
+		t.Errorf("inbox holds %d events after a result with an unknown status, want 2", n)
+	}
 	b.redis.Stop(t)
 	if r := b.postCallback(t, "default", signedQuery(defaultToken), []byte(resultXML(9202, "success"))); r.status != http.StatusServiceUnavailable {
 		t.Errorf("with Redis down a result answered %d, want 503 so that WeChat tries again", r.status)

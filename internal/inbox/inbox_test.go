@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -574,5 +575,25 @@ func TestReplayNeedsTheWholeID(t *testing.T) {
 	left, _ := ListParked(b.ctx, b.rdb, 10)
 	if n := b.depth(t); n != 1 || len(left) != 1 || left[0].ID != "1000-0" {
 		t.Fatalf("after replaying 1000-1: inbox %d, parked %+v; want 1 and only 1000-0 left", n, left)
+	}
+}
+
+// A result whose status wxpush cannot read (a spelling WeChat adds later) is
+// parked as malformed, its XML kept to be replayed by a wxpush that reads it.
+func TestUnknownStatusIsParked(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.sent(t, "u1", 6201)
+	b.push(t, resultXML(6201, "pending"))
+	if _, err := b.applier("a1", b.store).Once(b.ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	parked, _ := ListParked(b.ctx, b.rdb, 10)
+	if len(parked) != 1 || !strings.HasPrefix(parked[0].Reason, ReasonMalformed) || !strings.Contains(parked[0].Reason, "pending") ||
+		!strings.Contains(parked[0].XML, "<MsgID>6201</MsgID>") {
+		t.Fatalf("parked = %+v, want the result with status pending, malformed", parked)
+	}
+	if st, _ := b.state(t, "u1"); st != delivery.StateSent || b.depth(t) != 0 {
+		t.Errorf("u1 is %s, inbox depth %d; want sent and the inbox empty", st, b.depth(t))
 	}
 }

@@ -118,7 +118,7 @@ func parseSentinel(raw string) (*redis.FailoverOptions, error) {
 	opt := &redis.FailoverOptions{
 		DialTimeout: dialTimeout, ReadTimeout: readTimeout, WriteTimeout: writeTimeout, MaxRetries: maxRetries,
 		ContextTimeoutEnabled: true,
-		SentinelPassword: u.Query().Get("sentinel_password"),
+		SentinelPassword:      u.Query().Get("sentinel_password"),
 	}
 	for _, addr := range strings.Split(u.Host, ",") {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
